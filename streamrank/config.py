@@ -1,0 +1,162 @@
+"""The one settings object for every streamrank service.
+
+Values come from, in increasing priority: the defaults below, a TOML file (`STREAMRANK_CONFIG` or
+`--config`), and environment variables named `STREAMRANK_<FIELD>` (upper case). Durations are in
+milliseconds unless the name says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+class ConfigError(ValueError):
+    """A setting has a value streamrank cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the system, with production-sane defaults."""
+
+    # --- Kafka ------------------------------------------------------------------------------------
+    # Empty: the CLI starts the embedded broker on loopback and fills this in.
+    bootstrap_servers: str = ""
+    topic_prefix: str = "streamrank."
+    partitions: int = 8
+    # --- storage ----------------------------------------------------------------------------------
+    data_dir: str = "var"
+    # --- event validation -------------------------------------------------------------------------
+    max_event_bytes: int = 16_384
+    max_id_length: int = 256
+    # Events further than this into the future (vs the wall clock) are rejected.
+    max_future_skew_ms: int = DAY_MS
+    # --- stream worker ----------------------------------------------------------------------------
+    worker_id: str = "streamrank-worker"
+    batch_size: int = 20_000
+    batch_within_s: float = 0.5
+    # Longest behaviour sequence kept per user (all types together, newest kept).
+    max_sequence_length: int = 100
+    # How long behaviours of each type stay in the sequence (event time, relative to the user's newest event).
+    click_retention_ms: int = 7 * DAY_MS
+    add_to_cart_retention_ms: int = 30 * DAY_MS
+    purchase_retention_ms: int = 365 * DAY_MS
+    # Two interactions of one user co-occur when in one session or less than this apart (MicRec: 1 hour).
+    cooc_window_ms: int = HOUR_MS
+    # How many of the user's latest interactions a new one is paired with.
+    cooc_lookback: int = 50
+    # Co-occurrence neighbours kept per item (top by count); trimmed once the map exceeds 2x this.
+    cooc_top_m: int = 100
+    # Clicks/purchases within this long after an impression label it.
+    attribution_window_ms: int = HOUR_MS
+    # Scenario statistics: the recent window and its bucket width.
+    stats_window_ms: int = DAY_MS
+    stats_bucket_ms: int = HOUR_MS
+    # Buckets stay this long past the window, so a partition that lags the others still lands its counts.
+    stats_grace_ms: int = 7 * DAY_MS
+    # Duplicate event ids are recognised for this long (event time) after the first copy.
+    dedupe_horizon_ms: int = DAY_MS
+    # Behaviours written into samples and user snapshots (newest kept).
+    feature_sequence_length: int = 50
+    # Users kept decoded in memory between batches.
+    user_cache_size: int = 200_000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------------
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical one (events, items, samples, user-features, cooc, events.dlq...)."""
+        return f"{self.topic_prefix}{name}"
+
+    @functools.cached_property
+    def retention_by_type(self) -> dict[int, int]:
+        """Retention per behaviour event type, keyed by EventType value (computed once)."""
+        from streamrank.v1 import events_pb2
+
+        return {
+            events_pb2.CLICK: self.click_retention_ms,
+            events_pb2.ADD_TO_CART: self.add_to_cart_retention_ms,
+            events_pb2.PURCHASE: self.purchase_retention_ms,
+        }
+
+    @property
+    def shortest_retention_ms(self) -> int:
+        """The retention of the type kept for the shortest time."""
+        return min(self.click_retention_ms, self.add_to_cart_retention_ms, self.purchase_retention_ms)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated)."""
+        updated = dataclasses.replace(self, **changes)
+        updated.validate()
+        return updated
+
+    def validate(self) -> None:
+        """Raises ConfigError naming the first setting that is out of range."""
+        positive = [
+            "partitions", "max_event_bytes", "max_id_length", "batch_size", "max_sequence_length",
+            "cooc_window_ms", "cooc_lookback", "cooc_top_m", "attribution_window_ms",
+            "stats_window_ms", "stats_bucket_ms", "dedupe_horizon_ms", "feature_sequence_length",
+            "user_cache_size",
+        ]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.batch_within_s <= 0:
+            raise ConfigError(f"batch_within_s must be > 0, got {self.batch_within_s!r}")
+        if self.stats_window_ms % self.stats_bucket_ms:
+            raise ConfigError("stats_window_ms must be a multiple of stats_bucket_ms")
+        if self.feature_sequence_length > self.max_sequence_length:
+            raise ConfigError("feature_sequence_length cannot exceed max_sequence_length")
+
+
+def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{name}: expected a boolean, got {raw!r}")
+    try:
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}") from exc
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Builds the Settings from defaults, an optional TOML file, STREAMRANK_* env vars and overrides."""
+    hints = get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    config_path = path or os.environ.get("STREAMRANK_CONFIG")
+    if config_path:
+        file_path = Path(config_path)
+        if not file_path.is_file():
+            raise ConfigError(f"config file not found: {file_path}")
+        with file_path.open("rb") as fh:
+            data = tomllib.load(fh)
+        known = {f.name for f in fields(Settings)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown settings in {file_path}: {', '.join(unknown)}")
+        values.update(data)
+    for f in fields(Settings):
+        env = os.environ.get(f"STREAMRANK_{f.name.upper()}")
+        if env is not None and f.name != "extra":
+            values[f.name] = env
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    typed = {
+        name: (raw if name == "extra" else _coerce(name, raw, hints[name]))
+        for name, raw in values.items()
+    }
+    settings = Settings(**typed)
+    settings.validate()
+    return settings

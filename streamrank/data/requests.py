@@ -1,0 +1,230 @@
+"""Turns an interaction-only log (MovieLens ratings) into the request stream the pipeline expects.
+
+The protocol (docs/interaction-only-logs.md has the long form):
+
+- Every rating, in chronological order (`Ratings` order: by second, ties in file order), becomes one
+  ranked *request* ``{dataset}-{i}`` (``i`` = the rating's chronological index) that showed the rated
+  item plus ``negatives`` other items.
+- Negatives are drawn from the item popularity distribution, popularity = number of ratings of the
+  item over the *whole* log (so items nobody rated are never shown, and a film that becomes popular
+  later is already shown more often early on: a deliberate, documented simplification that matches
+  the usual offline protocol). A negative is never the rated item and never repeats within a request
+  (a colliding draw is redrawn).
+- The slate is shuffled, so the rated item's `position` is uniform over 0..negatives.
+- Events per request: one IMPRESSION per slate item, then a CLICK on the rated item, then a PURCHASE
+  when the rating is >= 4. They share `request_id` and `session_id`; event ids are
+  ``{request}-imp-{position}``, ``{request}-clk`` and ``{request}-buy``.
+- Event time: a request's impressions are at ``ts_s * 1000 + 3 * r`` ms, its click 1 ms and its purchase
+  2 ms later, where ``r`` is the rank of the rating among the *same user's* ratings in that second (up
+  to 30 in ML-1M). A user's events are therefore strictly increasing in time and in stream order, and
+  impressions always precede their click. Across users, event time may step back by a few ms within
+  one second; the stream order is the rating order.
+- Sessions: a user's next rating opens a new session when it comes more than `session_gap_ms` (30
+  minutes) after their previous one; ids are ``{user}/s{n}``.
+- Scenario: ``"{field}:{value}"`` of a user attribute (default the age, e.g. ``"age:25"``), or empty.
+- Item attributes on every event: category = the film's first genre.
+
+Everything is a pure function of (data set, negatives, seed, ...): the random draws come from a numpy
+Generator seeded with ``(seed, chunk index)``, so a `limit` yields a prefix of the full stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from streamrank.data.movielens import MovieItem, MovieLens, MovieUser
+from streamrank.v1 import events_pb2
+
+T = TypeVar("T")
+
+CHUNK = 4096  # ratings whose negatives are drawn together (part of the stream's definition: keep it)
+TIE_STEP_MS = 3  # impressions, click, purchase of one request use ts, ts + 1, ts + 2
+PURCHASE_MIN_RATING = 4.0
+SCENARIO_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MovieUser) if f.name != "user_id")
+
+
+class SizedIterator(Generic[T]):
+    """An iterator that also knows how many items it yields in total (for progress bars)."""
+
+    def __init__(self, iterator: Iterator[T], total: int) -> None:
+        self._iterator = iterator
+        self._total = total
+
+    def __iter__(self) -> SizedIterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._iterator)
+
+    def __len__(self) -> int:
+        return self._total
+
+
+def item_popularity(ml: MovieLens) -> np.ndarray:
+    """Ratings per item over the whole log, indexed by `ml.ratings.item_code` (int64)."""
+    return np.bincount(ml.ratings.item_code, minlength=len(ml.ratings.item_vocab)).astype(np.int64)
+
+
+def sample_negatives(rng: np.random.Generator, positives: np.ndarray, negatives: int,
+                     popularity: np.ndarray) -> np.ndarray:
+    """(len(positives), negatives) item codes drawn in proportion to `popularity`.
+
+    No row contains its positive or the same item twice: colliding draws are redrawn (vectorised,
+    column by column). Items with zero popularity are never drawn.
+    """
+    n = positives.shape[0]
+    out = np.empty((n, negatives), dtype=np.int64)
+    if negatives == 0 or n == 0:
+        return out
+    if int(np.count_nonzero(popularity)) < negatives + 1:
+        raise ValueError(f"cannot draw {negatives} distinct negatives: only "
+                         f"{int(np.count_nonzero(popularity))} items have any interaction")
+    cumulative = np.cumsum(popularity)
+    total = int(cumulative[-1])
+
+    def draw(size: int) -> np.ndarray:
+        # Exact integer inverse-CDF sampling: zero-popularity items own an empty interval.
+        return np.searchsorted(cumulative, rng.integers(0, total, size=size), side="right")
+
+    out[:] = draw(n * negatives).reshape(n, negatives)
+    for j in range(negatives):
+        while True:
+            column = out[:, j]
+            bad = column == positives
+            if j:
+                bad |= (out[:, :j] == column[:, None]).any(axis=1)
+            count = int(np.count_nonzero(bad))
+            if not count:
+                break
+            out[bad, j] = draw(count)
+    return out
+
+
+def _scenario_of(users: dict[str, MovieUser], field: str | None) -> dict[str, str]:
+    if field is None or field.lower() in {"", "none"}:
+        return {}
+    if field not in SCENARIO_FIELDS:
+        raise ValueError(f"unknown scenario field {field!r}; "
+                         f"expected one of none, {', '.join(SCENARIO_FIELDS)}")
+    scenario: dict[str, str] = {}
+    for user_id, user in users.items():
+        value = getattr(user, field)
+        if field == "age" and value is not None:
+            value = age_bucket(int(value))
+        scenario[user_id] = "" if value is None or value == "" else f"{field}:{value}"
+    return scenario
+
+
+# ML-1M's age buckets (lower bounds: under 18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+).
+AGE_BUCKETS = (1, 18, 25, 35, 45, 50, 56)
+
+
+def age_bucket(age: int) -> int:
+    """The ML-1M age bucket of an age, so ML-100K's raw ages give the same 7 scenarios as ML-1M."""
+    bucket = AGE_BUCKETS[0]
+    for lower in AGE_BUCKETS:
+        if age >= lower:
+            bucket = lower
+    return bucket
+
+
+def _category(item: MovieItem | None) -> str:
+    return item.genres[0] if item is not None and item.genres else ""
+
+
+def count_events(ml: MovieLens, negatives: int = 1, limit: int | None = None) -> int:
+    """How many events `movielens_events` yields for these arguments (without generating them)."""
+    m = len(ml.ratings) if limit is None else min(max(limit, 0), len(ml.ratings))
+    purchases = int(np.count_nonzero(ml.ratings.rating[:m] >= PURCHASE_MIN_RATING))
+    return m * (negatives + 2) + purchases
+
+
+def _generate(ml: MovieLens, negatives: int, seed: int, scenario_field: str | None,
+              session_gap_ms: int, limit: int) -> Iterator[events_pb2.Event]:
+    ratings = ml.ratings
+    n = len(ratings)
+    popularity = item_popularity(ml)
+    vocab = ratings.item_vocab
+    category = [_category(ml.items.get(item_id)) for item_id in vocab]
+    scenario = _scenario_of(ml.users, scenario_field)
+    last_ts: dict[str, int] = {}
+    session_no: dict[str, int] = {}
+    tie_rank: dict[str, int] = {}
+    Event, IMP, CLICK, BUY = events_pb2.Event, events_pb2.IMPRESSION, events_pb2.CLICK, events_pb2.PURCHASE
+    prefix = ml.name
+    for chunk, start in enumerate(range(0, n, CHUNK)):
+        if start >= limit:
+            return
+        stop = min(n, start + CHUNK)
+        rng = np.random.default_rng([seed, chunk])
+        positives = ratings.item_code[start:stop].astype(np.int64)
+        slate = np.concatenate([positives[:, None], sample_negatives(rng, positives, negatives, popularity)],
+                               axis=1)
+        order = np.argsort(rng.random(slate.shape), axis=1)
+        shown = np.take_along_axis(slate, order, axis=1).tolist()
+        positive_at = np.argmin(order, axis=1).tolist()  # where column 0 (the rated item) landed
+        users = ratings.user_id[start:stop].tolist()
+        seconds = ratings.ts_s[start:stop].tolist()
+        stars = ratings.rating[start:stop].tolist()
+        for row in range(min(stop, limit) - start):
+            index = start + row
+            user = users[row]
+            ts_ms = seconds[row] * 1000
+            previous = last_ts.get(user)
+            if previous is None or ts_ms - previous > session_gap_ms:
+                session_no[user] = session_no.get(user, 0) + 1
+            tie_rank[user] = tie_rank[user] + 1 if previous == ts_ms else 0
+            last_ts[user] = ts_ms
+            base = ts_ms + TIE_STEP_MS * tie_rank[user]
+            request = f"{prefix}-{index}"
+            common = {"user_id": user, "session_id": f"{user}/s{session_no[user]}", "request_id": request,
+                      "scenario": scenario.get(user, "")}
+            for position, code in enumerate(shown[row]):
+                cat = category[code]
+                yield Event(event_id=f"{request}-imp-{position}", item_id=vocab[code], type=IMP, ts_ms=base,
+                            position=position, item={"category": cat} if cat else None, **common)
+            code = shown[row][positive_at[row]]
+            cat = category[code]
+            attrs = {"category": cat} if cat else None
+            yield Event(event_id=f"{request}-clk", item_id=vocab[code], type=CLICK, ts_ms=base + 1,
+                        position=positive_at[row], item=attrs, **common)
+            if stars[row] >= PURCHASE_MIN_RATING:
+                yield Event(event_id=f"{request}-buy", item_id=vocab[code], type=BUY, ts_ms=base + 2,
+                            position=positive_at[row], item=attrs, **common)
+
+
+def movielens_events(ml: MovieLens, negatives: int = 1, seed: int = 0, scenario_field: str | None = "age",
+                     session_gap_ms: int = 30 * 60_000,
+                     limit: int | None = None) -> SizedIterator[events_pb2.Event]:
+    """The request stream of a MovieLens log: impressions (rated item + sampled negatives), click, purchase.
+
+    See the module docstring for the exact protocol. `limit` caps the number of *ratings* (requests)
+    used and yields a prefix of the unlimited stream. The iterator has a `len()` (the event count).
+    """
+    if negatives < 0:
+        raise ValueError(f"negatives must be >= 0, got {negatives}")
+    if session_gap_ms <= 0:
+        raise ValueError(f"session_gap_ms must be > 0, got {session_gap_ms}")
+    _scenario_of({}, scenario_field)  # validate the field name now, not at the first next()
+    cap = len(ml.ratings) if limit is None else min(max(limit, 0), len(ml.ratings))
+    total = count_events(ml, negatives, cap)
+    return SizedIterator(_generate(ml, negatives, seed, scenario_field, session_gap_ms, cap), total)
+
+
+def display_title(item: MovieItem) -> str:
+    """`Title (Year)`, the usual MovieLens display form (just the title when the year is unknown)."""
+    return f"{item.title} ({item.year})" if item.year is not None else item.title
+
+
+def movielens_items(ml: MovieLens) -> SizedIterator[events_pb2.Item]:
+    """The catalog of a MovieLens data set as Items: title "Title (Year)", category = first genre,
+    tags = all genres; no brand or price (MovieLens has none)."""
+    def generate() -> Iterator[events_pb2.Item]:
+        for item in ml.items.values():
+            yield events_pb2.Item(item_id=item.item_id, title=display_title(item),
+                                  category=item.genres[0] if item.genres else "", tags=list(item.genres))
+    return SizedIterator(generate(), len(ml.items))

@@ -1,0 +1,1 @@
+"""Event types, their wire codec and validation: the entry of the flow."""

@@ -1,0 +1,120 @@
+"""Running the services as processes: start a worker, wait until it has folded in a topic, stop it.
+
+Used by the demo, the integration tests and the benchmarks, so all three drive the system the way an
+operator does (separate processes talking through the broker), not through in-process shortcuts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from streamrank.config import Settings
+from streamrank.stream.app import status_path
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce these settings in a child process."""
+    env = dict(os.environ)
+    for name in ("bootstrap_servers", "topic_prefix", "partitions", "data_dir", "worker_id", "batch_size",
+                 "batch_within_s", "cooc_top_m", "attribution_window_ms", "max_future_skew_ms"):
+        env[f"STREAMRANK_{name.upper()}"] = str(getattr(settings, name))
+    return env
+
+
+def start_worker(settings: Settings, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """Starts `streamrank worker` as a child process with these settings."""
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
+    status = status_path(settings)
+    if status.exists():
+        status.unlink()
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamrank.cli", "worker"], env=settings_env(settings),
+        stdout=out, stderr=subprocess.STDOUT,
+    )
+
+
+def read_status(settings: Settings) -> dict | None:
+    """The worker's last status file, or None before it wrote one."""
+    path = status_path(settings)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """partition -> next offset (high watermark) of a topic, read from fetch responses.
+
+    tansu under-reports ListOffsets(LATEST) after multi-record batches, while fetch high-watermarks are
+    right, so this polls each partition once instead of asking for end offsets.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             max_poll_records=1, fetch_max_wait_ms=50)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        marks: dict[int, int] = {}
+        deadline = time.monotonic() + 20
+        while len(marks) < len(tps) and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200, max_records=1)
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    marks[tp.partition] = hw
+        return marks
+    finally:
+        consumer.close()
+
+
+def processed_through(status: dict | None, topic: str) -> dict[int, int]:
+    """partition -> last offset folded into durable state, from a status dict."""
+    out: dict[int, int] = {}
+    for key, offset in (status or {}).get("offsets", {}).items():
+        name, part = key.rsplit(":", 1)
+        if name == topic:
+            out[int(part)] = int(offset)
+    return out
+
+
+def wait_caught_up(settings: Settings, targets: dict[int, int], proc: subprocess.Popen[bytes] | None = None,
+                   timeout_s: float = 600, progress: bool = False) -> dict:
+    """Waits until the worker's durable offsets reach `targets` (partition -> end offset); returns its status."""
+    topic = settings.topic("events")
+    total = sum(targets.values())
+    deadline = time.monotonic() + timeout_s
+    last_print = 0.0
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {proc.returncode} before catching up")
+        status = read_status(settings)
+        done = processed_through(status, topic)
+        if all(done.get(p, -1) + 1 >= end for p, end in targets.items() if end > 0):
+            return status or {}
+        if progress and time.monotonic() - last_print > 5:
+            count = sum(min(done.get(p, -1) + 1, end) for p, end in targets.items())
+            print(f"  worker: {count:,}/{total:,} events folded into state", flush=True)
+            last_print = time.monotonic()
+        time.sleep(0.2)
+    raise TimeoutError(f"worker did not catch up with {targets} within {timeout_s}s")
+
+
+def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
+    """Stops a worker gracefully (SIGTERM), killing it if it does not exit in time; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -1,0 +1,145 @@
+"""Worker-wide aggregates: session co-occurrence counts and scenario statistics.
+
+Counts are additive, so their totals do not depend on how partitions interleave; only the top-M trimming
+of co-occurrence neighbours does (documented in docs/design.md).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from streamrank.config import Settings
+from streamrank.events.types import ADD_TO_CART, CLICK, IMPRESSION, PURCHASE
+
+STAT_INDEX: dict[int, int] = {IMPRESSION: 0, CLICK: 1, ADD_TO_CART: 2, PURCHASE: 3}
+
+
+class CoocCounts:
+    """item -> {neighbour: count}, bounded to the top M neighbours per item, with per-batch deltas."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.top_m = settings.cooc_top_m
+        self.counts: dict[str, dict[str, int]] = {}
+        self.delta: dict[str, dict[str, int]] = defaultdict(dict)
+        self.dirty: set[str] = set()
+
+    def add_pairs(self, item_id: str, partners: list[str]) -> None:
+        """Counts one co-occurrence of item_id with each partner, in both directions."""
+        counts = self.counts
+        delta = self.delta
+        mine = counts.get(item_id)
+        if mine is None:
+            mine = counts[item_id] = {}
+        mine_delta = delta[item_id]
+        for other in partners:
+            mine[other] = mine.get(other, 0) + 1
+            mine_delta[other] = mine_delta.get(other, 0) + 1
+            theirs = counts.get(other)
+            if theirs is None:
+                theirs = counts[other] = {}
+            theirs[item_id] = theirs.get(item_id, 0) + 1
+            other_delta = delta[other]
+            other_delta[item_id] = other_delta.get(item_id, 0) + 1
+            if len(theirs) > 2 * self.top_m:
+                counts[other] = _top(theirs, self.top_m)
+            self.dirty.add(other)
+        if len(mine) > 2 * self.top_m:
+            counts[item_id] = _top(mine, self.top_m)
+        self.dirty.add(item_id)
+
+    def take_delta(self) -> tuple[dict[str, dict[str, int]], set[str]]:
+        """The deltas and changed items since the last call, resetting both."""
+        delta, dirty = dict(self.delta), self.dirty
+        self.delta = defaultdict(dict)
+        self.dirty = set()
+        return delta, dirty
+
+    def neighbours(self, item_id: str, k: int | None = None) -> list[tuple[str, int]]:
+        """The item's neighbours by decreasing count (ties by id), at most k."""
+        ranked = sorted(self.counts.get(item_id, {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        return ranked if k is None else ranked[:k]
+
+
+def _top(counter: dict[str, int], m: int) -> dict[str, int]:
+    """The m largest entries (ties broken by id, so the result is deterministic)."""
+    ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:m]
+    return dict(ranked)
+
+
+class ScenarioStats:
+    """Impressions/clicks/add-to-carts/purchases per scenario and per (scenario, item), all time and bucketed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.bucket_ms = settings.stats_bucket_ms
+        self.window_ms = settings.stats_window_ms
+        # Buckets are kept for the window plus this grace, so partitions a little behind still land.
+        self.keep_ms = settings.stats_window_ms + settings.stats_grace_ms
+        self.scenario: dict[str, list[int]] = {}
+        self.item: dict[tuple[str, str], list[int]] = {}
+        # (scenario, item or "") -> {bucket start ms: counts}
+        self.buckets: dict[tuple[str, str], dict[int, list[int]]] = {}
+        # Newest event time seen (the end of the "recent" window) and the low watermark: the slowest input
+        # partition's newest event time, below which an event counts as late. Replays at full speed put
+        # months between partitions within one fetch, so only the minimum across partitions is safe.
+        self.watermark = 0
+        self.low_watermark = 0
+        self.late = 0
+        self.dirty: set[tuple[str, str]] = set()
+
+    def add(self, scenario: str, item_id: str, etype: int, ts_ms: int) -> None:
+        """Counts one event."""
+        idx = STAT_INDEX[etype]
+        row = self.scenario.get(scenario)
+        if row is None:
+            row = self.scenario[scenario] = [0, 0, 0, 0]
+        row[idx] += 1
+        key = (scenario, item_id)
+        row = self.item.get(key)
+        if row is None:
+            row = self.item[key] = [0, 0, 0, 0]
+        row[idx] += 1
+        self.dirty.add((scenario, ""))
+        self.dirty.add(key)
+        if ts_ms > self.watermark:
+            self.watermark = ts_ms
+        if ts_ms < self.low_watermark - self.keep_ms:
+            self.late += 1
+            return
+        bucket = ts_ms - ts_ms % self.bucket_ms
+        for k in ((scenario, ""), key):
+            series = self.buckets.get(k)
+            if series is None:
+                series = self.buckets[k] = {}
+            counts = series.get(bucket)
+            if counts is None:
+                counts = series[bucket] = [0, 0, 0, 0]
+            counts[idx] += 1
+
+    def item_counts(self, scenario: str, item_id: str) -> list[int]:
+        """All-time [impressions, clicks, add-to-carts, purchases] of an item in a scenario."""
+        return self.item.get((scenario, item_id)) or [0, 0, 0, 0]
+
+    def recent(self, scenario: str, item_id: str = "") -> list[int]:
+        """Counts over the recent window (ending at the newest event time seen); item "" = whole scenario."""
+        start = self.watermark - self.window_ms
+        total = [0, 0, 0, 0]
+        for bucket, counts in self.buckets.get((scenario, item_id), {}).items():
+            if bucket + self.bucket_ms > start:
+                for i in range(4):
+                    total[i] += counts[i]
+        return total
+
+    def expire(self, low_watermark: int) -> None:
+        """Advances the low watermark and drops buckets older than it minus window and grace (once per batch)."""
+        self.low_watermark = max(self.low_watermark, low_watermark)
+        horizon = self.low_watermark - self.keep_ms
+        for key in list(self.buckets):
+            series = self.buckets[key]
+            old = [b for b in series if b + self.bucket_ms <= horizon]
+            for b in old:
+                del series[b]
+            if not series:
+                del self.buckets[key]
+                self.dirty.add(key)
+            elif old:
+                self.dirty.add(key)

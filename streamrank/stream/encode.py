@@ -1,0 +1,66 @@
+"""Builds the worker's output messages (samples, user snapshots, co-occurrence updates) from its state."""
+
+from __future__ import annotations
+
+from streamrank.config import Settings
+from streamrank.stream.userstate import PendingRequest, UserState
+from streamrank.v1 import features_pb2
+
+
+def _fill_sequence(seq: features_pb2.BehaviorSequence, items: list[str], types: list[int],
+                   stamps: list[int], cats: list[str]) -> None:
+    seq.item_ids.extend(items)
+    seq.types.extend(types)
+    seq.ts_ms.extend(stamps)
+    seq.categories.extend(cats)
+
+
+def sample_messages(user_id: str, request_id: str, req: PendingRequest) -> list[tuple[bytes, bytes]]:
+    """One serialized TrainingSample per impression of a closed request, keyed by user."""
+    key = user_id.encode()
+    out: list[tuple[bytes, bytes]] = []
+    # The point-in-time part is the same for every impression of the request: build it once.
+    template = features_pb2.TrainingSample(
+        user_id=user_id, request_id=request_id, session_id=req.session_id, scenario=req.scenario,
+        query=req.query, impression_ts_ms=req.ts_ms,
+    )
+    _fill_sequence(template.behaviors, req.seq_items, req.seq_types, req.seq_ts, req.seq_cats)
+    for item_id, imp in req.impressions.items():
+        sample = features_pb2.TrainingSample()
+        sample.CopyFrom(template)
+        sample.sample_id = imp.event_id
+        sample.item_id = item_id
+        sample.position = imp.position
+        click, atc, purchase = imp.labels
+        sample.labels.click = click
+        sample.labels.add_to_cart = atc
+        sample.labels.purchase = purchase
+        attrs = sample.item
+        attrs.category = imp.category
+        attrs.brand = imp.brand
+        attrs.shop = imp.shop
+        if imp.price is not None:
+            attrs.price = imp.price
+        counts = sample.counts
+        (counts.item_impressions, counts.item_clicks, counts.item_purchases,
+         counts.user_item_clicks, counts.user_category_clicks) = imp.counts
+        out.append((key, sample.SerializeToString()))
+    return out
+
+
+def user_snapshot(user: UserState, settings: Settings) -> bytes:
+    """The compacted UserFeatures record scorers read for this user."""
+    msg = features_pb2.UserFeatures(
+        user_id=user.user_id, updated_ms=user.max_ts, impressions=user.totals[0], clicks=user.totals[1],
+        add_to_carts=user.totals[2], purchases=user.totals[3],
+    )
+    _fill_sequence(msg.behaviors, *user.snapshot(settings.feature_sequence_length))
+    return msg.SerializeToString()
+
+
+def cooc_update(item_id: str, neighbours: dict[str, int], producer: str, batch: int, ts_ms: int) -> bytes:
+    """A CoocUpdate with one item's count changes from one batch."""
+    msg = features_pb2.CoocUpdate(item_id=item_id, producer=producer, batch=batch, ts_ms=ts_ms)
+    for other, delta in neighbours.items():
+        msg.neighbors.add(item_id=other, delta=delta)
+    return msg.SerializeToString()

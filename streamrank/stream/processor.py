@@ -1,0 +1,220 @@
+"""Folds a batch of raw events-topic records into the worker's state and collects what it must emit.
+
+The processor is synchronous and knows nothing of Kafka clients: the service hands it records and writes
+what it returns (outputs first, then state with offsets in one atomic batch), which keeps it testable and
+lets the offline reference replay the same logic-free path in tests.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from streamrank.config import Settings
+from streamrank.events.types import CLICK, IMPRESSION
+from streamrank.events.validate import PROCESSING_ERROR, InvalidEvent, decode_event
+from streamrank.stream.aggregates import CoocCounts, ScenarioStats
+from streamrank.stream.encode import cooc_update, sample_messages, user_snapshot
+from streamrank.stream.store import StateStore
+from streamrank.stream.userstate import PendingImpression, PendingRequest, UserState, type_total_index
+from streamrank.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+
+class Record(NamedTuple):
+    """One consumed message, as the processor needs it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record refused with its reason; goes to the dead-letter topic unchanged."""
+
+    record: Record
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch produced: messages to send and counters."""
+
+    samples: list[tuple[bytes, bytes]] = field(default_factory=list)
+    snapshots: list[tuple[bytes, bytes]] = field(default_factory=list)
+    cooc: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    processed: int = 0
+    duplicates: int = 0
+    replayed: int = 0
+    counters: Counter[str] = field(default_factory=Counter)
+    touched: dict[str, UserState] = field(default_factory=dict)
+    cooc_dirty: set[str] = field(default_factory=set)
+
+
+class BatchProcessor:
+    """The worker's state machine over events; one instance per worker process."""
+
+    def __init__(self, settings: Settings, store: StateStore, now_ms: int | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.now_ms = now_ms  # fixed clock for tests; None = wall clock
+        self.users: dict[str, UserState] = {}
+        self.cooc = CoocCounts(settings)
+        self.stats = ScenarioStats(settings)
+        self.offsets: dict[tuple[str, int], int] = store.load_offsets()
+        self.watermarks: dict[int, int] = store.load_watermarks()
+        self.batch_seq = store.load_batch_seq()
+        # Events partitions this worker owns (set by the consumer on assignment; None: those seen so far).
+        self.assigned: set[int] | None = None
+        # (deadline, tie, user_id, request_id) per partition
+        self.deadlines: dict[int, list[tuple[int, int, str, str]]] = {}
+        self._tie = 0
+        store.load_aggregates(self.cooc, self.stats)
+        for user in store.load_pending_users():
+            self._remember(user)
+            for request_id, req in user.pending.items():
+                self._schedule(user.partition, req.ts_ms, user.user_id, request_id)
+        self.catalog = store.catalog_cache
+
+    # ------------------------------------------------------------------------------------------
+    def _remember(self, user: UserState) -> None:
+        users = self.users
+        users[user.user_id] = user
+        if len(users) > self.settings.user_cache_size:
+            for old in list(users)[: len(users) - self.settings.user_cache_size]:
+                del users[old]
+
+    def _user(self, user_id: str) -> UserState:
+        user = self.users.get(user_id)
+        if user is None:
+            user = self.store.load_user(user_id) or UserState(user_id)
+            self._remember(user)
+        return user
+
+    def _schedule(self, partition: int, ts_ms: int, user_id: str, request_id: str) -> None:
+        self._tie += 1
+        heap = self.deadlines.setdefault(partition, [])
+        heapq.heappush(heap, (ts_ms + self.settings.attribution_window_ms, self._tie, user_id, request_id))
+
+    # ------------------------------------------------------------------------------------------
+    def process(self, records: list[Record]) -> BatchResult:
+        """Applies a batch in memory; returns its outputs and what changed (persist it with commit())."""
+        result = BatchResult()
+        touched = result.touched
+        settings = self.settings
+        offsets = self.offsets
+        for record in records:
+            tp = (record.topic, record.partition)
+            last = offsets.get(tp)
+            if last is not None and record.offset <= last:
+                result.replayed += 1  # already folded into the durable state before a restart
+                continue
+            offsets[tp] = record.offset
+            try:
+                event = decode_event(record.value, settings, self.now_ms)
+            except InvalidEvent as exc:
+                result.dead.append(DeadLetter(record, exc.reason, exc.detail))
+                result.counters[f"dlq.{exc.reason}"] += 1
+                continue
+            try:
+                user = self._user(event.user_id)
+                if user.is_duplicate(event.event_id, event.ts_ms, settings):
+                    result.duplicates += 1
+                    continue
+                self._apply(event, user, record.partition)
+                touched[user.user_id] = user
+                self._close_due(record.partition, event.ts_ms, result, touched)
+                result.processed += 1
+            except Exception as exc:  # a bug must not stop the worker nor lose the event silently
+                log.exception("processing failed for %s@%s", tp, record.offset)
+                result.dead.append(DeadLetter(record, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"))
+                result.counters[f"dlq.{PROCESSING_ERROR}"] += 1
+        # Event time advances at the slowest assigned partition; one not read yet holds it at 0.
+        parts = self.assigned if self.assigned is not None else set(self.watermarks)
+        if parts:
+            self.stats.expire(min(self.watermarks.get(p, 0) for p in parts))
+        self.batch_seq += 1
+        for user in touched.values():
+            result.snapshots.append((user.user_id.encode(), user_snapshot(user, settings)))
+        delta, result.cooc_dirty = self.cooc.take_delta()
+        for item_id, neighbours in delta.items():
+            result.cooc.append((item_id.encode(), cooc_update(item_id, neighbours, settings.worker_id,
+                                                              self.batch_seq, self.stats.watermark)))
+        return result
+
+    def commit(self, result: BatchResult) -> None:
+        """Makes a processed batch durable: its state changes and offsets in one atomic write."""
+        self.store.commit(result.touched, self.cooc, result.cooc_dirty, self.stats, self.offsets,
+                          self.watermarks, self.batch_seq)
+
+    def _category(self, event: events_pb2.Event) -> tuple[str, str, str, float | None]:
+        attrs = event.item
+        if attrs.category or attrs.brand or attrs.shop or attrs.HasField("price"):
+            return attrs.category, attrs.brand, attrs.shop, attrs.price if attrs.HasField("price") else None
+        item = self.catalog.get(event.item_id)
+        if item is None:
+            return "", "", "", None
+        return item.category, item.brand, "", item.price if item.HasField("price") else None
+
+    def _apply(self, event: events_pb2.Event, user: UserState, partition: int) -> None:
+        settings = self.settings
+        etype = event.type
+        ts = event.ts_ms
+        if ts > user.max_ts:
+            user.max_ts = ts
+        user.partition = partition
+        if etype == IMPRESSION:
+            user.totals[0] += 1
+            request_id = event.request_id or event.event_id
+            req = user.pending.get(request_id)
+            if req is None:
+                items, types, tss, cats = user.snapshot(settings.feature_sequence_length)
+                req = PendingRequest(ts, event.session_id, event.scenario, event.query, items, types, tss, cats)
+                user.pending[request_id] = req
+                self._schedule(partition, ts, user.user_id, request_id)
+            if event.item_id not in req.impressions:
+                category, brand, shop, price = self._category(event)
+                item_counts = self.stats.item_counts(event.scenario, event.item_id)
+                req.impressions[event.item_id] = PendingImpression(
+                    event.event_id, event.position, category, brand, shop, price,
+                    (item_counts[0], item_counts[1], item_counts[3],
+                     user.item_clicks.get(event.item_id, 0), user.category_clicks.get(category, 0)),
+                )
+            self.stats.add(event.scenario, event.item_id, etype, ts)
+            return
+        user.totals[type_total_index(etype)] += 1
+        self.stats.add(event.scenario, event.item_id, etype, ts)
+        user.attribute(etype, event.item_id, event.request_id, ts, settings)
+        category = self._category(event)[0]
+        partners = user.cooc_partners(ts, event.session_id, event.item_id, settings)
+        if partners:
+            self.cooc.add_pairs(event.item_id, partners)
+        if etype == CLICK:
+            user.count_click(event.item_id, category)
+        user.append_behavior(event.item_id, etype, ts, category, event.session_id, settings)
+
+    def _close_due(self, partition: int, ts_ms: int, result: BatchResult,
+                   touched: dict[str, UserState]) -> None:
+        """Closes the attribution windows of this partition that ended before its newest event time."""
+        watermark = self.watermarks.get(partition, 0)
+        if ts_ms > watermark:
+            watermark = self.watermarks[partition] = ts_ms
+        heap = self.deadlines.get(partition)
+        while heap and heap[0][0] < watermark:
+            _, _, user_id, request_id = heapq.heappop(heap)
+            user = self._user(user_id)
+            req = user.pending.pop(request_id, None)
+            if req is None:
+                continue
+            touched[user_id] = user
+            result.samples.extend(sample_messages(user.user_id, request_id, req))
+            result.counters["samples"] += len(req.impressions)

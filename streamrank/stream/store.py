@@ -1,0 +1,188 @@
+"""The worker's durable state in RocksDB (rocksdict), written one atomic batch at a time.
+
+Each commit writes the changed users, aggregates and catalog entries together with the offsets of the
+records they fold in, in one WriteBatch: after a kill -9 the state and the offsets agree, so restarting
+from the stored offsets neither loses nor double-counts an event.
+
+Keys are a one-byte kind prefix followed by the id: u user, p user with open impressions, c co-occurrence
+of an item, g scenario totals, n (scenario, item) totals, b recent buckets, i catalog item, o offset,
+w partition watermark, m metadata. Values are pickles (internal format; readers outside the worker use
+the compacted topics instead).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rocksdict import AccessType, Options, Rdict, WriteBatch
+
+from streamrank.stream.aggregates import CoocCounts, ScenarioStats
+from streamrank.stream.userstate import UserState
+from streamrank.v1 import events_pb2
+
+SEP = b"\x00"
+_DUMP = pickle.dumps
+_LOAD = pickle.loads
+PROTO = pickle.HIGHEST_PROTOCOL
+
+
+class StateStore:
+    """Typed access to the worker's RocksDB database."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        self.path = Path(path)
+        opts = Options(raw_mode=True)
+        if read_only:
+            if not self.path.exists():
+                raise FileNotFoundError(f"no worker state at {self.path}")
+            # A read-only handle works beside a running worker (it sees the state as of opening).
+            self.db = Rdict(str(self.path), opts, access_type=AccessType.read_only())
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            opts.create_if_missing(True)
+            self.db = Rdict(str(self.path), opts)
+        self.catalog_cache: dict[str, events_pb2.Item] = {}
+        for key, raw in self._scan(b"i"):
+            item = events_pb2.Item()
+            item.ParseFromString(raw)
+            self.catalog_cache[key.decode()] = item
+
+    def close(self) -> None:
+        """Flushes and closes the database."""
+        self.db.close()
+
+    # -- reads --------------------------------------------------------------------------------------
+    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        it = self.db.iter()
+        it.seek(prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            yield key[len(prefix):], it.value()
+            it.next()
+
+    def load_user(self, user_id: str) -> UserState | None:
+        """A user's state, or None for a user never seen."""
+        raw = self.db.get(b"u" + user_id.encode())
+        return None if raw is None else _LOAD(raw)
+
+    def load_pending_users(self) -> list[UserState]:
+        """Every user with impressions still waiting for their attribution window to close."""
+        users = []
+        for key, _ in self._scan(b"p"):
+            user = self.load_user(key.decode())
+            if user is not None and user.pending:
+                users.append(user)
+        return users
+
+    def iter_users(self) -> Iterator[UserState]:
+        """Every stored user (for inspection and tests)."""
+        for _, raw in self._scan(b"u"):
+            yield _LOAD(raw)
+
+    def load_offsets(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> last offset folded into the state."""
+        out = {}
+        for key, raw in self._scan(b"o"):
+            topic, part = key.rsplit(SEP, 1)
+            out[(topic.decode(), int(part))] = int(raw)
+        return out
+
+    def load_watermarks(self) -> dict[int, int]:
+        """Events partition -> newest event time seen in it."""
+        return {int(k): int(v) for k, v in self._scan(b"w")}
+
+    def load_batch_seq(self) -> int:
+        """The sequence number of the last committed batch."""
+        raw = self.db.get(b"mbatch")
+        return 0 if raw is None else int(raw)
+
+    def load_aggregates(self, cooc: CoocCounts, stats: ScenarioStats) -> None:
+        """Fills the in-memory aggregates from disk (at start-up)."""
+        for key, raw in self._scan(b"c"):
+            cooc.counts[key.decode()] = _LOAD(raw)
+        for key, raw in self._scan(b"g"):
+            stats.scenario[key.decode()] = _LOAD(raw)
+        for key, raw in self._scan(b"n"):
+            scenario, item = key.split(SEP, 1)
+            stats.item[(scenario.decode(), item.decode())] = _LOAD(raw)
+        for key, raw in self._scan(b"b"):
+            scenario, item = key.split(SEP, 1)
+            stats.buckets[(scenario.decode(), item.decode())] = _LOAD(raw)
+        raw = self.db.get(b"mstats")
+        if raw is not None:
+            stats.watermark, stats.low_watermark, stats.late = _LOAD(raw)
+
+    # -- the atomic commit --------------------------------------------------------------------------
+    def commit(
+        self,
+        users: dict[str, UserState],
+        cooc: CoocCounts,
+        cooc_dirty: set[str],
+        stats: ScenarioStats,
+        offsets: dict[tuple[str, int], int],
+        watermarks: dict[int, int],
+        batch_seq: int,
+    ) -> None:
+        """Writes one batch's changes and the offsets they cover, atomically."""
+        wb = WriteBatch(raw_mode=True)
+        put = wb.put
+        for user_id, user in users.items():
+            uid = user_id.encode()
+            put(b"u" + uid, _DUMP(user, PROTO))
+            if user.pending:
+                put(b"p" + uid, b"")
+            else:
+                wb.delete(b"p" + uid)
+        counts = cooc.counts
+        for item_id in cooc_dirty:
+            put(b"c" + item_id.encode(), _DUMP(counts[item_id], PROTO))
+        for scenario, item_id in stats.dirty:
+            skey = scenario.encode() + SEP + item_id.encode()
+            if item_id:
+                put(b"n" + skey, _DUMP(stats.item[(scenario, item_id)], PROTO))
+            else:
+                put(b"g" + scenario.encode(), _DUMP(stats.scenario[scenario], PROTO))
+            series = stats.buckets.get((scenario, item_id))
+            if series:
+                put(b"b" + skey, _DUMP(series, PROTO))
+            else:
+                wb.delete(b"b" + skey)
+        stats.dirty = set()
+        put(b"mstats", _DUMP((stats.watermark, stats.low_watermark, stats.late), PROTO))
+        for (topic, part), offset in offsets.items():
+            put(b"o" + topic.encode() + SEP + str(part).encode(), str(offset).encode())
+        for part, mark in watermarks.items():
+            put(b"w" + str(part).encode(), str(mark).encode())
+        put(b"mbatch", str(batch_seq).encode())
+        self.db.write(wb)
+
+    def put_items(self, items: dict[str, events_pb2.Item]) -> None:
+        """Upserts catalog entries (idempotent, so a redelivered item needs no offset bookkeeping)."""
+        wb = WriteBatch(raw_mode=True)
+        for item_id, item in items.items():
+            wb.put(b"i" + item_id.encode(), item.SerializeToString())
+            self.catalog_cache[item_id] = item
+        self.db.write(wb)
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """A plain-Python copy of the whole state (for tests and `streamrank state`)."""
+        cooc = CoocCounts.__new__(CoocCounts)
+        cooc.counts = {}
+        stats = ScenarioStats.__new__(ScenarioStats)
+        stats.scenario, stats.item, stats.buckets = {}, {}, {}
+        stats.watermark = stats.low_watermark = stats.late = 0
+        self.load_aggregates(cooc, stats)
+        return {
+            "users": {u.user_id: u for u in self.iter_users()},
+            "cooc": cooc.counts,
+            "scenario": stats.scenario,
+            "scenario_item": stats.item,
+            "buckets": stats.buckets,
+            "offsets": self.load_offsets(),
+            "catalog": dict(self.catalog_cache),
+        }

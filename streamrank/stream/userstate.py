@@ -1,0 +1,183 @@
+"""Per-user state kept by the stream worker, and how one event changes it.
+
+Everything here is pure and deterministic: the same events of a user in the same order give the same
+state, whatever the batching, so a replay after a crash rebuilds exactly what was lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streamrank.config import Settings
+from streamrank.events.types import ADD_TO_CART, CLICK, IMPRESSION, PURCHASE
+
+# Index of each interaction type in label / counter triples.
+LABEL_INDEX: dict[int, int] = {CLICK: 0, ADD_TO_CART: 1, PURCHASE: 2}
+# User-item and user-category click counters kept per user (the most recent keys are kept).
+MAX_CROSS_KEYS = 500
+
+
+@dataclass(slots=True)
+class PendingImpression:
+    """One shown item waiting for its attribution window to close."""
+
+    event_id: str
+    position: int
+    category: str
+    brand: str
+    shop: str
+    price: float | None
+    counts: tuple[int, int, int, int, int]  # item imp/click/purchase, user-item clicks, user-category clicks
+    labels: list[bool] = field(default_factory=lambda: [False, False, False])
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    """A ranked request whose impressions are not labelled yet, with the user's sequence at that time."""
+
+    ts_ms: int
+    session_id: str
+    scenario: str
+    query: str
+    # Snapshot of the behaviour sequence just before the request (newest `feature_sequence_length`).
+    seq_items: list[str]
+    seq_types: list[int]
+    seq_ts: list[int]
+    seq_cats: list[str]
+    impressions: dict[str, PendingImpression] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class UserState:
+    """Everything the worker remembers about one user."""
+
+    user_id: str
+    partition: int = -1  # events-topic partition of the user's events (for rebuilding deadlines)
+    seq_items: list[str] = field(default_factory=list)
+    seq_types: list[int] = field(default_factory=list)
+    seq_ts: list[int] = field(default_factory=list)
+    seq_cats: list[str] = field(default_factory=list)
+    seq_sessions: list[str] = field(default_factory=list)
+    # event_id -> ts_ms of recently seen events, for duplicate detection.
+    seen: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, PendingRequest] = field(default_factory=dict)
+    # impressions, clicks, add-to-carts, purchases
+    totals: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    item_clicks: dict[str, int] = field(default_factory=dict)
+    category_clicks: dict[str, int] = field(default_factory=dict)
+    max_ts: int = 0
+
+    # ---------------------------------------------------------------------------------------------
+    def is_duplicate(self, event_id: str, ts_ms: int, settings: Settings) -> bool:
+        """True when event_id was seen within the dedupe horizon; otherwise remembers it."""
+        if event_id in self.seen:
+            return True
+        self.seen[event_id] = ts_ms
+        if len(self.seen) > 64:
+            horizon = self.max_ts - settings.dedupe_horizon_ms
+            if min(self.seen.values()) < horizon:
+                self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
+        return False
+
+    def cooc_partners(self, ts_ms: int, session_id: str, item_id: str, settings: Settings) -> list[str]:
+        """Items that newly co-occur with this interaction (MicRec: same session or within the window).
+
+        The distinct other items among the user's latest `cooc_lookback` interactions that are in the same
+        session or less than `cooc_window_ms` older. When the item itself is already among them (a purchase
+        after its click, a repeat view) nothing new co-occurs and the list is empty.
+        """
+        partners: list[str] = []
+        seen: set[str] = set()
+        n = len(self.seq_items)
+        lo = max(0, n - settings.cooc_lookback)
+        window = settings.cooc_window_ms
+        items, stamps, sessions = self.seq_items, self.seq_ts, self.seq_sessions
+        for i in range(n - 1, lo - 1, -1):
+            if ts_ms - stamps[i] < window or (session_id and sessions[i] == session_id):
+                other = items[i]
+                if other == item_id:
+                    return []
+                if other not in seen:
+                    seen.add(other)
+                    partners.append(other)
+        return partners
+
+    def append_behavior(self, item_id: str, etype: int, ts_ms: int, category: str, session_id: str,
+                        settings: Settings) -> None:
+        """Adds an interaction to the sequence, then trims it by length and by per-type retention."""
+        self.seq_items.append(item_id)
+        self.seq_types.append(etype)
+        self.seq_ts.append(ts_ms)
+        self.seq_cats.append(category)
+        self.seq_sessions.append(session_id)
+        self._trim(settings)
+
+    def _trim(self, settings: Settings) -> None:
+        retention = settings.retention_by_type
+        newest = self.max_ts
+        # Fast path: short enough and even the oldest behaviour is within the shortest retention.
+        if len(self.seq_items) <= settings.max_sequence_length and (
+            newest - min(self.seq_ts) <= settings.shortest_retention_ms
+        ):
+            return
+        keep = [
+            i for i, (t, ts) in enumerate(zip(self.seq_types, self.seq_ts, strict=True))
+            if newest - ts <= retention[t]
+        ]
+        if len(keep) > settings.max_sequence_length:
+            keep = keep[-settings.max_sequence_length:]
+        if len(keep) != len(self.seq_items):
+            self.seq_items = [self.seq_items[i] for i in keep]
+            self.seq_types = [self.seq_types[i] for i in keep]
+            self.seq_ts = [self.seq_ts[i] for i in keep]
+            self.seq_cats = [self.seq_cats[i] for i in keep]
+            self.seq_sessions = [self.seq_sessions[i] for i in keep]
+
+    def snapshot(self, length: int) -> tuple[list[str], list[int], list[int], list[str]]:
+        """The newest `length` behaviours as columnar lists (copies)."""
+        return (self.seq_items[-length:], self.seq_types[-length:], self.seq_ts[-length:],
+                self.seq_cats[-length:])
+
+    def count_click(self, item_id: str, category: str) -> None:
+        """Updates the user-item and user-category click counters (bounded)."""
+        _bump(self.item_clicks, item_id)
+        if category:
+            _bump(self.category_clicks, category)
+
+    def attribute(self, etype: int, item_id: str, request_id: str, ts_ms: int, settings: Settings) -> bool:
+        """Labels the pending impression this interaction answers; False when none is open for it.
+
+        With a request_id the click must belong to that request; without one, the newest open
+        impression of the same item within the attribution window gets it.
+        """
+        label = LABEL_INDEX[etype]
+        window = settings.attribution_window_ms
+        if request_id:
+            req = self.pending.get(request_id)
+            if req is not None and item_id in req.impressions and req.ts_ms <= ts_ms <= req.ts_ms + window:
+                req.impressions[item_id].labels[label] = True
+                return True
+            return False
+        best: PendingRequest | None = None
+        for req in self.pending.values():
+            if item_id in req.impressions and req.ts_ms <= ts_ms <= req.ts_ms + window and (
+                best is None or req.ts_ms >= best.ts_ms
+            ):
+                best = req
+        if best is None:
+            return False
+        best.impressions[item_id].labels[label] = True
+        return True
+
+
+def _bump(counter: dict[str, int], key: str) -> None:
+    counter[key] = counter.get(key, 0) + 1
+    if len(counter) > MAX_CROSS_KEYS:
+        # Drop the oldest-inserted keys (dicts keep insertion order) down to the bound.
+        for old in list(counter)[: len(counter) - MAX_CROSS_KEYS]:
+            del counter[old]
+
+
+def type_total_index(etype: int) -> int:
+    """Index of an event type in UserState.totals."""
+    return {IMPRESSION: 0, CLICK: 1, ADD_TO_CART: 2, PURCHASE: 3}[etype]

@@ -1,0 +1,78 @@
+"""Helpers for the stream integration tests: run a replay through a worker process, read topics back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+
+from streamrank.config import Settings
+from streamrank.stream.app import worker_dir
+from streamrank.stream.store import StateStore
+from streamrank.v1 import events_pb2, features_pb2
+from tests.reference import Reference
+
+
+def read_topic(settings: Settings, logical: str, ends: dict[int, int]) -> list:
+    """Every record of a topic up to the given end offsets (kafka-python, no consumer group)."""
+    topic = settings.topic(logical)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             max_poll_records=5000)
+    try:
+        tps = [TopicPartition(topic, p) for p in ends]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out = []
+        while any(consumer.position(tp) < ends[tp.partition] for tp in tps):
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()
+
+
+def load_state(settings: Settings) -> dict:
+    """The stopped worker's state as plain Python."""
+    store = StateStore(worker_dir(settings) / "state", read_only=True)
+    try:
+        return store.snapshot_state()
+    finally:
+        store.close()
+
+
+def assert_state_matches(state: dict, ref: Reference) -> None:
+    """Field-by-field equality of streamed state and the offline reference, with readable failures."""
+    users = state["users"]
+    assert set(users) == set(ref.users), "different user sets"
+    for uid, r in ref.users.items():
+        u = users[uid]
+        assert u.totals == r.totals, f"user {uid}: totals {u.totals} != {r.totals}"
+        got = list(zip(u.seq_items, u.seq_types, u.seq_ts, u.seq_cats, u.seq_sessions, strict=True))
+        assert got == r.seq, f"user {uid}: behaviour sequence differs"
+        assert set(u.pending) == set(r.pending), f"user {uid}: pending requests differ"
+    assert state["cooc"] == ref.cooc, "co-occurrence counts differ"
+    assert state["scenario"] == ref.scenario, "scenario totals differ"
+    assert state["scenario_item"] == ref.scenario_item, "(scenario, item) totals differ"
+
+
+def samples_by_id(records: list) -> dict[str, tuple[bool, bool, bool]]:
+    """sample_id -> labels from samples-topic records (duplicates from replays must agree)."""
+    out: dict[str, tuple[bool, bool, bool]] = {}
+    for rec in records:
+        s = features_pb2.TrainingSample()
+        s.ParseFromString(rec.value)
+        labels = (s.labels.click, s.labels.add_to_cart, s.labels.purchase)
+        assert out.setdefault(s.sample_id, labels) == labels, f"sample {s.sample_id} re-emitted differently"
+    return out
+
+
+def categories_of(items: list[events_pb2.Item]) -> dict[str, str]:
+    """item_id -> category from catalog entries."""
+    return {i.item_id: i.category for i in items}
+
+
+def log_path(settings: Settings, name: str) -> Path:
+    """Where a test keeps a worker's log (inside its data dir)."""
+    path = Path(settings.data_dir) / f"{name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
