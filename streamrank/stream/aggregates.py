@@ -6,7 +6,8 @@ of co-occurrence neighbours does (documented in docs/design.md).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from itertools import repeat
 
 from streamrank.config import Settings
 from streamrank.events.types import ADD_TO_CART, CLICK, IMPRESSION, PURCHASE
@@ -15,44 +16,44 @@ STAT_INDEX: dict[int, int] = {IMPRESSION: 0, CLICK: 1, ADD_TO_CART: 2, PURCHASE:
 
 
 class CoocCounts:
-    """item -> {neighbour: count}, bounded to the top M neighbours per item, with per-batch deltas."""
+    """item -> {neighbour: count}, bounded to the top M neighbours per item, with per-batch deltas.
+
+    Pairs are tallied during a batch (Counter.update runs in C) and folded into the counts by take_delta()
+    at its end, where each item over 2*M neighbours is trimmed back to its top M once.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.top_m = settings.cooc_top_m
         self.counts: dict[str, dict[str, int]] = {}
-        self.delta: dict[str, dict[str, int]] = defaultdict(dict)
-        self.dirty: set[str] = set()
+        self._pairs: Counter[tuple[str, str]] = Counter()
 
     def add_pairs(self, item_id: str, partners: list[str]) -> None:
-        """Counts one co-occurrence of item_id with each partner, in both directions."""
-        counts = self.counts
-        delta = self.delta
-        mine = counts.get(item_id)
-        if mine is None:
-            mine = counts[item_id] = {}
-        mine_delta = delta[item_id]
-        for other in partners:
-            mine[other] = mine.get(other, 0) + 1
-            mine_delta[other] = mine_delta.get(other, 0) + 1
-            theirs = counts.get(other)
-            if theirs is None:
-                theirs = counts[other] = {}
-            theirs[item_id] = theirs.get(item_id, 0) + 1
-            other_delta = delta[other]
-            other_delta[item_id] = other_delta.get(item_id, 0) + 1
-            if len(theirs) > 2 * self.top_m:
-                counts[other] = _top(theirs, self.top_m)
-            self.dirty.add(other)
-        if len(mine) > 2 * self.top_m:
-            counts[item_id] = _top(mine, self.top_m)
-        self.dirty.add(item_id)
+        """Counts one co-occurrence of item_id with each partner (both directions, at take_delta())."""
+        self._pairs.update(zip(repeat(item_id), partners))
 
     def take_delta(self) -> tuple[dict[str, dict[str, int]], set[str]]:
-        """The deltas and changed items since the last call, resetting both."""
-        delta, dirty = dict(self.delta), self.dirty
-        self.delta = defaultdict(dict)
-        self.dirty = set()
-        return delta, dirty
+        """Folds the batch's pairs into the counts; returns the per-item deltas and the changed items."""
+        delta: dict[str, dict[str, int]] = defaultdict(dict)
+        for (a, b), n in self._pairs.items():
+            row = delta[a]
+            row[b] = row.get(b, 0) + n
+            row = delta[b]
+            row[a] = row.get(a, 0) + n
+        self._pairs = Counter()
+        counts = self.counts
+        limit = 2 * self.top_m
+        for item_id, changes in delta.items():
+            mine = counts.get(item_id)
+            if mine is None:
+                counts[item_id] = dict(changes)
+                mine = counts[item_id]
+            else:
+                get = mine.get
+                for other, n in changes.items():
+                    mine[other] = get(other, 0) + n
+            if len(mine) > limit:
+                counts[item_id] = _top(mine, self.top_m)
+        return dict(delta), set(delta)
 
     def neighbours(self, item_id: str, k: int | None = None) -> list[tuple[str, int]]:
         """The item's neighbours by decreasing count (ties by id), at most k."""

@@ -101,11 +101,13 @@ class Worker:
             "worker_id": self.settings.worker_id,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self._started, 1),
-            "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.processor.offsets.items())},
+            "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.processor.durable_offsets.items())},
             "counters": dict(events.counters),
             "catalog_items": len(self.store.catalog_cache),
             "item_dead_letters": self.item_dead_letters,
             "idle": events.idle.is_set(),
+            "first_record_at": events.first_record_at,
+            "last_batch_at": events.last_batch_at,
             "late_stat_events": self.processor.stats.late,
         }
 

@@ -61,6 +61,6 @@ def user_snapshot(user: UserState, settings: Settings) -> bytes:
 def cooc_update(item_id: str, neighbours: dict[str, int], producer: str, batch: int, ts_ms: int) -> bytes:
     """A CoocUpdate with one item's count changes from one batch."""
     msg = features_pb2.CoocUpdate(item_id=item_id, producer=producer, batch=batch, ts_ms=ts_ms)
-    for other, delta in neighbours.items():
-        msg.neighbors.add(item_id=other, delta=delta)
+    msg.neighbor_ids.extend(neighbours.keys())
+    msg.deltas.extend(neighbours.values())
     return msg.SerializeToString()

@@ -71,6 +71,8 @@ class BatchProcessor:
         self.cooc = CoocCounts(settings)
         self.stats = ScenarioStats(settings)
         self.offsets: dict[tuple[str, int], int] = store.load_offsets()
+        # The offsets as of the last commit(): what is really durable (self.offsets runs ahead in a batch).
+        self.durable_offsets: dict[tuple[str, int], int] = dict(self.offsets)
         self.watermarks: dict[int, int] = store.load_watermarks()
         self.batch_seq = store.load_batch_seq()
         # Events partitions this worker owns (set by the consumer on assignment; None: those seen so far).
@@ -155,6 +157,7 @@ class BatchProcessor:
         """Makes a processed batch durable: its state changes and offsets in one atomic write."""
         self.store.commit(result.touched, self.cooc, result.cooc_dirty, self.stats, self.offsets,
                           self.watermarks, self.batch_seq)
+        self.durable_offsets = dict(self.offsets)
 
     def _category(self, event: events_pb2.Event) -> tuple[str, str, str, float | None]:
         attrs = event.item

@@ -51,8 +51,11 @@ class EventsService(Service):
         # Partitions rebuilt from scratch: outputs for offsets below the group's commit were sent already.
         self.silent_until: dict[int, int] = {}
         self.counters: Counter[str] = Counter()
-        self.last_batch_at = 0.0
+        self.first_record_at = 0.0  # when the first batch arrived (wall clock)
+        self.last_batch_at = 0.0  # when the last batch became durable
         self.idle = asyncio.Event()
+        self._not_busy = asyncio.Event()
+        self._not_busy.set()
 
     async def on_start(self) -> None:
         s = self.settings
@@ -71,6 +74,11 @@ class EventsService(Service):
         self.consumer.subscribe([self.topic], listener=_Positioner(self))
 
     async def on_stop(self) -> None:
+        # Let the batch in flight become durable (the loop exits after it) before closing the clients.
+        try:
+            await asyncio.wait_for(self._not_busy.wait(), timeout=60)
+        except TimeoutError:
+            log.warning("a batch was still in flight at shutdown; it will be replayed on restart")
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
@@ -107,7 +115,11 @@ class EventsService(Service):
                 self.idle.set()
                 continue
             self.idle.clear()
-            await self.handle(records)
+            self._not_busy.clear()
+            try:
+                await self.handle(records)
+            finally:
+                self._not_busy.set()
 
     async def _collect(self, max_records: int, within_s: float) -> list[Record]:
         """Gathers up to max_records records, waiting at most within_s once the first has arrived."""
@@ -126,6 +138,8 @@ class EventsService(Service):
                 out.extend(Record(tp.topic, tp.partition, m.offset, m.key, m.value) for m in messages)
             if not out:
                 return out
+            if not self.first_record_at:
+                self.first_record_at = time.time()
             if deadline is None:
                 deadline = time.monotonic() + within_s
             if time.monotonic() >= deadline:

@@ -15,6 +15,8 @@ from streamrank.events.types import ADD_TO_CART, CLICK, IMPRESSION, PURCHASE
 LABEL_INDEX: dict[int, int] = {CLICK: 0, ADD_TO_CART: 1, PURCHASE: 2}
 # User-item and user-category click counters kept per user (the most recent keys are kept).
 MAX_CROSS_KEYS = 500
+# Event ids remembered per user for duplicate detection (the newest are kept past this bound).
+MAX_SEEN_IDS = 4096
 
 
 @dataclass(slots=True)
@@ -66,6 +68,7 @@ class UserState:
     item_clicks: dict[str, int] = field(default_factory=dict)
     category_clicks: dict[str, int] = field(default_factory=dict)
     max_ts: int = 0
+    oldest_ts: int = 0  # smallest ts in the sequence (kept so trimming need not scan it)
 
     # ---------------------------------------------------------------------------------------------
     def is_duplicate(self, event_id: str, ts_ms: int, settings: Settings) -> bool:
@@ -73,10 +76,11 @@ class UserState:
         if event_id in self.seen:
             return True
         self.seen[event_id] = ts_ms
-        if len(self.seen) > 64:
+        # Prune every 64 new ids (amortised): drop ids past the horizon, and keep at most MAX_SEEN_IDS.
+        if len(self.seen) % 64 == 0:
             horizon = self.max_ts - settings.dedupe_horizon_ms
-            if min(self.seen.values()) < horizon:
-                self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
+            kept = [(k, t) for k, t in self.seen.items() if t >= horizon]
+            self.seen = dict(kept[-MAX_SEEN_IDS:])
         return False
 
     def cooc_partners(self, ts_ms: int, session_id: str, item_id: str, settings: Settings) -> list[str]:
@@ -110,28 +114,33 @@ class UserState:
         self.seq_ts.append(ts_ms)
         self.seq_cats.append(category)
         self.seq_sessions.append(session_id)
+        if ts_ms < self.oldest_ts or len(self.seq_ts) == 1:
+            self.oldest_ts = ts_ms
         self._trim(settings)
 
     def _trim(self, settings: Settings) -> None:
-        retention = settings.retention_by_type
+        """Drops behaviours past their type's retention, then the oldest beyond max_sequence_length."""
         newest = self.max_ts
-        # Fast path: short enough and even the oldest behaviour is within the shortest retention.
-        if len(self.seq_items) <= settings.max_sequence_length and (
-            newest - min(self.seq_ts) <= settings.shortest_retention_ms
-        ):
-            return
-        keep = [
-            i for i, (t, ts) in enumerate(zip(self.seq_types, self.seq_ts, strict=True))
-            if newest - ts <= retention[t]
-        ]
-        if len(keep) > settings.max_sequence_length:
-            keep = keep[-settings.max_sequence_length:]
-        if len(keep) != len(self.seq_items):
-            self.seq_items = [self.seq_items[i] for i in keep]
-            self.seq_types = [self.seq_types[i] for i in keep]
-            self.seq_ts = [self.seq_ts[i] for i in keep]
-            self.seq_cats = [self.seq_cats[i] for i in keep]
-            self.seq_sessions = [self.seq_sessions[i] for i in keep]
+        if newest - self.oldest_ts > settings.shortest_retention_ms:
+            retention = settings.retention_by_type
+            keep = [
+                i for i, (t, ts) in enumerate(zip(self.seq_types, self.seq_ts, strict=True))
+                if newest - ts <= retention[t]
+            ]
+            if len(keep) != len(self.seq_items):
+                self.seq_items = [self.seq_items[i] for i in keep]
+                self.seq_types = [self.seq_types[i] for i in keep]
+                self.seq_ts = [self.seq_ts[i] for i in keep]
+                self.seq_cats = [self.seq_cats[i] for i in keep]
+                self.seq_sessions = [self.seq_sessions[i] for i in keep]
+            self.oldest_ts = min(self.seq_ts) if self.seq_ts else 0
+        excess = len(self.seq_items) - settings.max_sequence_length
+        if excess > 0:
+            dropped_oldest = min(self.seq_ts[:excess]) <= self.oldest_ts
+            for column in (self.seq_items, self.seq_types, self.seq_ts, self.seq_cats, self.seq_sessions):
+                del column[:excess]
+            if dropped_oldest:
+                self.oldest_ts = min(self.seq_ts)
 
     def snapshot(self, length: int) -> tuple[list[str], list[int], list[int], list[str]]:
         """The newest `length` behaviours as columnar lists (copies)."""

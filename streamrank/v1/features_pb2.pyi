@@ -91,24 +91,18 @@ class TrainingSample(_message.Message):
     counts: ContextCounts
     def __init__(self, sample_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., position: _Optional[int] = ..., scenario: _Optional[str] = ..., query: _Optional[str] = ..., impression_ts_ms: _Optional[int] = ..., labels: _Optional[_Union[Labels, _Mapping]] = ..., behaviors: _Optional[_Union[BehaviorSequence, _Mapping]] = ..., item: _Optional[_Union[_events_pb2.ItemAttributes, _Mapping]] = ..., counts: _Optional[_Union[ContextCounts, _Mapping]] = ...) -> None: ...
 
-class CoocNeighbor(_message.Message):
-    __slots__ = ("item_id", "delta")
-    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
-    DELTA_FIELD_NUMBER: _ClassVar[int]
-    item_id: str
-    delta: int
-    def __init__(self, item_id: _Optional[str] = ..., delta: _Optional[int] = ...) -> None: ...
-
 class CoocUpdate(_message.Message):
-    __slots__ = ("item_id", "neighbors", "producer", "batch", "ts_ms")
+    __slots__ = ("item_id", "neighbor_ids", "deltas", "producer", "batch", "ts_ms")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
-    NEIGHBORS_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOR_IDS_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     TS_MS_FIELD_NUMBER: _ClassVar[int]
     item_id: str
-    neighbors: _containers.RepeatedCompositeFieldContainer[CoocNeighbor]
+    neighbor_ids: _containers.RepeatedScalarFieldContainer[str]
+    deltas: _containers.RepeatedScalarFieldContainer[int]
     producer: str
     batch: int
     ts_ms: int
-    def __init__(self, item_id: _Optional[str] = ..., neighbors: _Optional[_Iterable[_Union[CoocNeighbor, _Mapping]]] = ..., producer: _Optional[str] = ..., batch: _Optional[int] = ..., ts_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, item_id: _Optional[str] = ..., neighbor_ids: _Optional[_Iterable[str]] = ..., deltas: _Optional[_Iterable[int]] = ..., producer: _Optional[str] = ..., batch: _Optional[int] = ..., ts_ms: _Optional[int] = ...) -> None: ...
