@@ -1,7 +1,8 @@
 """Framework ceiling for the stream benchmark: a bare Faust agent reading a topic with take_events.
 
-Run as a child process by streamrank.bench.stream: it consumes N records with no processing and writes
-{"records": N, "seconds": s} to $RESULT_PATH (Faust takes over stdout). It shows what Faust's per-event stream path costs on this machine.
+Run as a child process by streamrank.bench.stream: it consumes N records with no processing and
+writes {"records": N, "seconds": s} to $RESULT_PATH (Faust takes over stdout). It shows what Faust's
+per-event stream path costs on this machine.
 """
 
 from __future__ import annotations
