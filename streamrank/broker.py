@@ -63,7 +63,9 @@ def wait_until_ready(bootstrap: str, timeout_s: float = 30.0) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+            remaining_ms = max(100, int((deadline - time.monotonic()) * 1000))
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=min(3000, remaining_ms),
+                                     bootstrap_timeout_ms=min(3000, remaining_ms))
             try:
                 admin.list_topics()
                 return
@@ -79,8 +81,8 @@ class EmbeddedBroker:
     """A tansu process on 127.0.0.1; use as a context manager or call start()/stop()."""
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
-        if host not in {"127.0.0.1", "localhost", "::1"}:
-            raise BrokerError("the embedded broker binds loopback only")
+        if host not in {"127.0.0.1", "localhost"}:
+            raise BrokerError(f"the embedded broker binds IPv4 loopback only (127.0.0.1), not {host!r}")
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path

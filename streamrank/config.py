@@ -103,11 +103,14 @@ class Settings:
             "partitions", "max_event_bytes", "max_id_length", "batch_size", "max_sequence_length",
             "cooc_window_ms", "cooc_lookback", "cooc_top_m", "attribution_window_ms",
             "stats_window_ms", "stats_bucket_ms", "dedupe_horizon_ms", "feature_sequence_length",
-            "user_cache_size",
+            "user_cache_size", "click_retention_ms", "add_to_cart_retention_ms", "purchase_retention_ms",
+            "max_future_skew_ms",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.stats_grace_ms < 0:
+            raise ConfigError(f"stats_grace_ms must be >= 0, got {self.stats_grace_ms!r}")
         if self.batch_within_s <= 0:
             raise ConfigError(f"batch_within_s must be > 0, got {self.batch_within_s!r}")
         if self.stats_window_ms % self.stats_bucket_ms:
@@ -126,6 +129,8 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
         if text in {"0", "false", "no", "off"}:
             return False
         raise ConfigError(f"{name}: expected a boolean, got {raw!r}")
+    if kind is int and (isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer())):
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}")
     try:
         return kind(raw)
     except (TypeError, ValueError) as exc:
@@ -152,6 +157,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         env = os.environ.get(f"STREAMRANK_{f.name.upper()}")
         if env is not None and f.name != "extra":
             values[f.name] = env
+    unknown_overrides = sorted(set(overrides) - set(hints))
+    if unknown_overrides:
+        raise ConfigError(f"unknown settings: {', '.join(unknown_overrides)}")
     values.update({k: v for k, v in overrides.items() if v is not None})
     typed = {
         name: (raw if name == "extra" else _coerce(name, raw, hints[name]))

@@ -89,10 +89,15 @@ class BatchProcessor:
 
     # ------------------------------------------------------------------------------------------
     def _remember(self, user: UserState) -> None:
+        # No eviction here: a user changed earlier in the batch must not be reloaded from the store,
+        # which does not hold the batch yet. The cache is trimmed after each commit.
+        self.users[user.user_id] = user
+
+    def _trim_cache(self) -> None:
         users = self.users
-        users[user.user_id] = user
-        if len(users) > self.settings.user_cache_size:
-            for old in list(users)[: len(users) - self.settings.user_cache_size]:
+        excess = len(users) - self.settings.user_cache_size
+        if excess > 0:
+            for old in list(users)[:excess]:
                 del users[old]
 
     def _user(self, user_id: str) -> UserState:
@@ -158,6 +163,7 @@ class BatchProcessor:
         self.store.commit(result.touched, self.cooc, result.cooc_dirty, self.stats, self.offsets,
                           self.watermarks, self.batch_seq)
         self.durable_offsets = dict(self.offsets)
+        self._trim_cache()
 
     def _category(self, event: events_pb2.Event) -> tuple[str, str, str, float | None]:
         attrs = event.item

@@ -24,6 +24,17 @@ from streamrank.stream.userstate import UserState
 from streamrank.v1 import events_pb2
 
 SEP = b"\x00"
+
+
+def _pair_key(scenario: str, item_id: str) -> bytes:
+    """(scenario, item) as bytes: the scenario length-prefixed, so any characters round-trip."""
+    raw = scenario.encode()
+    return len(raw).to_bytes(4, "big") + raw + item_id.encode()
+
+
+def _split_pair_key(key: bytes) -> tuple[str, str]:
+    n = int.from_bytes(key[:4], "big")
+    return key[4:4 + n].decode(), key[4 + n:].decode()
 _DUMP = pickle.dumps
 _LOAD = pickle.loads
 PROTO = pickle.HIGHEST_PROTOCOL
@@ -108,11 +119,9 @@ class StateStore:
         for key, raw in self._scan(b"g"):
             stats.scenario[key.decode()] = _LOAD(raw)
         for key, raw in self._scan(b"n"):
-            scenario, item = key.split(SEP, 1)
-            stats.item[(scenario.decode(), item.decode())] = _LOAD(raw)
+            stats.item[_split_pair_key(key)] = _LOAD(raw)
         for key, raw in self._scan(b"b"):
-            scenario, item = key.split(SEP, 1)
-            stats.buckets[(scenario.decode(), item.decode())] = _LOAD(raw)
+            stats.buckets[_split_pair_key(key)] = _LOAD(raw)
         raw = self.db.get(b"mstats")
         if raw is not None:
             stats.watermark, stats.low_watermark, stats.late = _LOAD(raw)
@@ -142,7 +151,7 @@ class StateStore:
         for item_id in cooc_dirty:
             put(b"c" + item_id.encode(), _DUMP(counts[item_id], PROTO))
         for scenario, item_id in stats.dirty:
-            skey = scenario.encode() + SEP + item_id.encode()
+            skey = _pair_key(scenario, item_id)
             if item_id:
                 put(b"n" + skey, _DUMP(stats.item[(scenario, item_id)], PROTO))
             else:

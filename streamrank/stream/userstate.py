@@ -72,7 +72,11 @@ class UserState:
 
     # ---------------------------------------------------------------------------------------------
     def is_duplicate(self, event_id: str, ts_ms: int, settings: Settings) -> bool:
-        """True when event_id was seen within the dedupe horizon; otherwise remembers it."""
+        """True when event_id was seen before; otherwise remembers it.
+
+        Ids are remembered for at least dedupe_horizon_ms of event time (pruned every 64 new ids, so some
+        live a little longer), and at most MAX_SEEN_IDS per user.
+        """
         if event_id in self.seen:
             return True
         self.seen[event_id] = ts_ms
@@ -180,9 +184,10 @@ class UserState:
 
 
 def _bump(counter: dict[str, int], key: str) -> None:
-    counter[key] = counter.get(key, 0) + 1
+    # Re-inserting moves the key to the end, so insertion order is recency of the last click.
+    counter[key] = counter.pop(key, 0) + 1
     if len(counter) > MAX_CROSS_KEYS:
-        # Drop the oldest-inserted keys (dicts keep insertion order) down to the bound.
+        # Drop the least recently clicked keys down to the bound.
         for old in list(counter)[: len(counter) - MAX_CROSS_KEYS]:
             del counter[old]
 

@@ -1,0 +1,1 @@
+"""Benchmarks whose tables go to docs/benchmarks/ (each module has a `main(argv) -> int`)."""
