@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TypeVar
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from streamrank.config import Settings
 from streamrank.events.types import NAME_BY_TYPE
@@ -26,6 +27,8 @@ FUTURE_TIMESTAMP = "future_timestamp"
 BAD_POSITION = "bad_position"
 BAD_PRICE = "bad_price"
 PROCESSING_ERROR = "processing_error"
+
+M = TypeVar("M", bound=Message)
 
 
 class InvalidEvent(ValueError):
@@ -69,32 +72,29 @@ def check_event(event: events_pb2.Event, settings: Settings, now_ms: int | None 
         _check_price(event.item.price)
 
 
-def decode_event(raw: bytes | None, settings: Settings, now_ms: int | None = None) -> events_pb2.Event:
-    """Parses and validates one events-topic value; raises InvalidEvent with the reason when it is bad."""
+def _parse(raw: bytes | None, message: M, settings: Settings) -> M:
+    """Size-checks and parses raw bytes into `message`; InvalidEvent when they are not one."""
     if raw is None:
         raise InvalidEvent(MALFORMED, "empty message value (tombstone)")
     if len(raw) > settings.max_event_bytes:
         raise InvalidEvent(OVERSIZED, f"{len(raw)} bytes (limit {settings.max_event_bytes})")
-    event = events_pb2.Event()
     try:
-        event.ParseFromString(raw)
+        message.ParseFromString(raw)
     except DecodeError as exc:
-        raise InvalidEvent(MALFORMED, f"not a streamrank.v1.Event: {exc}") from exc
+        raise InvalidEvent(MALFORMED, f"not a {message.DESCRIPTOR.full_name}: {exc}") from exc
+    return message
+
+
+def decode_event(raw: bytes | None, settings: Settings, now_ms: int | None = None) -> events_pb2.Event:
+    """Parses and validates one events-topic value; raises InvalidEvent with the reason when it is bad."""
+    event = _parse(raw, events_pb2.Event(), settings)
     check_event(event, settings, now_ms)
     return event
 
 
 def decode_item(raw: bytes | None, settings: Settings) -> events_pb2.Item:
     """Parses and validates one items-topic value; raises InvalidEvent with the reason when it is bad."""
-    if raw is None:
-        raise InvalidEvent(MALFORMED, "empty message value (tombstone)")
-    if len(raw) > settings.max_event_bytes:
-        raise InvalidEvent(OVERSIZED, f"{len(raw)} bytes (limit {settings.max_event_bytes})")
-    item = events_pb2.Item()
-    try:
-        item.ParseFromString(raw)
-    except DecodeError as exc:
-        raise InvalidEvent(MALFORMED, f"not a streamrank.v1.Item: {exc}") from exc
+    item = _parse(raw, events_pb2.Item(), settings)
     if not item.item_id:
         raise InvalidEvent(MISSING_FIELD, "item_id is empty")
     if len(item.item_id) > settings.max_id_length:
