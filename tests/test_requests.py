@@ -10,6 +10,7 @@ import pytest
 from streamrank.config import Settings
 from streamrank.data.movielens import MovieItem, MovieLens, MovieUser, build_ratings, load_movielens
 from streamrank.data.requests import (
+    age_bucket,
     count_events,
     item_popularity,
     movielens_events,
@@ -65,7 +66,7 @@ def test_request_shape(ml: MovieLens, stream: list[events_pb2.Event]) -> None:
         assert {e.user_id for e in events} == {ratings.user_id[index]}
         assert len({(e.session_id, e.scenario) for e in events}) == 1
         assert click.item.category == ml.items[click.item_id].genres[0]
-        assert click.scenario == f"age:{ml.users[click.user_id].age}"
+        assert click.scenario == f"age:{age_bucket(ml.users[click.user_id].age)}"
         for event in events:
             check_event(event, settings)
 
@@ -158,7 +159,7 @@ def test_sessions_ties_and_scenarios() -> None:
     t0 = 1_000_000_000_000
     assert [c.ts_ms - t0 for c in by_user["u"][:2]] == [1, 4]  # the second rating in one second: +3 ms
     assert by_user["v"][0].ts_ms - t0 == 1
-    assert {c.scenario for c in by_user["u"]} == {"age:30"} and {c.scenario for c in by_user["v"]} == {""}
+    assert {c.scenario for c in by_user["u"]} == {"age:25"} and {c.scenario for c in by_user["v"]} == {""}
     assert not by_user["u"][2].HasField("item")  # item c has no genre: no attributes
     none = [e for e in movielens_events(ml, scenario_field="none") if e.scenario]
     assert none == []
@@ -177,3 +178,8 @@ def test_items(ml: MovieLens) -> None:
     assert (toy.item_id, toy.title, toy.category) == ("1", "Toy Story (1995)", "Animation")
     assert list(toy.tags) == ["Animation", "Children's", "Comedy"]
     assert not toy.brand and not toy.HasField("price")
+
+
+def test_ages_map_to_the_ml1m_buckets() -> None:
+    assert [age_bucket(a) for a in (7, 17, 18, 24, 25, 34, 35, 44, 45, 49, 50, 55, 56, 80)] == [
+        1, 1, 18, 18, 25, 25, 35, 35, 45, 45, 50, 50, 56, 56]
