@@ -1,0 +1,146 @@
+"""The feature spec: which fields a ranking model sees, their vocabularies and the sequence layout.
+
+One spec is built per model (fitted on training data, grown by the online trainer, frozen by the
+scorer) and saved next to the model weights, so that training and serving encode identically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamrank.features.raw import RawExample
+from streamrank.features.vocab import Vocab
+
+# Categorical vocabularies every spec has. Target item and behaviour items share "item"; target and
+# behaviour categories share "category" (one embedding table each, as in the paper's shared layer E).
+BASE_VOCABS = ("item", "category", "brand", "shop", "query", "scenario", "user", "tag")
+
+# Behaviour types are a closed set (streamrank.v1.EventType 0..4): index = type + 2, PAD = 0, OOV = 1.
+NUM_TYPE_ROWS = 7
+
+
+def _log1p(x: float) -> float:
+    return math.log1p(max(float(x), 0.0))
+
+
+@dataclass(frozen=True)
+class DenseInputs:
+    """What a dense feature may read: the candidate's counters and price, and the history length."""
+
+    item_impressions: int
+    item_clicks: int
+    item_purchases: int
+    user_item_clicks: int
+    user_category_clicks: int
+    price: float | None
+    history_len: int
+
+
+# Dense ("other") features: name -> function of the candidate's counters, price and history length.
+DENSE_FEATURES: dict[str, Callable[[DenseInputs], float]] = {
+    "item_impressions": lambda d: _log1p(d.item_impressions),
+    "item_clicks": lambda d: _log1p(d.item_clicks),
+    "item_purchases": lambda d: _log1p(d.item_purchases),
+    "item_ctr": lambda d: (d.item_clicks + 1.0) / (d.item_impressions + 10.0) if d.item_impressions else 0.0,
+    "user_item_clicks": lambda d: _log1p(d.user_item_clicks),
+    "user_category_clicks": lambda d: _log1p(d.user_category_clicks),
+    "price": lambda d: _log1p(d.price) if d.price is not None else 0.0,
+    "price_missing": lambda d: 1.0 if d.price is None else 0.0,
+    "history_len": lambda d: _log1p(d.history_len),
+}
+
+DEFAULT_DENSE = ("item_impressions", "item_clicks", "item_purchases", "item_ctr", "user_item_clicks",
+                 "user_category_clicks", "price", "price_missing", "history_len")
+
+
+@dataclass
+class FeatureSpec:
+    """Fields, vocabularies and layout of a ranking model's input.
+
+    max_seq_len: behaviours kept (the most recent ones); shorter sequences are right-padded and masked.
+    user_fields / item_fields: names of extra categorical fields read from `RawExample.user_fields` and
+        `ItemAttrs.fields`, each with its own vocabulary ("user.<name>", "item.<name>").
+    max_tags: width of the multi-valued item tag field (0 disables it); extra tags are dropped.
+    dense: names from DENSE_FEATURES, in order.
+    use_user_id: whether the user id is an input (an "other" feature); off for cold-start settings.
+    label: which of Labels' fields is the training target.
+    """
+
+    max_seq_len: int = 50
+    user_fields: tuple[str, ...] = ()
+    item_fields: tuple[str, ...] = ()
+    max_tags: int = 0
+    dense: tuple[str, ...] = DEFAULT_DENSE
+    use_user_id: bool = True
+    label: str = "click"
+    vocabs: dict[str, Vocab] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [d for d in self.dense if d not in DENSE_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown dense features {unknown}; known: {sorted(DENSE_FEATURES)}")
+        if self.label not in ("click", "add_to_cart", "purchase"):
+            raise ValueError(f"label must be click, add_to_cart or purchase, not {self.label!r}")
+        names = [*BASE_VOCABS, *(f"user.{f}" for f in self.user_fields),
+                 *(f"item.{f}" for f in self.item_fields)]
+        for name in names:
+            self.vocabs.setdefault(name, Vocab(name))
+
+    def vocab_sizes(self) -> dict[str, int]:
+        """Rows each embedding table needs now (grows with the vocabularies)."""
+        return {name: len(v) for name, v in self.vocabs.items()}
+
+    def fit(self, examples: Iterable[RawExample], min_count: int = 1) -> FeatureSpec:
+        """Fill the vocabularies from training examples (targets and behaviours alike)."""
+        toks: dict[str, list[str]] = {name: [] for name in self.vocabs}
+        for ex in examples:
+            toks["item"].append(ex.item_id)
+            toks["item"].extend(ex.behaviors.item_ids)
+            toks["category"].append(ex.item.category)
+            toks["category"].extend(ex.behaviors.categories)
+            toks["brand"].append(ex.item.brand)
+            toks["shop"].append(ex.item.shop)
+            toks["query"].append(ex.query)
+            toks["scenario"].append(ex.scenario)
+            toks["user"].append(ex.user_id)
+            toks["tag"].extend(ex.item.tags)
+            for f in self.user_fields:
+                toks[f"user.{f}"].append(ex.user_fields.get(f, ""))
+            for f in self.item_fields:
+                toks[f"item.{f}"].append(ex.item.fields.get(f, ""))
+        for name, ts in toks.items():
+            self.vocabs[name].fit(ts, min_count=min_count if name in ("item", "user") else 1)
+        return self
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable state, vocabularies included."""
+        return {
+            "max_seq_len": self.max_seq_len,
+            "user_fields": list(self.user_fields),
+            "item_fields": list(self.item_fields),
+            "max_tags": self.max_tags,
+            "dense": list(self.dense),
+            "use_user_id": self.use_user_id,
+            "label": self.label,
+            "vocabs": {name: v.to_dict() for name, v in self.vocabs.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureSpec:
+        """Inverse of `to_dict`."""
+        vocabs = {name: Vocab.from_dict(v) for name, v in d["vocabs"].items()}
+        return cls(d["max_seq_len"], tuple(d["user_fields"]), tuple(d["item_fields"]), d["max_tags"],
+                   tuple(d["dense"]), d["use_user_id"], d["label"], vocabs)
+
+    def save(self, path: str | Path) -> None:
+        """Write the spec as JSON (stored beside a model artefact)."""
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSpec:
+        """Read a spec written by `save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,1 @@
+"""Neural network modules: shared layers, ranking models (and later scenario and retrieval models)."""

@@ -1,0 +1,214 @@
+"""Offline training of the ranking models: AdamW, early stopping on a validation split, seeds, device.
+
+Data comes as `ExampleSource`s (anything that produces `RawExample`s for index arrays), so examples are
+materialised and tensorised per mini-batch through the one feature path instead of being held in memory
+as padded tensors. `train_step` is the unit the online trainer reuses.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from streamrank.features.batch import Batch
+from streamrank.features.raw import RawExample
+from streamrank.features.tensorize import Tensorizer
+from streamrank.models.ranking.moe import RankingModel
+from streamrank.train.losses import contrastive_loss, ranking_loss
+from streamrank.train.metrics import evaluate
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """CUDA when available (or `prefer` when given, e.g. "cpu"), else CPU: the one place that decides."""
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so that a run is reproducible."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+class ExampleSource(Protocol):
+    """A data split: length, labels, optional session ids, and examples materialised on demand."""
+
+    labels: np.ndarray
+    sessions: np.ndarray | None
+
+    def __len__(self) -> int:
+        """Number of examples."""
+        ...
+
+    def examples(self, idx: Sequence[int] | np.ndarray) -> list[RawExample]:
+        """The examples at positions `idx`, in that order."""
+        ...
+
+
+@dataclass
+class ListSource:
+    """An `ExampleSource` over a list of ready examples (tests, small data, the online trainer)."""
+
+    items: list[RawExample]
+    sessions: np.ndarray | None = None
+    label: str = "click"
+    labels: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = np.array([float(getattr(e.labels, self.label)) for e in self.items], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def examples(self, idx: Sequence[int] | np.ndarray) -> list[RawExample]:
+        """The examples at `idx`."""
+        return [self.items[int(i)] for i in idx]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Paper (Sec. IV-D): AdamW, lr 1e-4, batch 1024."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    batch_size: int = 1024
+    max_epochs: int = 10
+    patience: int = 2
+    seed: int = 0
+    eval_batch_size: int = 4096
+    valid_metric: str = "session_auc"
+    device: str | None = None
+    progress: bool = True
+    max_steps_per_epoch: int | None = None
+
+    def to_dict(self) -> dict:
+        """Plain dict for reports."""
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    """What `fit` did: best epoch and validation value, per-epoch history, wall time."""
+
+    best_epoch: int
+    best_valid: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _user_keys(examples: Sequence[RawExample], device: torch.device) -> torch.Tensor:
+    """Small integer ids of the examples' users (to keep same-user rows out of CL negatives)."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(e.user_id, len(ids)) for e in examples], device=device)
+
+
+def train_step(model: RankingModel, batch: Batch, optimizer: torch.optim.Optimizer,
+               user_keys: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> dict[str, float]:
+    """One optimisation step on an encoded mini-batch (one user row per candidate, labels set).
+
+    Loss: BCE, plus lambda * L_cl when the model's config enables contrastive learning; `user_keys` (B,)
+    identify users so that CL negatives come from other users (default: the encoded user ids). The
+    online trainer calls this too: it encodes with grow=True and, when `model.sync_vocab()` reports new
+    rows, rebuilds its optimizer before the step.
+    """
+    assert batch.labels is not None and batch.one_user_per_row
+    model.train()
+    out = model(batch)
+    loss_rank = ranking_loss(out.logits, batch.labels)
+    loss = loss_rank
+    logs = {"loss_rank": float(loss_rank.detach())}
+    if model.cfg.cl_weight > 0 and out.gate is not None:
+        keys = batch.users.user if user_keys is None else user_keys
+        loss_cl = contrastive_loss(model, batch, out.gate, keys, generator)
+        loss = loss + model.cfg.cl_weight * loss_cl
+        logs["loss_cl"] = float(loss_cl.detach())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logs
+
+
+@torch.no_grad()
+def predict(model: RankingModel, tensorizer: Tensorizer, source: ExampleSource, batch_size: int = 4096,
+            device: torch.device | None = None, progress: bool = False, desc: str = "predict") -> np.ndarray:
+    """Probabilities for every example of `source`, in order (frozen vocabularies: unseen ids -> OOV)."""
+    device = device or pick_device()
+    model.eval()
+    out = np.empty(len(source), dtype=np.float32)
+    starts = range(0, len(source), batch_size)
+    for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        idx = np.arange(s, min(s + batch_size, len(source)))
+        batch = tensorizer.encode(source.examples(idx), grow=False).to(device)
+        out[idx] = torch.sigmoid(model(batch).logits).float().cpu().numpy()
+    return out
+
+
+def evaluate_source(model: RankingModel, tensorizer: Tensorizer, source: ExampleSource,
+                    cfg: TrainConfig, device: torch.device, desc: str = "eval") -> dict[str, float]:
+    """Metrics of the model on a split (session metrics when the split has sessions)."""
+    probs = predict(model, tensorizer, source, cfg.eval_batch_size, device, cfg.progress, desc)
+    return evaluate(probs, source.labels, source.sessions)
+
+
+def fit(model: RankingModel, tensorizer: Tensorizer, train: ExampleSource, valid: ExampleSource | None,
+        cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Train with AdamW; after each epoch evaluate `valid` and keep the best weights (early stopping).
+
+    The model is left holding the best weights. Without a validation split it trains `max_epochs`.
+    """
+    device = pick_device(cfg.device)
+    model.to(device)
+    set_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best_state, best_value, best_epoch, bad = None, -float("inf"), -1, 0
+    result = FitResult(best_epoch=-1, best_valid=float("nan"))
+    t0 = time.perf_counter()
+    for epoch in range(cfg.max_epochs):
+        order = rng.permutation(len(train))
+        starts = list(range(0, len(order), cfg.batch_size))[: cfg.max_steps_per_epoch]
+        bar = tqdm(starts, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
+        sums: dict[str, float] = {}
+        for s in bar:
+            examples = train.examples(order[s:s + cfg.batch_size])
+            batch = tensorizer.encode(examples).to(device)
+            logs = train_step(model, batch, optimizer, _user_keys(examples, device), gen)
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{logs['loss_rank']:.4f}")
+        record = {"epoch": epoch, **{k: v / max(len(starts), 1) for k, v in sums.items()},
+                  "seconds": time.perf_counter() - t0}
+        if valid is not None:
+            metrics = evaluate_source(model, tensorizer, valid, cfg, device, desc="valid")
+            record.update({f"valid_{k}": v for k, v in metrics.items()})
+            value = metrics[cfg.valid_metric]
+            if value > best_value:
+                best_value, best_epoch, bad = value, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+        result.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if valid is not None and bad > cfg.patience - 1:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.best_epoch = best_epoch if valid is not None else cfg.max_epochs - 1
+    result.best_valid = best_value if valid is not None else float("nan")
+    result.seconds = time.perf_counter() - t0
+    return result
