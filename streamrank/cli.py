@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -70,6 +71,75 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0 if not report.failed else 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Runs the online trainer for one model until SIGTERM/Ctrl-C (or --idle-exit / --max-samples)."""
+    import signal
+
+    from streamrank.registry.publisher import RegistryPublisher
+    from streamrank.registry.store import Registry
+    from streamrank.train.online import OnlineTrainer
+
+    settings = _settings(args)
+    if not settings.bootstrap_servers:
+        print("train needs --bootstrap-servers (or STREAMRANK_BOOTSTRAP_SERVERS)", file=sys.stderr)
+        return 2
+    warm = None
+    if args.warm_start:
+        from streamrank.models.ranking.artifact import model_from_files
+
+        model_name, _, version = args.warm_start.partition(":")
+        _, files = Registry(settings.registry_root(), model_name).read(int(version) if version else None)
+        warm, _ = model_from_files(files)
+    publisher = RegistryPublisher(settings, args.model)
+    trainer = OnlineTrainer(settings, args.model, publisher=publisher, warm_start=warm)
+    signal.signal(signal.SIGTERM, lambda *_: trainer.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: trainer.stop_event.set())
+    print(f"training {args.model} from {settings.topic('samples')}; registry {settings.registry_root()}", flush=True)
+    try:
+        status = trainer.run(max_samples=args.max_samples, idle_exit_s=args.idle_exit)
+    finally:
+        publisher.close()
+    m = status["metrics"]
+    print(f"stopped: {int(m['samples_learned']):,} samples learned, prequential AUC {m['prequential_auc']:.4f}, "
+          f"{status['publications']} versions published, {status['blocked']} blocked by the guardrail")
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    """Lists a model's versions, shows one, or rolls back to an older one."""
+    from streamrank.registry.publisher import RegistryPublisher, announcement
+    from streamrank.registry.store import Registry, RegistryError
+
+    settings = _settings(args)
+    registry = Registry(settings.registry_root(), args.model)
+    try:
+        if args.action == "list":
+            live = registry.current_version()
+            for v in registry.list_versions():
+                info = registry.info(v)
+                auc = info.meta.get("metrics", {}).get("prequential_auc", float("nan"))
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_ms / 1000))
+                samples = info.meta.get("samples_learned", 0)
+                mark = "*" if v == live else " "
+                print(f"{mark} v{v:<6} {created}  AUC {auc:.4f}  samples {samples:>10,}  {info.checksum[:12]}")
+        elif args.action == "show":
+            info = registry.info(args.version or registry.current_version() or 0)
+            registry.verify(info)
+            print(json.dumps({"version": info.version, "checksum": info.checksum, "path": str(info.path),
+                              "files": info.files, "meta": info.meta}, indent=1, default=str))
+        else:
+            info = registry.rollback(args.version)
+            print(f"{args.model}: v{info.version} is live again")
+            if settings.bootstrap_servers:
+                publisher = RegistryPublisher(settings, args.model)
+                publisher.send(announcement(info, rollback=True))
+                publisher.close()
+    except RegistryError as exc:
+        print(f"registry: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_state(args: argparse.Namespace) -> int:
     """Prints a summary of a stopped worker's state (users, sequences, co-occurrence, scenarios)."""
     from streamrank.stream.summary import print_summary
@@ -128,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first invalid event")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("train", help="run the online trainer of one model")
+    common(p)
+    p.add_argument("--model", default="aw_moe_cl", help="preset: dnn, din, category_moe, aw_moe, aw_moe_cl, ...")
+    p.add_argument("--warm-start", help="MODEL[:VERSION] from the registry to start from")
+    p.add_argument("--max-samples", type=int, help="stop after learning this many samples")
+    p.add_argument("--idle-exit", type=float, help="stop after this many seconds without samples")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("registry", help="list, show or roll back model versions")
+    common(p)
+    p.add_argument("action", choices=["list", "show", "rollback"])
+    p.add_argument("--model", default="aw_moe_cl")
+    p.add_argument("--version", type=int, help="for show/rollback (rollback default: the previous version)")
+    p.set_defaults(func=cmd_registry)
 
     p = sub.add_parser("state", help="summarise a stopped worker's state")
     common(p)

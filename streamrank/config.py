@@ -68,6 +68,29 @@ class Settings:
     feature_sequence_length: int = 50
     # Users kept decoded in memory between batches.
     user_cache_size: int = 200_000
+    # --- online trainer and registry ---------------------------------------------------------------
+    # Where versions are published (empty: <data_dir>/registry).
+    registry_dir: str = ""
+    # Versions kept besides the live one (older ones are pruned after each publication).
+    registry_keep: int = 5
+    train_batch_size: int = 1024
+    train_batch_within_s: float = 1.0
+    train_lr: float = 1e-3
+    train_weight_decay: float = 1e-2
+    # A private checkpoint (weights, optimizer, offsets) every this many steps or seconds, whichever first;
+    # Kafka offsets are committed only after the checkpoint that covers them.
+    checkpoint_every_steps: int = 200
+    checkpoint_every_s: float = 10.0
+    # A registry version at most this often (at a checkpoint), once the window holds enough samples.
+    publish_every_s: float = 30.0
+    min_samples_to_publish: int = 2_000
+    # Prequential (test-then-train) metrics over the last this many samples.
+    prequential_window: int = 20_000
+    # A version whose prequential AUC is more than this below the live version's is not published.
+    guardrail_margin: float = 0.02
+    # Ids unseen for this long (event time) leave the vocabularies; checked this often (event time).
+    vocab_ttl_ms: int = 30 * DAY_MS
+    vocab_expire_every_ms: int = DAY_MS
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------
@@ -91,6 +114,10 @@ class Settings:
         """The retention of the type kept for the shortest time."""
         return min(self.click_retention_ms, self.add_to_cart_retention_ms, self.purchase_retention_ms)
 
+    def registry_root(self) -> Path:
+        """The registry directory (registry_dir, or <data_dir>/registry)."""
+        return Path(self.registry_dir) if self.registry_dir else Path(self.data_dir) / "registry"
+
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (validated)."""
         updated = dataclasses.replace(self, **changes)
@@ -104,11 +131,16 @@ class Settings:
             "cooc_window_ms", "cooc_lookback", "cooc_top_m", "attribution_window_ms",
             "stats_window_ms", "stats_bucket_ms", "dedupe_horizon_ms", "feature_sequence_length",
             "user_cache_size", "click_retention_ms", "add_to_cart_retention_ms", "purchase_retention_ms",
-            "max_future_skew_ms",
+            "max_future_skew_ms", "train_batch_size", "checkpoint_every_steps", "prequential_window",
+            "vocab_ttl_ms", "vocab_expire_every_ms", "train_lr", "checkpoint_every_s",
+            "train_batch_within_s",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("registry_keep", "min_samples_to_publish", "guardrail_margin", "publish_every_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.stats_grace_ms < 0:
             raise ConfigError(f"stats_grace_ms must be >= 0, got {self.stats_grace_ms!r}")
         if self.batch_within_s <= 0:

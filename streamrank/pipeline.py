@@ -6,6 +6,7 @@ operator does (separate processes talking through the broker), not through in-pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,9 +22,9 @@ from streamrank.stream.app import status_path
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that reproduce these settings in a child process."""
     env = dict(os.environ)
-    for name in ("bootstrap_servers", "topic_prefix", "partitions", "data_dir", "worker_id", "batch_size",
-                 "batch_within_s", "cooc_top_m", "attribution_window_ms", "max_future_skew_ms"):
-        env[f"STREAMRANK_{name.upper()}"] = str(getattr(settings, name))
+    for f in dataclasses.fields(settings):
+        if f.name != "extra":
+            env[f"STREAMRANK_{f.name.upper()}"] = str(getattr(settings, f.name))
     return env
 
 
@@ -118,3 +119,13 @@ def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def start_trainer(settings: Settings, model: str, log_path: Path | None = None,
+                  extra_args: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """Starts `streamrank train --model MODEL` as a child process with these settings."""
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamrank.cli", "train", "--model", model, *(extra_args or [])],
+        env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT,
+    )

@@ -2,7 +2,8 @@
 
 - `mlp`: a ReLU feed-forward stack.
 - `GrowableEmbedding` / `FeatureEmbedder`: the shared embedding layer E over a `FeatureSpec`, whose tables
-  append rows when the vocabularies grow (online learning admits new ids).
+  append rows when the vocabularies grow (online learning admits new ids) and re-initialise the rows of
+  expired ids that a vocabulary handed out again (see docs/vocabulary.md).
 - `PairUnit`: the DIN activation unit / AW-MoE gate unit, an FFN over [h, v, h - v, h * v], with its first
   layer decomposed: W [h, v, h-v, h*v] + b = (W1 + W3 + W4 diag(v)) h + ((W2 - W3) v + b), so the
   concatenation is never built: per candidate a d x H matrix and a bias are formed once, and the only
@@ -40,10 +41,11 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None,
 
 
 class GrowableEmbedding(nn.Module):
-    """An embedding table whose row 0 (padding / missing) is zero and that can append rows.
+    """An embedding table whose row 0 (padding / missing) is zero, that can append rows and reset rows.
 
     Growing replaces the Parameter object: an optimizer built before `grow_to` must be rebuilt (or its
     param groups updated) by the caller; the online trainer does this when the vocabularies grow.
+    `reset_rows` works in place (same Parameter), so an optimizer stays valid.
     """
 
     def __init__(self, num: int, dim: int, std: float = 0.05) -> None:
@@ -52,6 +54,10 @@ class GrowableEmbedding(nn.Module):
         w = torch.randn(max(num, 2), dim) * std
         w[0] = 0.0
         self.weight = nn.Parameter(w)
+
+    def _init_rows(self, n: int) -> Tensor:
+        """Fresh values for `n` rows (the initialisation of every non-padding row)."""
+        return (torch.randn(n, self.dim, device=self.weight.device) * self.std).to(self.weight.dtype)
 
     @property
     def num(self) -> int:
@@ -66,9 +72,29 @@ class GrowableEmbedding(nn.Module):
         """Append randomly initialised rows up to `num`; returns whether the table changed."""
         if num <= self.num:
             return False
-        extra = torch.randn(num - self.num, self.dim, device=self.weight.device) * self.std
-        self.weight = nn.Parameter(torch.cat([self.weight.data, extra.to(self.weight.dtype)]))
+        extra = self._init_rows(num - self.num)
+        self.weight = nn.Parameter(torch.cat([self.weight.data, extra]))
         return True
+
+    @torch.no_grad()
+    def reset_rows(self, rows: Sequence[int], optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Re-initialise `rows` in place (as new rows are initialised); returns how many were reset.
+
+        Row 0 (padding) and rows beyond the table (not appended yet: `grow_to` initialises them) are
+        skipped. With `optimizer`, the per-row state of the weight (AdamW's exp_avg / exp_avg_sq, any
+        state tensor shaped like the weight) is zeroed for those rows too; scalar state (AdamW's step) is
+        shared by the whole table and left alone.
+        """
+        idx = sorted({r for r in rows if 0 < r < self.num})
+        if not idx:
+            return 0
+        t = torch.tensor(idx, dtype=torch.long, device=self.weight.device)
+        self.weight.index_copy_(0, t, self._init_rows(len(idx)))
+        if optimizer is not None:
+            for v in optimizer.state.get(self.weight, {}).values():
+                if isinstance(v, Tensor) and v.shape == self.weight.shape:
+                    v.index_fill_(0, t.to(v.device), 0)
+        return len(idx)
 
 
 def _key(vocab_name: str) -> str:
@@ -100,11 +126,21 @@ class FeatureEmbedder(nn.Module):
         """The embedding table of a vocabulary."""
         return self.tables[_key(vocab_name)]  # type: ignore[return-value]
 
-    def sync(self) -> bool:
-        """Grow every table to its vocabulary's current size; returns whether any table grew."""
+    def sync(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Bring every table in line with its vocabulary; returns whether any table changed shape.
+
+        Rows of indices the vocabulary handed out again since the last sync (`Vocab.drain_recycled`: an
+        expired id's row now belongs to a new id) are re-initialised like new rows, so a new id never
+        inherits an old embedding (with `optimizer`, their optimizer moments are zeroed too; see
+        `GrowableEmbedding.reset_rows`); then tables are grown to the vocabulary sizes. Only growth
+        replaces Parameters, so only a True return requires the caller to rebuild its optimizer.
+        This drains the vocabularies' recycled records: one model per spec.
+        """
         grew = False
         for name, v in self.spec.vocabs.items():
-            grew |= self.table(name).grow_to(len(v))
+            table = self.table(name)
+            table.reset_rows(v.drain_recycled(), optimizer)
+            grew |= table.grow_to(len(v))
         return grew
 
     def behaviours(self, users: UserSide) -> Tensor:

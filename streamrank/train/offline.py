@@ -119,8 +119,10 @@ def train_step(model: RankingModel, batch: Batch, optimizer: torch.optim.Optimiz
     """One optimisation step on an encoded mini-batch (one user row per candidate, labels set).
 
     Loss: BCE, plus lambda * L_cl when the model's config enables contrastive learning; `user_keys` (B,)
-    identify users so that CL negatives come from other users (default: the encoded user ids). The
-    online trainer calls this too: it encodes with grow=True and, when `model.sync_vocab()` reports new
+    identify users so that CL negatives come from other users (default: the encoded user ids). A batch
+    whose loss or gradients are not finite is skipped before the optimizer step (logs carry
+    "skipped_non_finite"), so the weights never see it. The online trainer calls this too: it encodes
+    with grow=True and, when `model.sync_vocab()` reports new
     rows, rebuilds its optimizer before the step.
     """
     assert batch.labels is not None and batch.one_user_per_row
@@ -135,7 +137,16 @@ def train_step(model: RankingModel, batch: Batch, optimizer: torch.optim.Optimiz
         loss = loss + model.cfg.cl_weight * loss_cl
         logs["loss_cl"] = float(loss_cl.detach())
     optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        # A non-finite loss must not reach the weights: skip the batch (the online trainer counts it).
+        logs["skipped_non_finite"] = 1.0
+        return logs
     loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads and not all(torch.isfinite(g).all() for g in grads):
+        optimizer.zero_grad(set_to_none=True)
+        logs["skipped_non_finite"] = 1.0
+        return logs
     optimizer.step()
     return logs
 

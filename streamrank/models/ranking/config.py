@@ -66,6 +66,11 @@ class RankingConfig:
         """Plain dict for reports and artefacts."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> RankingConfig:
+        """Inverse of `to_dict` (JSON turns tuples into lists; they are turned back)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
 
 # name -> field overrides of RankingConfig(); the paper's models, then the Table VI gate ablations.
 PRESETS: dict[str, dict[str, object]] = {

@@ -105,9 +105,14 @@ class RankingModel(nn.Module):
         finally:
             self.train(was_training)
 
-    def sync_vocab(self) -> bool:
-        """Grow embedding tables to the spec's vocabularies (after the online trainer admitted ids)."""
-        return self.embed.sync()
+    def sync_vocab(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Bring embedding tables in line with the spec's vocabularies (after the online trainer admitted
+        or expired ids): re-initialise rows the vocabularies handed to new ids, append rows for growth.
+
+        Returns whether a parameter changed shape (then the optimizer must be rebuilt). Pass `optimizer` to
+        zero the moments of re-initialised rows as well (see `FeatureEmbedder.sync`, docs/vocabulary.md).
+        """
+        return self.embed.sync(optimizer)
 
     def describe(self) -> dict:
         """Parameter count and config, for reports."""

@@ -1,0 +1,1 @@
+"""Versioned model artefacts: atomic publication, verification, rollback, retention, announcements."""

@@ -1,0 +1,82 @@
+"""Publication policy: the guardrail, retention and the announcement on the models topic.
+
+The trainer offers a version (files + metadata); this decides whether it goes live. A version whose
+prequential AUC is more than `guardrail_margin` below the live version's is refused (logged, counted), as
+is one without a finite AUC. A published version is announced on the compacted models topic, and old
+versions are pruned down to the live one plus `registry_keep`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from streamrank.config import Settings
+from streamrank.registry.store import Registry, VersionInfo
+from streamrank.v1 import registry_pb2
+
+log = logging.getLogger(__name__)
+
+
+def announcement(info: VersionInfo, rollback: bool = False) -> registry_pb2.ModelAnnouncement:
+    """The models-topic message for a version."""
+    meta = info.meta
+    msg = registry_pb2.ModelAnnouncement(
+        model=info.model, version=info.version, checksum=info.checksum, path=str(info.path),
+        created_ms=info.created_ms, samples_seen=int(meta.get("samples_learned", 0)),
+        trained_through_ms=int(meta.get("trained_through_ms", 0)), rollback=rollback,
+    )
+    for k, v in meta.get("metrics", {}).items():
+        if isinstance(v, int | float) and math.isfinite(v):
+            msg.metrics[k] = float(v)
+    return msg
+
+
+class RegistryPublisher:
+    """A trainer's Publisher backed by the registry, with the guardrail and announcements."""
+
+    def __init__(self, settings: Settings, model: str, announce: bool = True) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.registry_root(), model)
+        self.announce = announce and bool(settings.bootstrap_servers)
+        self.blocked: list[dict[str, Any]] = []
+        self._producer: Any = None
+
+    def __call__(self, files: dict[str, bytes], meta: dict[str, Any]) -> bool:
+        """Publishes the version unless the guardrail refuses it; returns whether it went live."""
+        candidate = float(meta.get("metrics", {}).get("prequential_auc", float("nan")))
+        live = self.registry.current()
+        reason = None
+        if not math.isfinite(candidate):
+            reason = "prequential AUC is not finite"
+        elif live is not None:
+            live_auc = float(live.meta.get("metrics", {}).get("prequential_auc", float("nan")))
+            if math.isfinite(live_auc) and candidate < live_auc - self.settings.guardrail_margin:
+                reason = (f"prequential AUC {candidate:.4f} is more than {self.settings.guardrail_margin} below "
+                          f"the live v{live.version}'s {live_auc:.4f}")
+        if reason is not None:
+            self.blocked.append({"reason": reason, "steps": meta.get("steps")})
+            log.warning("guardrail: %s not published: %s", self.registry.model, reason)
+            return False
+        info = self.registry.publish(files, meta)
+        self.registry.prune(self.settings.registry_keep)
+        log.info("published %s v%d (prequential AUC %.4f)", info.model, info.version, candidate)
+        if self.announce:
+            self.send(announcement(info))
+        return True
+
+    def send(self, msg: registry_pb2.ModelAnnouncement) -> None:
+        """Announces a version on the models topic (keyed by model name)."""
+        from kafka import KafkaProducer
+
+        if self._producer is None:
+            self._producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, acks=1)
+        self._producer.send(self.settings.topic("models"), key=msg.model.encode(), value=msg.SerializeToString())
+        self._producer.flush(timeout=10)
+
+    def close(self) -> None:
+        """Closes the announcement producer."""
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None

@@ -1,0 +1,223 @@
+"""A versioned, file-system model registry with atomic publication.
+
+Layout under `<root>/<model>/`:
+    versions/v00000012/      one immutable directory per version: its files + MANIFEST.json
+    CURRENT                  the name of the live version (replaced atomically with os.replace)
+    .staging-*/              a version being written (never visible to readers)
+
+Publishing writes a complete version into a staging directory, fsyncs it, renames it into versions/ (an
+atomic rename on one file system) and then swaps CURRENT. A reader therefore sees either the old or the new
+version, never a half-written one; it verifies every file against the manifest's sha256 before use.
+Pruning keeps the live version and the newest `keep` others, so rollback has somewhere to go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "MANIFEST.json"
+CURRENT = "CURRENT"
+
+
+class RegistryError(RuntimeError):
+    """A version is missing, corrupt or cannot be made current."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What the manifest says about one published version."""
+
+    model: str
+    version: int
+    path: Path
+    checksum: str
+    created_ms: int
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _version_name(version: int) -> str:
+    return f"v{version:08d}"
+
+
+class Registry:
+    """Versions of one model under root/model; safe for one writer and any number of readers."""
+
+    def __init__(self, root: str | Path, model: str) -> None:
+        if not model or "/" in model or model.startswith("."):
+            raise RegistryError(f"invalid model name {model!r}")
+        self.model = model
+        self.base = Path(root) / model
+        self.versions_dir = self.base / "versions"
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- writing ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.base / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def publish(self, files: dict[str, bytes], meta: dict[str, Any], make_current: bool = True) -> VersionInfo:
+        """Writes a new version with these files and metadata; makes it current unless told not to."""
+        if not files:
+            raise RegistryError("a version needs at least one file")
+        for name in files:
+            if name == MANIFEST or "/" in name or name.startswith("."):
+                raise RegistryError(f"invalid file name {name!r}")
+        with self._lock():
+            version = (self.latest_version() or 0) + 1
+            staging = self.base / f".staging-{version}-{os.getpid()}"
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir()
+            entries = {}
+            for name, data in files.items():
+                path = staging / name
+                with open(path, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                entries[name] = {"sha256": _sha256(data), "size": len(data)}
+            manifest = {
+                "model": self.model, "version": version, "created_ms": int(time.time() * 1000),
+                "files": entries, "meta": meta,
+            }
+            raw = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            with open(staging / MANIFEST, "wb") as fh:
+                fh.write(raw)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _fsync_dir(staging)
+            final = self.versions_dir / _version_name(version)
+            os.rename(staging, final)
+            _fsync_dir(self.versions_dir)
+            if make_current:
+                self._set_current(version)
+        return self.info(version)
+
+    def _set_current(self, version: int) -> None:
+        tmp = self.base / f".{CURRENT}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(_version_name(version) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.base / CURRENT)
+        _fsync_dir(self.base)
+
+    def rollback(self, to: int | None = None) -> VersionInfo:
+        """Makes `to` (default: the newest version older than the live one) current again; returns it."""
+        with self._lock():
+            live = self.current_version()
+            if to is None:
+                older = [v for v in self.list_versions() if live is None or v < live]
+                if not older:
+                    raise RegistryError(f"{self.model}: no version older than the live one ({live}) to roll back to")
+                to = older[-1]
+            info = self.info(to)
+            self.verify(info)
+            self._set_current(to)
+        return info
+
+    def prune(self, keep: int) -> list[int]:
+        """Deletes all but the live version and the newest `keep` others; returns the deleted versions."""
+        if keep < 0:
+            raise RegistryError("keep must be >= 0")
+        with self._lock():
+            live = self.current_version()
+            others = [v for v in self.list_versions() if v != live]
+            doomed = others[: max(0, len(others) - keep)]
+            for v in doomed:
+                shutil.rmtree(self.versions_dir / _version_name(v), ignore_errors=True)
+            for stale in self.base.glob(".staging-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        return doomed
+
+    # -- reading ------------------------------------------------------------------------------------
+    def list_versions(self) -> list[int]:
+        """Published versions, oldest first."""
+        out = []
+        for p in self.versions_dir.glob("v*"):
+            if p.is_dir() and p.name[1:].isdigit() and (p / MANIFEST).exists():
+                out.append(int(p.name[1:]))
+        return sorted(out)
+
+    def latest_version(self) -> int | None:
+        """The highest published version number (live or not)."""
+        versions = self.list_versions()
+        return versions[-1] if versions else None
+
+    def current_version(self) -> int | None:
+        """The live version, or None before the first publication."""
+        try:
+            name = (self.base / CURRENT).read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not name.startswith("v") or not name[1:].isdigit():
+            raise RegistryError(f"{self.base / CURRENT} is corrupt: {name!r}")
+        return int(name[1:])
+
+    def info(self, version: int) -> VersionInfo:
+        """The manifest of one version (no file verification)."""
+        path = self.versions_dir / _version_name(version)
+        try:
+            raw = (path / MANIFEST).read_bytes()
+        except FileNotFoundError as exc:
+            raise RegistryError(f"{self.model}: version {version} does not exist") from exc
+        manifest = json.loads(raw)
+        return VersionInfo(self.model, version, path, _sha256(raw), manifest["created_ms"],
+                           manifest["files"], manifest.get("meta", {}))
+
+    def current(self) -> VersionInfo | None:
+        """The live version's manifest, or None."""
+        version = self.current_version()
+        return None if version is None else self.info(version)
+
+    def _read_checked(self, info: VersionInfo, name: str) -> bytes:
+        entry = info.files[name]
+        try:
+            data = (info.path / name).read_bytes()
+        except FileNotFoundError as exc:
+            raise RegistryError(f"{self.model} v{info.version}: {name} is missing (pruned while reading?)") from exc
+        if len(data) != entry["size"] or _sha256(data) != entry["sha256"]:
+            raise RegistryError(f"{self.model} v{info.version}: {name} does not match its checksum")
+        return data
+
+    def verify(self, info: VersionInfo) -> None:
+        """Raises RegistryError unless every file of the version matches its manifest checksum."""
+        for name in info.files:
+            self._read_checked(info, name)
+
+    def read(self, version: int | None = None) -> tuple[VersionInfo, dict[str, bytes]]:
+        """A verified version's manifest and file contents (default: the live one)."""
+        if version is None:
+            version = self.current_version()
+            if version is None:
+                raise RegistryError(f"{self.model}: nothing published yet")
+        info = self.info(version)
+        return info, {name: self._read_checked(info, name) for name in info.files}

@@ -1,0 +1,213 @@
+"""`streamrank train`: learns from the samples topic in micro-batches and publishes versions.
+
+Per micro-batch (size or time, whichever first): decode -> score (prequential) -> learn. Every
+`checkpoint_every_steps` steps or `checkpoint_every_s` seconds: the private checkpoint (weights, optimizer,
+vocabularies, window, the next offset of every partition) is written atomically, and only then are the
+offsets committed to Kafka. On start the consumer is positioned from the checkpoint, so a kill -9 replays
+exactly the samples after the last checkpoint into the state of that checkpoint: nothing is skipped and
+nothing is learned twice. At a checkpoint, at most every `publish_every_s` and once at least
+`min_samples_to_publish` samples were scored since the last publication, the model is offered to the
+publisher (the registry, which applies the guardrail) with its prequential AUC over exactly those samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from streamrank.config import Settings
+from streamrank.models.ranking.artifact import model_files
+from streamrank.models.ranking.moe import RankingModel
+from streamrank.train.checkpoint import load_checkpoint, save_checkpoint
+from streamrank.train.learner import OnlineLearner
+from streamrank.v1 import features_pb2
+
+log = logging.getLogger(__name__)
+
+# Offered a version's files and metadata; returns whether it was published.
+Publisher = Callable[[dict[str, bytes], dict[str, Any]], bool]
+
+
+def trainer_dir(settings: Settings, model: str) -> Path:
+    """Where a model's trainer keeps its checkpoint and status file."""
+    return Path(settings.data_dir) / "trainer" / model
+
+
+class OnlineTrainer:
+    """Consumes TrainingSamples for one model; resumable from its checkpoint."""
+
+    def __init__(self, settings: Settings, preset: str, publisher: Publisher | None = None,
+                 warm_start: RankingModel | None = None) -> None:
+        self.settings = settings
+        self.preset = preset
+        self.publisher = publisher
+        self.dir = trainer_dir(settings, preset)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = self.dir / "checkpoint.pt"
+        state = load_checkpoint(self.checkpoint_path)
+        if state is not None:
+            self.learner = OnlineLearner.from_state(settings, state)
+            self.offsets: dict[int, int] = dict(state["offsets"])
+            log.info("resuming %s from its checkpoint: %d samples learned, offsets %s",
+                     preset, self.learner.learned, self.offsets)
+        else:
+            self.learner = OnlineLearner(settings, preset, model=warm_start)
+            self.offsets = {}
+        self.undecodable = 0
+        self.published: list[int] = []
+        self.blocked = 0
+        self.checkpoints = 0
+        self._last_checkpoint = time.monotonic()
+        self._steps_at_checkpoint = self.learner.steps
+        self._last_publish = 0.0
+        self._seen_at_publish = self.learner.window.seen
+        self.stop_event = threading.Event()
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self, max_samples: int | None = None, idle_exit_s: float | None = None) -> dict[str, Any]:
+        """Trains until stopped (stop_event / SIGTERM), idle for idle_exit_s, or max_samples learned."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        s = self.settings
+        topic = s.topic("samples")
+        consumer = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, group_id=f"trainer-{self.preset}",
+                                 enable_auto_commit=False, auto_offset_reset="earliest",
+                                 max_poll_records=s.train_batch_size, fetch_max_bytes=32 * 1024 * 1024)
+        try:
+            parts = sorted(consumer.partitions_for_topic(topic) or [])
+            if not parts:
+                raise RuntimeError(f"topic {topic} does not exist (start the worker, or ensure_topics)")
+            tps = [TopicPartition(topic, p) for p in parts]
+            consumer.assign(tps)
+            for tp in tps:  # positions come from the checkpoint, never from Kafka's commits
+                if tp.partition in self.offsets:
+                    consumer.seek(tp, self.offsets[tp.partition])
+                else:
+                    consumer.seek_to_beginning(tp)
+            idle_since = time.monotonic()
+            while not self.stop_event.is_set():
+                records = self._collect(consumer)
+                if not records:
+                    if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                        break
+                    self._maybe_checkpoint(consumer)
+                    continue
+                idle_since = time.monotonic()
+                self._learn(records)
+                self._maybe_checkpoint(consumer)
+                if max_samples is not None and self.learner.learned >= max_samples:
+                    break
+            self.checkpoint(consumer)
+        finally:
+            consumer.close(autocommit=False)
+        return self.status()
+
+    def _collect(self, consumer: Any) -> list[Any]:
+        s = self.settings
+        out: list[Any] = []
+        deadline = time.monotonic() + s.train_batch_within_s
+        while len(out) < s.train_batch_size and not self.stop_event.is_set():
+            timeout = max(0.0, deadline - time.monotonic())
+            polled = consumer.poll(timeout_ms=int(timeout * 1000), max_records=s.train_batch_size - len(out))
+            for records in polled.values():
+                out.extend(records)
+            if time.monotonic() >= deadline:
+                break
+        return out
+
+    def _learn(self, records: list[Any]) -> None:
+        samples = []
+        for rec in records:
+            sample = features_pb2.TrainingSample()
+            try:
+                sample.ParseFromString(rec.value)
+            except (DecodeError, TypeError):
+                self.undecodable += 1
+                continue
+            samples.append(sample)
+        if samples:
+            self.learner.learn(samples)
+        for rec in records:
+            self.offsets[rec.partition] = rec.offset + 1
+
+    # -- checkpoint and publication -----------------------------------------------------------------
+    def _maybe_checkpoint(self, consumer: Any) -> None:
+        s = self.settings
+        due_steps = self.learner.steps - self._steps_at_checkpoint >= s.checkpoint_every_steps
+        due_time = time.monotonic() - self._last_checkpoint >= s.checkpoint_every_s
+        if (due_steps or due_time) and self.learner.steps > self._steps_at_checkpoint:
+            self.checkpoint(consumer)
+
+    def checkpoint(self, consumer: Any | None = None) -> None:
+        """Writes the checkpoint, then commits the offsets it covers, then maybe publishes."""
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        self.learner.window.record(wall_s=time.time())
+        state = {**self.learner.state(), "offsets": dict(self.offsets)}
+        save_checkpoint(self.checkpoint_path, state)
+        self.learner.mark_good()
+        self.checkpoints += 1
+        self._last_checkpoint = time.monotonic()
+        self._steps_at_checkpoint = self.learner.steps
+        if consumer is not None and self.offsets:
+            topic = self.settings.topic("samples")
+            try:
+                consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "", -1)
+                                 for p, o in self.offsets.items()})
+            except Exception as exc:  # informational only: positions come from the checkpoint
+                log.warning("offset commit failed (%s); the checkpoint holds the positions", exc)
+        self._maybe_publish()
+        self.write_status()
+
+    def _maybe_publish(self) -> None:
+        s = self.settings
+        if self.publisher is None or time.monotonic() - self._last_publish < s.publish_every_s:
+            return
+        # A candidate is judged on what it predicted since the last publication only: a window that still
+        # holds older, better predictions would let a regression through (and let the bar creep down).
+        fresh = self.learner.window.seen - self._seen_at_publish
+        if fresh < min(s.min_samples_to_publish, s.prequential_window):
+            return
+        if not self.learner.weights_finite():
+            log.error("weights are not finite: nothing published")
+            return
+        self._last_publish = time.monotonic()
+        self._seen_at_publish = self.learner.window.seen
+        recent = self.learner.window.metrics(last=fresh)
+        metrics = {**self.learner.metrics(), "prequential_auc": recent["auc"], "prequential_logloss": recent["logloss"],
+                   "prequential_samples": recent["window"]}
+        meta = {
+            "preset": self.preset, "metrics": metrics, "offsets": dict(self.offsets),
+            "samples_learned": self.learner.learned, "steps": self.learner.steps,
+            "trained_through_ms": self.learner.trained_through_ms,
+        }
+        if self.publisher(model_files(self.learner.model, self.preset), meta):
+            self.published.append(self.learner.steps)
+        else:
+            self.blocked += 1
+
+    def status(self) -> dict[str, Any]:
+        """Counters, offsets and window metrics (also written to status.json)."""
+        return {
+            "model": self.preset, "pid": os.getpid(), "offsets": {str(k): v for k, v in self.offsets.items()},
+            "metrics": self.learner.metrics(), "learned_hash": self.learner.learned_hash,
+            "undecodable": self.undecodable, "checkpoints": self.checkpoints,
+            "publications": len(self.published), "blocked": self.blocked,
+            "curve": self.learner.window.curve[-500:],
+        }
+
+    def write_status(self) -> None:
+        """Atomically replaces status.json."""
+        path = self.dir / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(), allow_nan=True))
+        os.replace(tmp, path)
