@@ -91,6 +91,9 @@ class Settings:
     # Ids unseen for this long (event time) leave the vocabularies; checked this often (event time).
     vocab_ttl_ms: int = 30 * DAY_MS
     vocab_expire_every_ms: int = DAY_MS
+    # When set, the trainer appends every prediction it makes before learning (sample id, impression time,
+    # label, probability) to this TSV file, for offline analysis of the prequential run.
+    prediction_log: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------

@@ -10,17 +10,11 @@ import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from kafka.partitioner.default import murmur2
-
 from streamrank.config import Settings
+from streamrank.events.partitioning import partition_of
 from streamrank.v1 import events_pb2
 
 IMP, CLK, ATC, BUY = 1, 2, 3, 4
-
-
-def partition_of(user_id: str, partitions: int) -> int:
-    """kafka-python's default partitioner for a keyed record."""
-    return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 @dataclass

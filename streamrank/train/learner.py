@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from streamrank.config import Settings
@@ -40,6 +41,8 @@ class StepReport:
     skipped_non_finite: bool
     restored: bool
     loss: float
+    # The predictions made before learning: sample ids, impression times, labels, probabilities.
+    predictions: tuple[list[str], list[int], np.ndarray, np.ndarray] | None = None
 
 
 def _crc(sample_id: str) -> int:
@@ -144,11 +147,14 @@ class OnlineLearner:
             self.optimizer = self._new_optimizer()
         batch = batch.to(self.device)
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             probs = torch.sigmoid(self.model(batch).logits).float().cpu().numpy()
         assert batch.labels is not None
-        self.window.add(probs, batch.labels.float().cpu().numpy())
-        logs = train_step(self.model, batch, self.optimizer)
+        labels = batch.labels.float().cpu().numpy()
+        self.window.add(probs, labels)
+        predictions = ([s.sample_id for s in fresh], [e.ts_ms for e in examples], labels, probs)
+        with self._autocast():
+            logs = train_step(self.model, batch, self.optimizer)
         skipped = bool(logs.get("skipped_non_finite"))
         restored = False
         if skipped:
@@ -159,12 +165,17 @@ class OnlineLearner:
             if not self.weights_finite():
                 self.restore_good()
                 restored = True
-            return StepReport(0, len(samples) - len(fresh), True, restored, float("nan"))
+            return StepReport(0, len(samples) - len(fresh), True, restored, float("nan"), predictions)
         self.steps += 1
         self.learned += len(fresh)
         self.learned_hash = (self.learned_hash + sum(_crc(s.sample_id) for s in fresh)) % (1 << 64)
         self.trained_through_ms = max(self.trained_through_ms, now)
-        return StepReport(len(fresh), len(samples) - len(fresh), False, False, logs["loss_rank"])
+        return StepReport(len(fresh), len(samples) - len(fresh), False, False, logs["loss_rank"], predictions)
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 mixed precision on CUDA (no loss scaling needed); a disabled no-op on CPU."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                              enabled=self.device.type == "cuda")
 
     def _maybe_expire(self, now: int) -> None:
         s = self.settings

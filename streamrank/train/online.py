@@ -134,9 +134,17 @@ class OnlineTrainer:
                 continue
             samples.append(sample)
         if samples:
-            self.learner.learn(samples)
+            report = self.learner.learn(samples)
+            if self.settings.prediction_log and report.predictions is not None:
+                self._log_predictions(report.predictions)
         for rec in records:
             self.offsets[rec.partition] = rec.offset + 1
+
+    def _log_predictions(self, predictions: tuple[list[str], list[int], Any, Any]) -> None:
+        ids, stamps, labels, probs = predictions
+        with open(self.settings.prediction_log, "a") as fh:
+            rows = zip(ids, stamps, labels, probs, strict=True)
+            fh.writelines(f"{i}\t{t}\t{int(y)}\t{p:.6f}\n" for i, t, y, p in rows)
 
     # -- checkpoint and publication -----------------------------------------------------------------
     def _maybe_checkpoint(self, consumer: Any) -> None:

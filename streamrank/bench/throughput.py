@@ -1,0 +1,249 @@
+"""Training throughput: samples/s per model through OnlineLearner.learn (see streamrank.bench.train)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import torch
+
+from streamrank.bench.trainbench_common import DOCS, MODELS, PARTS, machine
+from streamrank.config import Settings, load_settings
+from streamrank.events.partitioning import partition_of
+from streamrank.models.ranking.config import DISPLAY_NAMES
+from streamrank.v1 import features_pb2
+
+
+def movielens_samples(settings: Settings, dataset: str, ratings: int | None) -> list[bytes]:
+    """Serialized TrainingSamples of a MovieLens request stream, made by the worker's processor in-process.
+
+    Events are turned into events-topic records (partition from the user id, consecutive offsets per
+    partition) and folded in batches of `settings.batch_size`, each committed to a temporary RocksDB
+    store like the worker does; the samples come out in the order the worker would emit them.
+    """
+    from streamrank.data.movielens import load_movielens
+    from streamrank.data.requests import movielens_events
+    from streamrank.stream.processor import BatchProcessor, Record
+    from streamrank.stream.store import StateStore
+
+    ml = load_movielens(dataset)  # type: ignore[arg-type]
+    topic = settings.topic("events")
+    next_offset = [0] * settings.partitions
+    records: list[Record] = []
+    for event in movielens_events(ml, limit=ratings):
+        part = partition_of(event.user_id, settings.partitions)
+        records.append(Record(topic, part, next_offset[part], event.user_id.encode(), event.SerializeToString()))
+        next_offset[part] += 1
+    out: list[bytes] = []
+    with TemporaryDirectory() as tmp:
+        store = StateStore(Path(tmp) / "state")
+        try:
+            processor = BatchProcessor(settings, store)
+            for start in range(0, len(records), settings.batch_size):
+                result = processor.process(records[start:start + settings.batch_size])
+                processor.commit(result)
+                out.extend(value for _, value in result.samples)
+        finally:
+            store.close()
+    return out
+
+
+class StageClock:
+    """Accumulates where learn() spends its time, with hooks on one learner (no global patching).
+
+    tensorize: Tensorizer.encode; score_forward: the prequential forward pass (model in eval mode);
+    train_forward: the forward pass of the train step; the rest of learn() (backward, optimizer step,
+    contrastive loss, dedupe, RawExample conversion, the prequential window) is total minus those.
+    """
+
+    def __init__(self, learner: Any) -> None:
+        self.seconds = dict.fromkeys(PARTS[:-1], 0.0)
+        self._cuda = learner.device.type == "cuda"
+        self._started = 0.0
+        encode = learner.tensorizer.encode
+
+        def timed_encode(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return encode(*args, **kwargs)
+            finally:
+                self.seconds["tensorize"] += time.perf_counter() - t0
+
+        learner.tensorizer.encode = timed_encode
+        learner.model.register_forward_pre_hook(self._pre)
+        learner.model.register_forward_hook(self._post)
+
+    def _sync(self) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+
+    def _pre(self, module: torch.nn.Module, inputs: Any) -> None:
+        self._sync()
+        self._started = time.perf_counter()
+
+    def _post(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        self._sync()
+        key = "train_forward" if module.training else "score_forward"
+        self.seconds[key] += time.perf_counter() - self._started
+
+    def reset(self) -> None:
+        """Forgets what was measured so far (after the warm-up)."""
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+
+
+def time_model(settings: Settings, preset: str, batches: list[list[features_pb2.TrainingSample]],
+               warmup: int, device: torch.device) -> dict[str, Any]:
+    """A fresh learner learns `warmup` batches untimed, then the rest timed; returns samples/s and parts."""
+    from streamrank.train.learner import OnlineLearner
+
+    learner = OnlineLearner(settings, preset, device=device)
+    clock = StageClock(learner)
+    for batch in batches[:warmup]:
+        learner.learn(batch)
+    clock.reset()
+    total, samples = 0.0, 0
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for batch in batches[warmup:]:
+        sync()
+        t0 = time.perf_counter()
+        report = learner.learn(batch)
+        sync()
+        total += time.perf_counter() - t0
+        if report.learned != len(batch):
+            raise RuntimeError(f"{preset}: learned {report.learned} of {len(batch)} samples "
+                               f"(duplicates {report.duplicates}, non-finite {report.skipped_non_finite})")
+        samples += report.learned
+    timed = len(batches) - warmup
+    parts_ms = {k: 1000 * v / timed for k, v in clock.seconds.items()}
+    parts_ms["rest"] = 1000 * total / timed - sum(parts_ms.values())
+    return {"samples_per_s": samples / total, "ms_per_batch": 1000 * total / timed, "parts_ms": parts_ms,
+            "prequential_auc": learner.window.metrics().get("auc", float("nan"))}
+
+
+def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", ratings: int | None = None,
+                   reps: int = 3, warmup_batches: int = 3, batches: int = 20, batch_size: int | None = None,
+                   threads: int | None = None, device: str | None = None, progress: bool = True) -> dict:
+    """All repetitions of the throughput part; returns the figures written to the JSON file."""
+    from streamrank.train.offline import pick_device
+
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with TemporaryDirectory() as tmp:
+            overrides: dict[str, Any] = {"data_dir": tmp}
+            if batch_size:
+                overrides["train_batch_size"] = batch_size
+            settings = load_settings(**overrides)
+            size = settings.train_batch_size
+            t0 = time.perf_counter()
+            raw = movielens_samples(settings, dataset, ratings)
+            build_s = time.perf_counter() - t0
+            need = (warmup_batches + batches) * size
+            if len(raw) < need:
+                raise ValueError(f"{dataset} with ratings={ratings} gives {len(raw):,} samples; "
+                                 f"{warmup_batches} + {batches} batches of {size} need {need:,}")
+            built = len(raw)
+            raw = raw[-need:]
+            if progress:
+                print(f"{len(raw):,} samples of {dataset} (built in {build_s:.1f}s); "
+                      f"torch threads {torch.get_num_threads()}", flush=True)
+            dev = pick_device(device)
+            parse_rates: list[float] = []
+            rows: dict[str, list[dict]] = {m: [] for m in models}
+            for rep in range(reps):
+                t0 = time.perf_counter()
+                samples = []
+                for value in raw:
+                    sample = features_pb2.TrainingSample()
+                    sample.ParseFromString(value)
+                    samples.append(sample)
+                parse_rates.append(len(samples) / (time.perf_counter() - t0))
+                chunks = [samples[i:i + size] for i in range(0, need, size)]
+                for model in models:
+                    row = time_model(settings, model, chunks, warmup_batches, dev)
+                    rows[model].append(row)
+                    if progress:
+                        print(f"rep {rep + 1}/{reps} {model}: {row['samples_per_s']:,.0f} samples/s "
+                              f"({row['ms_per_batch']:.1f} ms/batch)", flush=True)
+            timed = samples[warmup_batches * size:]
+            history = statistics.mean(len(s.behaviors.item_ids) for s in timed)
+        result_models = {}
+        for model, runs in rows.items():
+            result_models[model] = {
+                "runs": [r["samples_per_s"] for r in runs],
+                "median": statistics.median(r["samples_per_s"] for r in runs),
+                "ms_per_batch": statistics.median(r["ms_per_batch"] for r in runs),
+                "parts_ms": {k: statistics.median(r["parts_ms"][k] for r in runs) for k in PARTS},
+                "prequential_auc_last_rep": runs[-1]["prequential_auc"],
+            }
+        return {
+            "dataset": dataset, "ratings": ratings, "samples_built": built,
+            "batch_size": size, "warmup_batches": warmup_batches, "batches": batches, "reps": reps,
+            "mean_history": history, "threads": torch.get_num_threads(), "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "CPU",
+            "cuda_available": torch.cuda.is_available(), "parse_per_s": statistics.median(parse_rates),
+            "models": result_models, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def write_throughput(result: dict, command: str, out_dir: Path = DOCS) -> Path:
+    """Writes train-throughput.md and .json into out_dir; returns the markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "train-throughput.json").write_text(json.dumps({**result, "command": command}, indent=1) + "\n")
+    m = result["machine"]
+    if result["device"].startswith("cuda"):
+        device = f"GPU {result['device_name']}"
+    else:
+        device = f"CPU ({m['cpus']} CPUs), torch threads: {result['threads']}"
+        if not result["cuda_available"]:
+            device += "; no CUDA device was available to this run, so there are no GPU figures"
+    lines = [
+        "# Online training throughput",
+        "",
+        f"Command: `{command}`  ",
+        f"Data: {result['dataset']} request stream (ratings: {result['ratings'] or 'all'}) turned into "
+        f"TrainingSamples by the worker's processor in-process; the last "
+        f"{(result['warmup_batches'] + result['batches']) * result['batch_size']:,} samples "
+        f"(mean behaviour sequence {result['mean_history']:.1f}).  ",
+        f"Device: {device}. Python {m['python']}, torch {m['torch']}, {result['date']}.",
+        "",
+        f"Samples per second inside `OnlineLearner.learn()` (test-then-train: score the batch, then one AdamW "
+        f"step) on micro-batches of {result['batch_size']}: a fresh learner per model and repetition learns "
+        f"warm-up batches untimed ({result['warmup_batches']}), then timed ones ({result['batches']}). Models run "
+        f"round-robin within each repetition; medians over repetitions ({result['reps']}).",
+        "",
+        "| model | samples/s (median) | runs | ms / batch | tensorize | score forward | train forward "
+        "| backward + step + rest |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for model, r in result["models"].items():
+        p = r["parts_ms"]
+        runs = ", ".join(f"{v:,.0f}" for v in r["runs"])
+        lines.append(f"| {DISPLAY_NAMES.get(model, model)} | **{r['median']:,.0f}** | {runs} | "
+                     f"{r['ms_per_batch']:.1f} | {p['tensorize']:.1f} | {p['score_forward']:.1f} | "
+                     f"{p['train_forward']:.1f} | {p['rest']:.1f} |")
+    lines += [
+        "",
+        "The breakdown columns are milliseconds per batch (medians): `tensorize` is Tensorizer.encode (ids to "
+        "rows, vocabulary growth), `score forward` the prequential forward pass without gradients, `train "
+        "forward` the train step's forward pass; the last column is the rest of learn(): backward pass, "
+        "optimizer step, contrastive loss (AW-MoE & CL), RawExample conversion, dedupe and the prequential window.",
+        "",
+        f"Not included above: decoding the samples from bytes (`TrainingSample.ParseFromString`, done by the "
+        f"trainer before learn()), {result['parse_per_s']:,.0f} samples/s on one thread.",
+        "",
+    ]
+    path = out_dir / "train-throughput.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
