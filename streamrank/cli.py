@@ -85,10 +85,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     warm = None
     if args.warm_start:
-        from streamrank.models.ranking.artifact import model_from_files
+        from pathlib import Path
 
-        model_name, _, version = args.warm_start.partition(":")
-        _, files = Registry(settings.registry_root(), model_name).read(int(version) if version else None)
+        from streamrank.models.ranking.artifact import model_from_files, read_model_dir
+
+        if Path(args.warm_start).is_dir():
+            files = read_model_dir(args.warm_start)
+        else:
+            model_name, _, version = args.warm_start.partition(":")
+            _, files = Registry(settings.registry_root(), model_name).read(int(version) if version else None)
         warm, _ = model_from_files(files)
     publisher = RegistryPublisher(settings, args.model)
     trainer = OnlineTrainer(settings, args.model, publisher=publisher, warm_start=warm)
@@ -208,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run the online trainer of one model")
     common(p)
     p.add_argument("--model", default="aw_moe_cl", help="preset: dnn, din, category_moe, aw_moe, aw_moe_cl, ...")
-    p.add_argument("--warm-start", help="MODEL[:VERSION] from the registry to start from")
+    p.add_argument("--warm-start", help="MODEL[:VERSION] from the registry, or a directory written by "
+                   "streamrank.models.ranking.artifact.write_model_dir (an offline model), to start from")
     p.add_argument("--max-samples", type=int, help="stop after learning this many samples")
     p.add_argument("--idle-exit", type=float, help="stop after this many seconds without samples")
     p.set_defaults(func=cmd_train)

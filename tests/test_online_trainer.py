@@ -177,3 +177,18 @@ def test_kill_9_resumes_without_skipping_or_learning_twice(settings: Settings) -
     assert counters["learned_hash"] == _hash(samples), "every sample learned exactly once"
     assert state["offsets"] == end_offsets(settings, settings.topic("samples"))
     assert math.isfinite(state["window"]["scores"].sum())
+
+
+def test_warm_start_from_an_offline_model_directory(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from streamrank.features.spec import FeatureSpec
+    from streamrank.models.ranking.artifact import model_from_files, read_model_dir, write_model_dir
+    from streamrank.models.ranking.config import make_config
+    from streamrank.models.ranking.moe import RankingModel
+
+    offline = RankingModel(FeatureSpec(), make_config(MODEL))
+    path = write_model_dir(offline, MODEL, tmp_path / "offline")
+    warm, preset = model_from_files(read_model_dir(path))
+    trainer = OnlineTrainer(_trainer_settings(settings), MODEL, warm_start=warm)
+    assert preset == MODEL
+    for name, tensor in offline.state_dict().items():
+        assert torch.equal(trainer.learner.model.state_dict()[name], tensor), name

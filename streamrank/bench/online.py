@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streamrank.bench.online", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="ml-1m", choices=["ml-100k", "ml-1m"])
-    parser.add_argument("--ratings", type=int, default=250_000, help="ratings replayed (first N by time)")
+    parser.add_argument("--ratings", type=int, default=250_000, help="ratings replayed (first N by time; 0 = all)")
     parser.add_argument("--model", default="din")
     parser.add_argument("--chunk", type=int, default=20_000, help="samples per point of the curve")
     parser.add_argument("--batch-size", type=int, default=256, help="trainer micro-batch")
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(bootstrap_servers=broker.bootstrap_servers, data_dir=str(work / "data"),
                                  prediction_log=str(work / "predictions.tsv"), checkpoint_every_s=15.0,
                                  publish_every_s=30.0, train_batch_size=args.batch_size, train_lr=args.lr)
-        timings = run_pipeline(settings, args.dataset, args.ratings, args.model, work)
+        timings = run_pipeline(settings, args.dataset, args.ratings or None, args.model, work)
         ts, ys, ps, ids = read_prediction_log(work / "predictions.tsv")
         split_ts = int(np.quantile(ts, 0.9))
         test_mask = ts >= split_ts
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python -m streamrank.bench.online " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d")}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    title = f"{DISPLAY_NAMES.get(args.model, args.model)} online on {args.dataset} ({args.ratings:,} ratings)"
+    replayed = f"first {args.ratings:,} ratings" if args.ratings else "all ratings"
+    title = f"{DISPLAY_NAMES.get(args.model, args.model)} online on {args.dataset} ({replayed})"
     plot(curve, offline["auc"], online["auc"], title, out / f"{name}.png")
     lines = [
         f"# Online learning on {args.dataset}: {DISPLAY_NAMES.get(args.model, args.model)}", "",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import torch
 
@@ -44,3 +45,18 @@ def model_from_files(files: dict[str, bytes], device: torch.device | str = "cpu"
     model.load_state_dict(state)
     model.eval()
     return model.to(device), config["preset"]
+
+
+def write_model_dir(model: RankingModel, preset: str, path: str | Path) -> Path:
+    """Writes the artefact files into a directory (an offline model to warm-start the online trainer)."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in model_files(model, preset).items():
+        (out / name).write_bytes(data)
+    return out
+
+
+def read_model_dir(path: str | Path) -> dict[str, bytes]:
+    """The artefact files of a directory written by write_model_dir (or a registry version directory)."""
+    base = Path(path)
+    return {name: (base / name).read_bytes() for name in (WEIGHTS, SPEC, CONFIG) if (base / name).exists()}
