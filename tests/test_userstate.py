@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamrank.config import Settings
+from streamrank.events.types import TYPE_INDEX
 from streamrank.stream import userstate
 from streamrank.stream.userstate import PendingImpression, PendingRequest, UserState
 from streamrank.v1 import events_pb2
@@ -315,7 +316,7 @@ def test_count_click_counters_are_bounded_dropping_the_oldest_inserted_keys() ->
     assert len(u.item_clicks) == bound
 
 
-def test_type_total_index() -> None:
-    assert [userstate.type_total_index(t) for t in (events_pb2.IMPRESSION, CLICK, ATC, BUY)] == [0, 1, 2, 3]
+def test_type_index() -> None:
+    assert [TYPE_INDEX[t] for t in (events_pb2.IMPRESSION, CLICK, ATC, BUY)] == [0, 1, 2, 3]
     with pytest.raises(KeyError):
-        userstate.type_total_index(events_pb2.EVENT_TYPE_UNSPECIFIED)
+        TYPE_INDEX[events_pb2.EVENT_TYPE_UNSPECIFIED]

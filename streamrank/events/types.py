@@ -16,6 +16,8 @@ TYPE_BY_NAME: dict[str, int] = {
     "purchase": PURCHASE,
 }
 NAME_BY_TYPE: dict[int, str] = {v: k for k, v in TYPE_BY_NAME.items()}
+# Position of each type in per-type counters ([impressions, clicks, add-to-carts, purchases]).
+TYPE_INDEX: dict[int, int] = {IMPRESSION: 0, CLICK: 1, ADD_TO_CART: 2, PURCHASE: 3}
 # Types that go into behaviour sequences and co-occurrence (everything but impressions).
 INTERACTIONS: frozenset[int] = frozenset({CLICK, ADD_TO_CART, PURCHASE})
 

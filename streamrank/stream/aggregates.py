@@ -10,9 +10,7 @@ from collections import Counter, defaultdict
 from itertools import repeat
 
 from streamrank.config import Settings
-from streamrank.events.types import ADD_TO_CART, CLICK, IMPRESSION, PURCHASE
-
-STAT_INDEX: dict[int, int] = {IMPRESSION: 0, CLICK: 1, ADD_TO_CART: 2, PURCHASE: 3}
+from streamrank.events.types import TYPE_INDEX
 
 
 class CoocCounts:
@@ -89,7 +87,7 @@ class ScenarioStats:
 
     def add(self, scenario: str, item_id: str, etype: int, ts_ms: int) -> None:
         """Counts one event."""
-        idx = STAT_INDEX[etype]
+        idx = TYPE_INDEX[etype]
         row = self.scenario.get(scenario)
         if row is None:
             row = self.scenario[scenario] = [0, 0, 0, 0]

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from streamrank.config import Settings
-from streamrank.events.types import CLICK, IMPRESSION
+from streamrank.events.types import CLICK, IMPRESSION, TYPE_INDEX
 from streamrank.events.validate import PROCESSING_ERROR, InvalidEvent, decode_event
 from streamrank.stream.aggregates import CoocCounts, ScenarioStats
 from streamrank.stream.encode import cooc_update, sample_messages, user_snapshot
 from streamrank.stream.store import StateStore
-from streamrank.stream.userstate import PendingImpression, PendingRequest, UserState, type_total_index
+from streamrank.stream.userstate import PendingImpression, PendingRequest, UserState
 from streamrank.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class BatchProcessor:
                 )
             self.stats.add(event.scenario, event.item_id, etype, ts)
             return
-        user.totals[type_total_index(etype)] += 1
+        user.totals[TYPE_INDEX[etype]] += 1
         self.stats.add(event.scenario, event.item_id, etype, ts)
         user.attribute(etype, event.item_id, event.request_id, ts, settings)
         category = self._category(event)[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from streamrank.config import Settings
-from streamrank.events.types import ADD_TO_CART, CLICK, IMPRESSION, PURCHASE
+from streamrank.events.types import ADD_TO_CART, CLICK, PURCHASE
 
 # Index of each interaction type in label / counter triples.
 LABEL_INDEX: dict[int, int] = {CLICK: 0, ADD_TO_CART: 1, PURCHASE: 2}
@@ -190,8 +190,3 @@ def _bump(counter: dict[str, int], key: str) -> None:
         # Drop the least recently clicked keys down to the bound.
         for old in list(counter)[: len(counter) - MAX_CROSS_KEYS]:
             del counter[old]
-
-
-def type_total_index(etype: int) -> int:
-    """Index of an event type in UserState.totals."""
-    return {IMPRESSION: 0, CLICK: 1, ADD_TO_CART: 2, PURCHASE: 3}[etype]

@@ -79,9 +79,12 @@ class OnlineLearner:
         self.mark_good()
 
     # -- optimizer and the last good state ----------------------------------------------------------
+    def _adamw(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.settings.train_lr,
+                                 weight_decay=self.settings.train_weight_decay)
+
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.settings.train_lr,
-                                weight_decay=self.settings.train_weight_decay)
+        opt = self._adamw()
         old = getattr(self, "optimizer", None)
         if old is not None:
             # Keep the moments of parameters whose shape did not change (grown tables restart theirs).
@@ -113,8 +116,7 @@ class OnlineLearner:
         model.load_state_dict(self._good["model"])
         self.model = model
         self.tensorizer = Tensorizer(spec)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.settings.train_lr,
-                                           weight_decay=self.settings.train_weight_decay)
+        self.optimizer = self._adamw()
         self.optimizer.load_state_dict(self._good["optimizer"])
         self.restores += 1
 
