@@ -154,10 +154,13 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The end-to-end job: broker, worker, a MovieLens replay, the resulting state."""
-    from streamrank.demo import run_demo
+    """The end-to-end job: every service on the embedded broker and an A/B replay (streamrank/demo.py)."""
+    from streamrank.demo import DemoPlan, run_demo
 
-    return run_demo(dataset=args.dataset, limit=args.limit, data_dir=args.data_dir)
+    plan = DemoPlan(dataset=args.dataset, data_dir=args.data_dir, report_dir=args.report_dir or
+                    f"{args.data_dir}/report", **{k: v for k, v in (("warm_ratings", args.warm),
+                                                                   ("replay_ratings", args.replay)) if v})
+    return run_demo(plan)
 
 
 BENCHMARKS = {
@@ -165,7 +168,65 @@ BENCHMARKS = {
     "ranking": "streamrank.bench.ranking",    # the AW-MoE family on MovieLens
     "online": "streamrank.bench.online",      # online learning over a replay vs an offline model
     "train": "streamrank.bench.train",        # trainer samples/s per model; freshness
+    "retrieval": "streamrank.bench.retrieval",  # two-tower models and MicRec CL on MovieLens (HIT@K)
+    "index": "streamrank.bench.index",        # FAISS index kinds: build time, latency, recall vs exact
+    "serve": "streamrank.bench.serve",        # the gRPC scorer under load vs the bare forward
 }
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Runs the gRPC scorer until SIGTERM/Ctrl-C (graceful: in-flight calls finish)."""
+    import asyncio
+
+    from streamrank.serve.server import serve_forever
+    from streamrank.topics import ensure_topics
+
+    settings = _settings(args)
+    changes = {k: v for k, v in (("serve_port", args.port), ("serve_host", args.host),
+                                 ("serve_models", args.models), ("serve_retrieval", args.retrieval),
+                                 ("serve_metrics_port", args.metrics_port)) if v is not None}
+    settings = settings.with_overrides(**changes)
+    if not settings.bootstrap_servers:
+        print("serve needs --bootstrap-servers (or STREAMRANK_BOOTSTRAP_SERVERS) to replicate features from",
+              file=sys.stderr)
+        return 2
+    ensure_topics(settings)
+    asyncio.run(serve_forever(settings))
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Builds the retrieval version (two-tower model + FAISS index over the catalog) and publishes it."""
+    from pathlib import Path
+
+    from streamrank.index.refresh import build_retrieval, describe, publish_retrieval, read_catalog
+    from streamrank.models.ranking.artifact import read_model_dir
+    from streamrank.registry.store import Registry
+
+    settings = _settings(args)
+    if args.model_dir:
+        files, model_name, model_version = read_model_dir(args.model_dir), Path(args.model_dir).name, 0
+    else:
+        model_name, _, version = args.model.partition(":")
+        info, files = Registry(settings.registry_root(), model_name).read(int(version) if version else None)
+        model_version = info.version
+    if args.catalog == "topic":
+        if not settings.bootstrap_servers:
+            print("--catalog topic needs --bootstrap-servers (or STREAMRANK_BOOTSTRAP_SERVERS)", file=sys.stderr)
+            return 2
+        items = read_catalog(settings)
+    elif args.catalog.startswith("movielens:"):
+        from streamrank.events.producer import open_source
+
+        items = list(open_source(args.catalog).items or [])
+    else:
+        from streamrank.data.eventlog import read_items
+
+        items = list(read_items(args.catalog))
+    build = build_retrieval(files, items, model_name, model_version, kind=args.kind)
+    info = publish_retrieval(settings, args.name, build)
+    print(f"published {args.name} v{info.version}: {describe(build)}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -226,6 +287,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="for show/rollback (rollback default: the previous version)")
     p.set_defaults(func=cmd_registry)
 
+    p = sub.add_parser("serve", help="run the gRPC scorer (Rank, Retrieve)")
+    common(p)
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 9464; 0 = off)")
+    p.add_argument("--models", help="ranking models to serve, comma-separated; the first is the default")
+    p.add_argument("--retrieval", help="registry name of the retrieval model + index (empty: no Retrieve)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("index", help="build and publish the retrieval model + FAISS index the scorer serves")
+    common(p)
+    p.add_argument("action", choices=["build"])
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="retrieval model in the registry: NAME[:VERSION]")
+    source.add_argument("--model-dir", help="a directory with a retrieval model's files (model.pt, spec.json, "
+                        "config.json)")
+    p.add_argument("--catalog", default="topic", help="topic (the items topic), movielens:ml-1m, movielens:ml-100k, "
+                   "or a catalog file (.jsonl/.csv)")
+    p.add_argument("--name", default="retrieval", help="registry name to publish under (the scorer's serve_retrieval)")
+    p.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw"])
+    p.set_defaults(func=cmd_index)
+
     p = sub.add_parser("state", help="summarise a stopped worker's state")
     common(p)
     p.add_argument("--worker-id")
@@ -233,8 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the pipeline end to end on the embedded broker")
     p.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
-    p.add_argument("--limit", type=int, help="replay only the first N ratings")
+    p.add_argument("--warm", type=int, help="ratings published as the warm-up stream (default 80000)")
+    p.add_argument("--replay", type=int, help="ratings replayed as the A/B after the warm-up (default 20000)")
     p.add_argument("--data-dir", default="var/demo")
+    p.add_argument("--report-dir", help="where the A/B report goes (default: <data-dir>/report)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="run a benchmark and write its table to docs/benchmarks/")

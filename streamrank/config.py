@@ -94,6 +94,31 @@ class Settings:
     # When set, the trainer appends every prediction it makes before learning (sample id, impression time,
     # label, probability) to this TSV file, for offline analysis of the prequential run.
     prediction_log: str = ""
+    # --- scorer -------------------------------------------------------------------------------------
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 50051
+    # Prometheus metrics over HTTP on serve_host (0: no metrics endpoint).
+    serve_metrics_port: int = 9464
+    # Ranking models served (registry names, comma-separated); the first is the default of Rank.
+    serve_models: str = "aw_moe_cl"
+    # Registry name of the retrieval model + index pair Retrieve uses (empty: Retrieve is unavailable).
+    serve_retrieval: str = "retrieval"
+    # How often the registry is checked for new versions.
+    serve_poll_s: float = 1.0
+    # Threads running model forwards (torch uses serve_torch_threads inside each); 0 runs them on the
+    # asyncio loop itself (one call at a time, no thread hop).
+    serve_workers: int = 2
+    serve_torch_threads: int = 1
+    # Calls accepted at once (more get RESOURCE_EXHAUSTED) and the longest a call may take.
+    serve_max_inflight: int = 256
+    serve_timeout_s: float = 2.0
+    # Request limits (INVALID_ARGUMENT beyond them).
+    serve_max_candidates: int = 1_000
+    serve_max_k: int = 1_000
+    serve_max_behaviors: int = 1_000
+    serve_max_query_chars: int = 1_024
+    # Seconds in-flight calls get to finish on shutdown.
+    serve_grace_s: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------
@@ -136,12 +161,15 @@ class Settings:
             "user_cache_size", "click_retention_ms", "add_to_cart_retention_ms", "purchase_retention_ms",
             "max_future_skew_ms", "train_batch_size", "checkpoint_every_steps", "prequential_window",
             "vocab_ttl_ms", "vocab_expire_every_ms", "train_lr", "checkpoint_every_s",
-            "train_batch_within_s",
+            "train_batch_within_s", "serve_poll_s", "serve_torch_threads", "serve_max_inflight",
+            "serve_timeout_s", "serve_max_candidates", "serve_max_k", "serve_max_behaviors",
+            "serve_max_query_chars",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("registry_keep", "min_samples_to_publish", "guardrail_margin", "publish_every_s"):
+        for name in ("registry_keep", "min_samples_to_publish", "guardrail_margin", "publish_every_s",
+                     "serve_port", "serve_metrics_port", "serve_grace_s", "serve_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.stats_grace_ms < 0:

@@ -1,84 +1,201 @@
-"""The README's main job: the pipeline end to end on the embedded broker.
+"""The README's main job: every service on the embedded broker, and an A/B of AW-MoE & CL against DIN.
 
-It starts the broker, the stream worker and the online trainer (AW-MoE & CL), replays MovieLens into
-them, and prints the state the worker built, the versions the trainer published and its prequential
-AUC. Later stages (scorer, simulator) join here as they are built.
+1. The embedded broker, a stream worker, and one online trainer per ranking arm start as processes.
+2. Warm-up: the MovieLens catalog and the request stream of its first ratings are published; the worker
+   turns them into samples and the trainers publish their first versions. Meanwhile a two-tower model is
+   trained offline on the same prefix and its FAISS index over the catalog is published (Retrieve).
+3. The scorer starts (`streamrank serve`), and the simulator replays the remaining ratings as the
+   production service: per logged interaction, Retrieve, then Rank by the user's arm; the slate's
+   impressions and the logged interaction go back to Kafka, so the models keep learning and the scorer
+   swaps their new versions in during the replay.
+4. The A/B report (HIT@K, NDCG@K, session AUC per arm with bootstrap CIs and p-values, by scenario and
+   long-tail users, plots of the metrics and of the versions served) is written; everything stops.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from streamrank.broker import EmbeddedBroker
-from streamrank.config import load_settings
-from streamrank.events.producer import open_source, produce_events, produce_items
-from streamrank.pipeline import end_offsets, start_trainer, start_worker, stop_worker, wait_caught_up
+from streamrank.broker import broker_for
+from streamrank.config import Settings, load_settings
+from streamrank.data.movielens import load_movielens
+from streamrank.data.requests import movielens_events, movielens_items
+from streamrank.events.producer import produce_events, produce_items
+from streamrank.index.refresh import build_retrieval, describe, publish_retrieval
+from streamrank.pipeline import (
+    end_offsets,
+    free_port,
+    start_scorer,
+    start_trainer,
+    start_worker,
+    stop_worker,
+    wait_caught_up,
+)
 from streamrank.registry.store import Registry
-from streamrank.stream.summary import print_summary
 from streamrank.topics import ensure_topics
-from streamrank.train.online import trainer_dir
-
-MODEL = "aw_moe_cl"
+from streamrank.train.retrieval_serving import train_servable
 
 
-def _trainer_progress(path: Path) -> str:
-    try:
-        status = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return "starting"
-    m = status["metrics"]
-    return (f"{int(m['samples_learned']):,} samples learned, prequential AUC {m['prequential_auc']:.4f}, "
-            f"{status['publications']} versions published")
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo runs; the defaults are the README's `make demo` (under 15 minutes on 2 cores)."""
+
+    dataset: str = "ml-100k"
+    warm_ratings: int = 80_000
+    replay_ratings: int = 20_000
+    treatment: str = "aw_moe_cl"
+    control: str = "din"
+    retrieval_preset: str = "youtube_dnn"
+    retrieval_epochs: int = 2
+    retrieve_k: int = 100
+    data_dir: str = "var/demo"
+    report_dir: str = "var/demo/report"
+    publish_every_s: float = 15.0
+    min_samples_to_publish: int = 2_000
+    train_batch_size: int = 256
+    guardrail_margin: float = 0.02
+    topic_prefix: str = "streamrank."
+    seed: int = 0
 
 
-def run_demo(dataset: str = "ml-100k", limit: int | None = None, data_dir: str = "var/demo") -> int:
-    """Runs broker + worker + trainer + replay of `dataset`; prints what they built; returns an exit code."""
-    base = Path(data_dir)
+def say(message: str) -> None:
+    """Progress output of the demo."""
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _settings(plan: DemoPlan, bootstrap: str) -> Settings:
+    return load_settings(
+        bootstrap_servers=bootstrap, data_dir=plan.data_dir, train_batch_size=plan.train_batch_size,
+        checkpoint_every_s=10.0, publish_every_s=plan.publish_every_s,
+        min_samples_to_publish=plan.min_samples_to_publish, guardrail_margin=plan.guardrail_margin,
+        topic_prefix=plan.topic_prefix, serve_port=free_port(), serve_metrics_port=free_port(),
+        serve_models=f"{plan.treatment},{plan.control}", serve_retrieval="retrieval", serve_poll_s=1.0)
+
+
+def _wait_for_versions(settings: Settings, models: list[str], procs: list[Any], timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        live = {m: Registry(settings.registry_root(), m).current_version() for m in models}
+        if all(v is not None for v in live.values()):
+            say(f"first versions published: {live}")
+            return
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a trainer exited with code {proc.returncode} (logs in {settings.data_dir})")
+        time.sleep(2)
+    raise TimeoutError(f"no version of {models} within {timeout_s}s")
+
+
+def _progress(interactions: Iterator[Any], total: int, every: int) -> Iterator[Any]:
+    start = time.monotonic()
+    for n, x in enumerate(interactions, 1):
+        yield x
+        if n % every == 0 or n == total:
+            rate = n / max(time.monotonic() - start, 1e-9)
+            say(f"  replayed {n:,}/{total:,} interactions ({rate:.0f}/s)")
+
+
+def _retrieval(settings: Settings, plan: DemoPlan, catalog: list) -> None:
+    say(f"training the retrieval model ({plan.retrieval_preset}) on the first {plan.warm_ratings:,} ratings")
+    trained = train_servable(load_movielens(plan.dataset), plan.warm_ratings, plan.retrieval_preset,
+                             plan.retrieval_epochs, plan.seed)
+    best = trained.fit.history[trained.fit.best_epoch] if trained.fit.history else {}
+    build = build_retrieval(trained.files, catalog, plan.retrieval_preset, 1)
+    info = publish_retrieval(settings, "retrieval", build)
+    say(f"retrieval v{info.version} published: {describe(build)}; validation HIT@100 "
+        f"{best.get('valid_hit@100', float('nan')):.4f} ({trained.fit.seconds:.0f}s)")
+
+
+def _replay(settings: Settings, plan: DemoPlan, catalog: list) -> Any:
+    from simulator.arms import parse_arm
+    from simulator.client import ScorerClient
+    from simulator.publish import KafkaSink
+    from simulator.replay import run_replay
+    from simulator.replay_log import movielens_interactions
+
+    arms = [parse_arm(f"treatment=model:{plan.treatment}"), parse_arm(f"control=model:{plan.control}")]
+    logged = itertools.islice(movielens_interactions(plan.dataset), plan.warm_ratings,
+                              plan.warm_ratings + plan.replay_ratings)
+    sink = KafkaSink(settings)
+    with ScorerClient(f"{settings.serve_host}:{settings.serve_port}") as client:
+        result = run_replay(_progress(logged, plan.replay_ratings, max(plan.replay_ratings // 10, 1)), arms,
+                            client=client, sink=sink, candidates="retrieve", retrieve_k=plan.retrieve_k,
+                            exclude_seen=True, catalog=[it.item_id for it in catalog], seed=plan.seed)
+    sink.close()
+    say(f"replay sent {sink.sent:,} events back to Kafka")
+    return result
+
+
+def headline(report_json: Path) -> list[str]:
+    """The lines the demo prints: each arm's replay metrics, and the treatment-vs-control p-values."""
+    data = json.loads(report_json.read_text())
+    out = []
+    for arm in data["summary"]:
+        parts = [f"{m} {arm[m]['value']:.4f}" for m in ("HIT@10", "NDCG@10", "session AUC") if m in arm]
+        out.append(f"  {arm['arm']:<10} {arm['requests']:>6,} requests  " + "  ".join(parts))
+    for c in data["comparisons"]:
+        if c["metric"] in ("HIT@10", "NDCG@10", "session AUC"):
+            out.append(f"  {c['metric']}: {c['arm_b']} - {c['arm_a']} = {c['diff']:+.4f} "
+                       f"({c['relative']:+.1%}), p = {c['p_value']:.4f}")
+    return out
+
+
+def run_demo(plan: DemoPlan | None = None, bootstrap_servers: str = "") -> int:
+    """Runs the whole demo (see the module docstring) on these brokers (default: an embedded one)."""
+    plan = plan or DemoPlan()
+    base = Path(plan.data_dir)
     if base.exists():
         shutil.rmtree(base)  # the embedded broker starts empty, so the state must too
     base.mkdir(parents=True)
     started = time.monotonic()
-    print(f"[demo] starting the embedded broker (logs in {base})", flush=True)
-    with EmbeddedBroker(log_path=base / "broker.log") as broker:
-        settings = load_settings(bootstrap_servers=broker.bootstrap_servers, data_dir=str(base),
-                                 train_batch_size=256, checkpoint_every_s=10.0, publish_every_s=15.0)
+    say(f"starting the embedded broker (logs and state in {base})" if not bootstrap_servers
+        else f"using the brokers at {bootstrap_servers} (state in {base})")
+    procs: list[Any] = []
+    with broker_for(bootstrap_servers, base / "broker.log") as bootstrap:
+        settings = _settings(plan, bootstrap)
         ensure_topics(settings)
-        print(f"[demo] starting the stream worker and the online trainer ({MODEL})", flush=True)
+        models = [plan.treatment, plan.control]
+        say(f"starting the stream worker and the online trainers ({', '.join(models)})")
         worker = start_worker(settings, log_path=base / "worker.log")
-        trainer = start_trainer(settings, MODEL, log_path=base / "trainer.log", extra_args=["--idle-exit", "20"])
-        status_file = trainer_dir(settings, MODEL) / "status.json"
+        trainers = [start_trainer(settings, m, log_path=base / f"trainer-{m}.log") for m in models]
+        procs = [worker, *trainers]
         try:
-            source = open_source(f"movielens:{dataset}", limit=limit)
-            print(f"[demo] publishing the {dataset} catalog and its request stream", flush=True)
-            assert source.items is not None
-            print("  " + produce_items(settings, source.items).summary(), flush=True)
-            print("  " + produce_events(settings, source.events).summary(), flush=True)
-            t0 = time.monotonic()
-            status = wait_caught_up(settings, end_offsets(settings, settings.topic("events")), proc=worker,
-                                    progress=True)
-            print(f"[demo] worker caught up {time.monotonic() - t0:.1f}s after the last event was published; "
-                  f"counters: {status.get('counters')}", flush=True)
-            print("[demo] waiting for the trainer to learn every sample (it stops 20 s after the last)", flush=True)
-            while trainer.poll() is None:
-                print(f"  trainer: {_trainer_progress(status_file)}", flush=True)
-                time.sleep(10)
-            if trainer.returncode != 0:
-                print(f"[demo] the trainer failed (exit {trainer.returncode}); see {base / 'trainer.log'}")
-                return 1
+            ml = load_movielens(plan.dataset)  # type: ignore[arg-type]
+            catalog = list(movielens_items(ml))
+            say(f"publishing the {plan.dataset} catalog and the request stream of its first "
+                f"{plan.warm_ratings:,} ratings (warm-up)")
+            say("  " + produce_items(settings, catalog, progress=False).summary())
+            say("  " + produce_events(settings, movielens_events(ml, limit=plan.warm_ratings, seed=plan.seed),
+                                      progress=False).summary())
+            _retrieval(settings, plan, catalog)
+            wait_caught_up(settings, end_offsets(settings, settings.topic("events")), proc=worker, progress=True)
+            _wait_for_versions(settings, models, trainers)
+            say("starting the scorer")
+            scorer = start_scorer(settings, log_path=base / "scorer.log")
+            procs.append(scorer)
+            say(f"scorer SERVING on {settings.serve_host}:{settings.serve_port} (metrics :"
+                f"{settings.serve_metrics_port}); replaying {plan.replay_ratings:,} ratings as an A/B: "
+                f"treatment = {plan.treatment}, control = {plan.control}")
+            result = _replay(settings, plan, catalog)
         finally:
-            code = stop_worker(worker)
-            stop_worker(trainer)
-            print(f"[demo] worker stopped (exit code {code})", flush=True)
-        print_summary(settings)
-        print(f"trainer {MODEL}: {_trainer_progress(status_file)}")
-        registry = Registry(settings.registry_root(), MODEL)
-        live = registry.current()
-        if live is not None:
-            auc = live.meta["metrics"]["prequential_auc"]
-            print(f"  live version v{live.version} (checksum {live.checksum[:12]}), prequential AUC {auc:.4f}, "
-                  f"versions kept: {registry.list_versions()}  ({registry.base})")
-    print(f"[demo] done in {time.monotonic() - started:.0f}s", flush=True)
+            for proc in reversed(procs):
+                stop_worker(proc)
+        from simulator.report import replay_report
+
+        report = replay_report(result, plan.report_dir, control="control",
+                               title=f"A/B replay of {plan.dataset}: {plan.treatment} vs {plan.control}")
+    versions = {arm: sorted({int(v) for v, a in zip(result.rows["model_version"], result.rows["arm"], strict=True)
+                             if a == arm}) for arm in ("treatment", "control")}
+    say(f"A/B report: {report} (plots beside it)")
+    for line in headline(Path(report).with_suffix(".json")):
+        print(line, flush=True)
+    say(f"model versions served during the replay: {versions}")
+    say(f"done in {time.monotonic() - started:.0f}s")
     return 0

@@ -129,3 +129,42 @@ def start_trainer(settings: Settings, model: str, log_path: Path | None = None,
         [sys.executable, "-m", "streamrank.cli", "train", "--model", model, *(extra_args or [])],
         env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT,
     )
+
+
+def start_scorer(settings: Settings, log_path: Path | None = None,
+                 ready_timeout_s: float = 300) -> subprocess.Popen[bytes]:
+    """Starts `streamrank serve` with these settings and waits until its health check says SERVING.
+
+    settings.serve_port must be a real port (not 0): the caller connects to it.
+    """
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
+    proc = subprocess.Popen([sys.executable, "-m", "streamrank.cli", "serve"], env=settings_env(settings),
+                            stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + ready_timeout_s
+    with grpc.insecure_channel(f"{settings.serve_host}:{settings.serve_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the scorer exited with code {proc.returncode}" +
+                                   (f"; see {log_path}" if log_path else ""))
+            try:
+                answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return proc
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    proc.kill()
+    raise TimeoutError(f"the scorer was not SERVING within {ready_timeout_s}s")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for child services in tests, benchmarks and the demo)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -17,6 +17,7 @@ TOPICS: dict[str, bool] = {
     "samples": False,
     "user-features": True,
     "cooc": False,
+    "item-stats": True,
     "models": True,
 }
 

@@ -96,6 +96,27 @@ def test_dense_features() -> None:
     assert b.items.dense[0].tolist() == pytest.approx([math.log1p(3), math.log1p(9.0), 0.0, math.log1p(6)])
 
 
+def test_every_dense_feature_over_mixed_candidates() -> None:
+    """The vectorised dense columns against their definitions, with unknown prices and zero counters."""
+    from streamrank.features.raw import Candidate, Counts, ItemAttrs, RequestContext
+
+    spec = FeatureSpec(max_seq_len=4)
+    cands = [Candidate("a", ItemAttrs(price=None), Counts(0, 0, 0, 0, 0)),
+             Candidate("b", ItemAttrs(price=12.5), Counts(40, 4, 1, 2, 7)),
+             Candidate("c", ItemAttrs(price=0.0), Counts(-3, 0, 0, 0, 0))]
+    dense = Tensorizer(spec).encode_request(RequestContext("u"), cands).items.dense.tolist()
+    lg = math.log1p
+    expected = [
+        [0, 0, 0, 0, 0, 0, 0, 1, 0],
+        [lg(40), lg(4), lg(1), 5 / 50, lg(2), lg(7), lg(12.5), 0, 0],
+        [0, 0, 0, (0 + 1) / (-3 + 10), 0, 0, 0, 0, 0],
+    ]
+    assert list(spec.dense) == ["item_impressions", "item_clicks", "item_purchases", "item_ctr", "user_item_clicks",
+                                "user_category_clicks", "price", "price_missing", "history_len"]
+    for got, want in zip(dense, expected, strict=True):
+        assert got == pytest.approx(want, abs=1e-6)
+
+
 def test_request_encoding_shares_the_user_row() -> None:
     spec = FeatureSpec(max_seq_len=6, user_fields=("age",))
     tz = Tensorizer(spec)

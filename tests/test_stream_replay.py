@@ -21,6 +21,7 @@ from streamrank.pipeline import (
     wait_caught_up,
 )
 from streamrank.topics import ensure_topics
+from streamrank.v1 import features_pb2
 from tests import reference
 from tests.streamtools import (
     assert_state_matches,
@@ -49,6 +50,13 @@ def _check(settings: Settings, items: list, events: list) -> None:
     samples_end = end_offsets(settings, settings.topic("samples"))
     emitted = samples_by_id(read_topic(settings, "samples", samples_end))
     assert emitted == ref.samples
+    # The compacted item-stats topic (what scorers read for the candidates' counters): the latest record
+    # of every (scenario, item) carries that item's all-time counts.
+    latest: dict[tuple[str, str], list[int]] = {}
+    for rec in read_topic(settings, "item-stats", end_offsets(settings, settings.topic("item-stats"))):
+        msg = features_pb2.ItemStats.FromString(rec.value)
+        latest[(msg.scenario, msg.item_id)] = [msg.impressions, msg.clicks, msg.add_to_carts, msg.purchases]
+    assert latest == ref.scenario_item
 
 
 @pytest.mark.slow

@@ -7,10 +7,11 @@ scorer) and saved next to the model weights, so that training and serving encode
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from streamrank.features.raw import RawExample
 from streamrank.features.vocab import Vocab
@@ -23,33 +24,39 @@ BASE_VOCABS = ("item", "category", "brand", "shop", "query", "scenario", "user",
 NUM_TYPE_ROWS = 7
 
 
-def _log1p(x: float) -> float:
-    return math.log1p(max(float(x), 0.0))
+def _log1p(x: np.ndarray) -> np.ndarray:
+    return np.log1p(np.maximum(x, 0.0))
 
 
 @dataclass(frozen=True)
 class DenseInputs:
-    """What a dense feature may read: the candidate's counters and price, and the history length."""
+    """What a dense feature may read, one float64 column per field over N candidates: the candidates'
+    counters and price (NaN when unknown), and their user's history length."""
 
-    item_impressions: int
-    item_clicks: int
-    item_purchases: int
-    user_item_clicks: int
-    user_category_clicks: int
-    price: float | None
-    history_len: int
+    item_impressions: np.ndarray
+    item_clicks: np.ndarray
+    item_purchases: np.ndarray
+    user_item_clicks: np.ndarray
+    user_category_clicks: np.ndarray
+    price: np.ndarray
+    history_len: np.ndarray
 
 
-# Dense ("other") features: name -> function of the candidate's counters, price and history length.
-DENSE_FEATURES: dict[str, Callable[[DenseInputs], float]] = {
+def _ctr(d: DenseInputs) -> np.ndarray:
+    imps = d.item_impressions
+    return np.where(imps != 0, (d.item_clicks + 1.0) / (imps + 10.0), 0.0)
+
+
+# Dense ("other") features: name -> vectorised function of the candidates' counters, price and history length.
+DENSE_FEATURES: dict[str, Callable[[DenseInputs], np.ndarray]] = {
     "item_impressions": lambda d: _log1p(d.item_impressions),
     "item_clicks": lambda d: _log1p(d.item_clicks),
     "item_purchases": lambda d: _log1p(d.item_purchases),
-    "item_ctr": lambda d: (d.item_clicks + 1.0) / (d.item_impressions + 10.0) if d.item_impressions else 0.0,
+    "item_ctr": _ctr,
     "user_item_clicks": lambda d: _log1p(d.user_item_clicks),
     "user_category_clicks": lambda d: _log1p(d.user_category_clicks),
-    "price": lambda d: _log1p(d.price) if d.price is not None else 0.0,
-    "price_missing": lambda d: 1.0 if d.price is None else 0.0,
+    "price": lambda d: np.where(np.isnan(d.price), 0.0, _log1p(np.nan_to_num(d.price))),
+    "price_missing": lambda d: np.isnan(d.price).astype(np.float64),
     "history_len": lambda d: _log1p(d.history_len),
 }
 

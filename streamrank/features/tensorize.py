@@ -8,6 +8,7 @@ Sequences keep the `max_seq_len` most recent behaviours, oldest first, right-pad
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -87,12 +88,14 @@ class Tensorizer:
                 if ts:
                     tags[i, : len(ts)] = v["tag"].lookup_many(ts, grow)
         dense = np.zeros((n, len(self._dense_fns)), dtype=np.float32)
-        if self._dense_fns:
-            for i, (c, hl) in enumerate(zip(candidates, history_lens, strict=True)):
-                k = c.counts
-                d = DenseInputs(k.item_impressions, k.item_clicks, k.item_purchases, k.user_item_clicks,
-                                k.user_category_clicks, c.item.price, hl)
-                dense[i] = [fn(d) for fn in self._dense_fns]
+        if self._dense_fns and n:
+            rows = np.array([(c.counts.item_impressions, c.counts.item_clicks, c.counts.item_purchases,
+                              c.counts.user_item_clicks, c.counts.user_category_clicks,
+                              math.nan if c.item.price is None else c.item.price) for c in candidates],
+                            dtype=np.float64).reshape(n, 6)
+            d = DenseInputs(*rows.T, np.asarray(history_lens, dtype=np.float64))
+            for j, fn in enumerate(self._dense_fns):
+                dense[:, j] = fn(d)
         return ItemSide(
             item=torch.from_numpy(item), category=torch.from_numpy(cat), brand=torch.from_numpy(brand),
             shop=torch.from_numpy(shop), item_fields=torch.from_numpy(ifields),

@@ -55,7 +55,24 @@ def user_snapshot(user: UserState, settings: Settings) -> bytes:
         add_to_carts=user.totals[2], purchases=user.totals[3],
     )
     _fill_sequence(msg.behaviors, *user.snapshot(settings.feature_sequence_length))
+    msg.item_clicks.update(user.item_clicks)
+    msg.category_clicks.update(user.category_clicks)
     return msg.SerializeToString()
+
+
+def item_stats_key(scenario: str, item_id: str, producer: str) -> bytes:
+    """The compacted item-stats key: one record per (scenario, item, worker), summed by readers."""
+    return f"{scenario}\x1f{item_id}\x1f{producer}".encode()
+
+
+def item_stats_record(scenario: str, item_id: str, producer: str, counts: list[int],
+                      ts_ms: int) -> tuple[bytes, bytes]:
+    """An ItemStats record with an item's all-time counters in a scenario, keyed for the compacted topic."""
+    msg = features_pb2.ItemStats(
+        scenario=scenario, item_id=item_id, producer=producer, impressions=counts[0], clicks=counts[1],
+        add_to_carts=counts[2], purchases=counts[3], updated_ms=ts_ms,
+    )
+    return item_stats_key(scenario, item_id, producer), msg.SerializeToString()
 
 
 def cooc_update(item_id: str, neighbours: dict[str, int], producer: str, batch: int, ts_ms: int) -> bytes:

@@ -17,7 +17,7 @@ from streamrank.config import Settings
 from streamrank.events.types import CLICK, IMPRESSION, TYPE_INDEX
 from streamrank.events.validate import PROCESSING_ERROR, InvalidEvent, decode_event
 from streamrank.stream.aggregates import CoocCounts, ScenarioStats
-from streamrank.stream.encode import cooc_update, sample_messages, user_snapshot
+from streamrank.stream.encode import cooc_update, item_stats_record, sample_messages, user_snapshot
 from streamrank.stream.store import StateStore
 from streamrank.stream.userstate import PendingImpression, PendingRequest, UserState
 from streamrank.v1 import events_pb2
@@ -51,6 +51,7 @@ class BatchResult:
     samples: list[tuple[bytes, bytes]] = field(default_factory=list)
     snapshots: list[tuple[bytes, bytes]] = field(default_factory=list)
     cooc: list[tuple[bytes, bytes]] = field(default_factory=list)
+    item_stats: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     processed: int = 0
     duplicates: int = 0
@@ -156,6 +157,11 @@ class BatchProcessor:
         for item_id, neighbours in delta.items():
             result.cooc.append((item_id.encode(), cooc_update(item_id, neighbours, settings.worker_id,
                                                               self.batch_seq, self.stats.watermark)))
+        for scenario, item_id in self.stats.dirty:
+            if item_id:
+                counts = self.stats.item_counts(scenario, item_id)
+                result.item_stats.append(item_stats_record(scenario, item_id, settings.worker_id, counts,
+                                                           self.stats.watermark))
         return result
 
     def commit(self, result: BatchResult) -> None:

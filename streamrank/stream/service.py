@@ -169,6 +169,7 @@ class EventsService(Service):
             (s.topic("samples"), result.samples),
             (s.topic("user-features"), result.snapshots),
             (s.topic("cooc"), result.cooc),
+            (s.topic("item-stats"), result.item_stats),
         ):
             for key, value in messages:
                 futures.append(await send(topic, value=value, key=key))

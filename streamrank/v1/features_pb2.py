@@ -25,23 +25,33 @@ _sym_db = _symbol_database.Default()
 from streamrank.v1 import events_pb2 as streamrank_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstreamrank/v1/features.proto\x12\rstreamrank.v1\x1a\x1astreamrank/v1/events.proto\"p\n\x10\x42\x65haviorSequence\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\'\n\x05types\x18\x02 \x03(\x0e\x32\x18.streamrank.v1.EventType\x12\r\n\x05ts_ms\x18\x03 \x03(\x03\x12\x12\n\ncategories\x18\x04 \x03(\t\"\xb5\x01\n\x0cUserFeatures\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x32\n\tbehaviors\x18\x02 \x01(\x0b\x32\x1f.streamrank.v1.BehaviorSequence\x12\x12\n\nupdated_ms\x18\x03 \x01(\x03\x12\x0e\n\x06\x63licks\x18\x04 \x01(\x03\x12\x14\n\x0c\x61\x64\x64_to_carts\x18\x05 \x01(\x03\x12\x11\n\tpurchases\x18\x06 \x01(\x03\x12\x13\n\x0bimpressions\x18\x07 \x01(\x03\">\n\x06Labels\x12\r\n\x05\x63lick\x18\x01 \x01(\x08\x12\x13\n\x0b\x61\x64\x64_to_cart\x18\x02 \x01(\x08\x12\x10\n\x08purchase\x18\x03 \x01(\x08\"\x8e\x01\n\rContextCounts\x12\x18\n\x10item_impressions\x18\x01 \x01(\x03\x12\x13\n\x0bitem_clicks\x18\x02 \x01(\x03\x12\x16\n\x0eitem_purchases\x18\x03 \x01(\x03\x12\x18\n\x10user_item_clicks\x18\x04 \x01(\x03\x12\x1c\n\x14user_category_clicks\x18\x05 \x01(\x03\"\xf0\x02\n\x0eTrainingSample\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x10\n\x08position\x18\x06 \x01(\x05\x12\x10\n\x08scenario\x18\x07 \x01(\t\x12\r\n\x05query\x18\x08 \x01(\t\x12\x18\n\x10impression_ts_ms\x18\t \x01(\x03\x12%\n\x06labels\x18\n \x01(\x0b\x32\x15.streamrank.v1.Labels\x12\x32\n\tbehaviors\x18\x0b \x01(\x0b\x32\x1f.streamrank.v1.BehaviorSequence\x12+\n\x04item\x18\x0c \x01(\x0b\x32\x1d.streamrank.v1.ItemAttributes\x12,\n\x06\x63ounts\x18\r \x01(\x0b\x32\x1c.streamrank.v1.ContextCounts\"s\n\nCoocUpdate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x14\n\x0cneighbor_ids\x18\x02 \x03(\t\x12\x0e\n\x06\x64\x65ltas\x18\x03 \x03(\x03\x12\x10\n\x08producer\x18\x04 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x05 \x01(\x03\x12\r\n\x05ts_ms\x18\x06 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstreamrank/v1/features.proto\x12\rstreamrank.v1\x1a\x1astreamrank/v1/events.proto\"p\n\x10\x42\x65haviorSequence\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\'\n\x05types\x18\x02 \x03(\x0e\x32\x18.streamrank.v1.EventType\x12\r\n\x05ts_ms\x18\x03 \x03(\x03\x12\x12\n\ncategories\x18\x04 \x03(\t\"\xab\x03\n\x0cUserFeatures\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x32\n\tbehaviors\x18\x02 \x01(\x0b\x32\x1f.streamrank.v1.BehaviorSequence\x12\x12\n\nupdated_ms\x18\x03 \x01(\x03\x12\x0e\n\x06\x63licks\x18\x04 \x01(\x03\x12\x14\n\x0c\x61\x64\x64_to_carts\x18\x05 \x01(\x03\x12\x11\n\tpurchases\x18\x06 \x01(\x03\x12\x13\n\x0bimpressions\x18\x07 \x01(\x03\x12@\n\x0bitem_clicks\x18\x08 \x03(\x0b\x32+.streamrank.v1.UserFeatures.ItemClicksEntry\x12H\n\x0f\x63\x61tegory_clicks\x18\t \x03(\x0b\x32/.streamrank.v1.UserFeatures.CategoryClicksEntry\x1a\x31\n\x0fItemClicksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x35\n\x13\x43\x61tegoryClicksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\">\n\x06Labels\x12\r\n\x05\x63lick\x18\x01 \x01(\x08\x12\x13\n\x0b\x61\x64\x64_to_cart\x18\x02 \x01(\x08\x12\x10\n\x08purchase\x18\x03 \x01(\x08\"\x8e\x01\n\rContextCounts\x12\x18\n\x10item_impressions\x18\x01 \x01(\x03\x12\x13\n\x0bitem_clicks\x18\x02 \x01(\x03\x12\x16\n\x0eitem_purchases\x18\x03 \x01(\x03\x12\x18\n\x10user_item_clicks\x18\x04 \x01(\x03\x12\x1c\n\x14user_category_clicks\x18\x05 \x01(\x03\"\xf0\x02\n\x0eTrainingSample\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x10\n\x08position\x18\x06 \x01(\x05\x12\x10\n\x08scenario\x18\x07 \x01(\t\x12\r\n\x05query\x18\x08 \x01(\t\x12\x18\n\x10impression_ts_ms\x18\t \x01(\x03\x12%\n\x06labels\x18\n \x01(\x0b\x32\x15.streamrank.v1.Labels\x12\x32\n\tbehaviors\x18\x0b \x01(\x0b\x32\x1f.streamrank.v1.BehaviorSequence\x12+\n\x04item\x18\x0c \x01(\x0b\x32\x1d.streamrank.v1.ItemAttributes\x12,\n\x06\x63ounts\x18\r \x01(\x0b\x32\x1c.streamrank.v1.ContextCounts\"s\n\nCoocUpdate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x14\n\x0cneighbor_ids\x18\x02 \x03(\t\x12\x0e\n\x06\x64\x65ltas\x18\x03 \x03(\x03\x12\x10\n\x08producer\x18\x04 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x05 \x01(\x03\x12\r\n\x05ts_ms\x18\x06 \x01(\x03\"\xa2\x01\n\tItemStats\x12\x10\n\x08scenario\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x10\n\x08producer\x18\x03 \x01(\t\x12\x13\n\x0bimpressions\x18\x04 \x01(\x03\x12\x0e\n\x06\x63licks\x18\x05 \x01(\x03\x12\x14\n\x0c\x61\x64\x64_to_carts\x18\x06 \x01(\x03\x12\x11\n\tpurchases\x18\x07 \x01(\x03\x12\x12\n\nupdated_ms\x18\x08 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'streamrank.v1.features_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_USERFEATURES_ITEMCLICKSENTRY']._loaded_options = None
+  _globals['_USERFEATURES_ITEMCLICKSENTRY']._serialized_options = b'8\001'
+  _globals['_USERFEATURES_CATEGORYCLICKSENTRY']._loaded_options = None
+  _globals['_USERFEATURES_CATEGORYCLICKSENTRY']._serialized_options = b'8\001'
   _globals['_BEHAVIORSEQUENCE']._serialized_start=75
   _globals['_BEHAVIORSEQUENCE']._serialized_end=187
   _globals['_USERFEATURES']._serialized_start=190
-  _globals['_USERFEATURES']._serialized_end=371
-  _globals['_LABELS']._serialized_start=373
-  _globals['_LABELS']._serialized_end=435
-  _globals['_CONTEXTCOUNTS']._serialized_start=438
-  _globals['_CONTEXTCOUNTS']._serialized_end=580
-  _globals['_TRAININGSAMPLE']._serialized_start=583
-  _globals['_TRAININGSAMPLE']._serialized_end=951
-  _globals['_COOCUPDATE']._serialized_start=953
-  _globals['_COOCUPDATE']._serialized_end=1068
+  _globals['_USERFEATURES']._serialized_end=617
+  _globals['_USERFEATURES_ITEMCLICKSENTRY']._serialized_start=513
+  _globals['_USERFEATURES_ITEMCLICKSENTRY']._serialized_end=562
+  _globals['_USERFEATURES_CATEGORYCLICKSENTRY']._serialized_start=564
+  _globals['_USERFEATURES_CATEGORYCLICKSENTRY']._serialized_end=617
+  _globals['_LABELS']._serialized_start=619
+  _globals['_LABELS']._serialized_end=681
+  _globals['_CONTEXTCOUNTS']._serialized_start=684
+  _globals['_CONTEXTCOUNTS']._serialized_end=826
+  _globals['_TRAININGSAMPLE']._serialized_start=829
+  _globals['_TRAININGSAMPLE']._serialized_end=1197
+  _globals['_COOCUPDATE']._serialized_start=1199
+  _globals['_COOCUPDATE']._serialized_end=1314
+  _globals['_ITEMSTATS']._serialized_start=1317
+  _globals['_ITEMSTATS']._serialized_end=1479
 # @@protoc_insertion_point(module_scope)

@@ -20,7 +20,21 @@ class BehaviorSequence(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[_Union[_events_pb2.EventType, str]]] = ..., ts_ms: _Optional[_Iterable[int]] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UserFeatures(_message.Message):
-    __slots__ = ("user_id", "behaviors", "updated_ms", "clicks", "add_to_carts", "purchases", "impressions")
+    __slots__ = ("user_id", "behaviors", "updated_ms", "clicks", "add_to_carts", "purchases", "impressions", "item_clicks", "category_clicks")
+    class ItemClicksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class CategoryClicksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     BEHAVIORS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +42,8 @@ class UserFeatures(_message.Message):
     ADD_TO_CARTS_FIELD_NUMBER: _ClassVar[int]
     PURCHASES_FIELD_NUMBER: _ClassVar[int]
     IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_CLICKS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_CLICKS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     behaviors: BehaviorSequence
     updated_ms: int
@@ -35,7 +51,9 @@ class UserFeatures(_message.Message):
     add_to_carts: int
     purchases: int
     impressions: int
-    def __init__(self, user_id: _Optional[str] = ..., behaviors: _Optional[_Union[BehaviorSequence, _Mapping]] = ..., updated_ms: _Optional[int] = ..., clicks: _Optional[int] = ..., add_to_carts: _Optional[int] = ..., purchases: _Optional[int] = ..., impressions: _Optional[int] = ...) -> None: ...
+    item_clicks: _containers.ScalarMap[str, int]
+    category_clicks: _containers.ScalarMap[str, int]
+    def __init__(self, user_id: _Optional[str] = ..., behaviors: _Optional[_Union[BehaviorSequence, _Mapping]] = ..., updated_ms: _Optional[int] = ..., clicks: _Optional[int] = ..., add_to_carts: _Optional[int] = ..., purchases: _Optional[int] = ..., impressions: _Optional[int] = ..., item_clicks: _Optional[_Mapping[str, int]] = ..., category_clicks: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Labels(_message.Message):
     __slots__ = ("click", "add_to_cart", "purchase")
@@ -106,3 +124,23 @@ class CoocUpdate(_message.Message):
     batch: int
     ts_ms: int
     def __init__(self, item_id: _Optional[str] = ..., neighbor_ids: _Optional[_Iterable[str]] = ..., deltas: _Optional[_Iterable[int]] = ..., producer: _Optional[str] = ..., batch: _Optional[int] = ..., ts_ms: _Optional[int] = ...) -> None: ...
+
+class ItemStats(_message.Message):
+    __slots__ = ("scenario", "item_id", "producer", "impressions", "clicks", "add_to_carts", "purchases", "updated_ms")
+    SCENARIO_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CLICKS_FIELD_NUMBER: _ClassVar[int]
+    ADD_TO_CARTS_FIELD_NUMBER: _ClassVar[int]
+    PURCHASES_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
+    scenario: str
+    item_id: str
+    producer: str
+    impressions: int
+    clicks: int
+    add_to_carts: int
+    purchases: int
+    updated_ms: int
+    def __init__(self, scenario: _Optional[str] = ..., item_id: _Optional[str] = ..., producer: _Optional[str] = ..., impressions: _Optional[int] = ..., clicks: _Optional[int] = ..., add_to_carts: _Optional[int] = ..., purchases: _Optional[int] = ..., updated_ms: _Optional[int] = ...) -> None: ...

@@ -98,12 +98,13 @@ class RankingModel(nn.Module):
         The user side — behaviour MLPs, the h-terms of every pair unit, and the whole gate when its
         context is the query — is evaluated once per user row and shared by that row's candidates.
         """
-        was_training = self.training
+        if not self.training:  # the scorer's models stay in eval mode: skip the recursive mode switches
+            return torch.sigmoid(self(batch).logits)
         self.eval()
         try:
             return torch.sigmoid(self(batch).logits)
         finally:
-            self.train(was_training)
+            self.train(True)
 
     def sync_vocab(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
         """Bring embedding tables in line with the spec's vocabularies (after the online trainer admitted

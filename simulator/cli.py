@@ -1,0 +1,187 @@
+"""`python -m simulator` (and `streamrank simulate`): online synthetic A/B, log replay, the A/B evidence check.
+
+    python -m simulator online --arms control=random treatment=oracle --requests 20000 --out var/sim/ab
+    python -m simulator online --arms control=popularity model=model:aw_moe_cl --scorer 127.0.0.1:50051 \\
+        --publish --bootstrap-servers 127.0.0.1:9092 --rate 200 --out var/sim/online
+    python -m simulator replay movielens:ml-100k --arms a=random b=popularity --shadow --limit 20000
+    python -m simulator ab-check --seeds 20
+
+Kafka settings (bootstrap servers, topic prefix...) come from the usual streamrank settings (`--config`,
+STREAMRANK_* variables); the scorer target from `--scorer` or STREAMRANK_SIMULATOR_SCORER.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from simulator.arms import Arm, parse_arm
+
+DEFAULT_SCORER = "127.0.0.1:50051"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arms", nargs="+", required=True, type=parse_arm, metavar="NAME=RANKER",
+                   help="arms: NAME=random|popularity|oracle[:weight] or NAME=model:MODEL[@VERSION][:weight]")
+    p.add_argument("--control", help="arm the others are compared with (default: the first)")
+    p.add_argument("--salt", default="streamrank-ab", help="assignment salt (change it to re-randomise users)")
+    p.add_argument("--scorer", default=os.environ.get("STREAMRANK_SIMULATOR_SCORER", DEFAULT_SCORER),
+                   help="gRPC target of the scorer (dns:///scorer:50051 for several replicas)")
+    p.add_argument("--wait-scorer", type=float, default=60.0, help="seconds to wait for the scorer to be SERVING")
+    p.add_argument("--publish", action="store_true", help="send the events (and catalog) to Kafka")
+    p.add_argument("--config", help="streamrank TOML settings (Kafka, topic prefix)")
+    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: STREAMRANK_BOOTSTRAP_SERVERS)")
+    p.add_argument("--concurrency", type=int, default=16, help="requests whose scorer calls run together")
+    p.add_argument("--rate", type=float, help="requests per wall-clock second (default: as fast as possible)")
+    p.add_argument("--out", default="var/simulator/report", help="report folder (report.md/.html/.json + PNGs)")
+    p.add_argument("--bootstrap", type=int, default=1000, dest="n_boot", help="bootstrap replicates")
+    p.add_argument("--permutations", type=int, default=1000, help="permutations of the p-values")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m simulator", description="streamrank simulator")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("online", help="online A/B in the synthetic environment")
+    _common(p)
+    p.add_argument("--requests", type=int, default=20_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=int, help="number of users (default 2000)")
+    p.add_argument("--items", type=int, help="catalog size (default 2000)")
+    p.add_argument("--hit-k", type=int, default=5)
+    p.add_argument("--id-prefix", default="", help="request id prefix (default sim<seed>)")
+    p = sub.add_parser("replay", help="replay an event log through the scorer and the arms")
+    _common(p)
+    p.add_argument("source", help="movielens:ml-100k | movielens:ml-1m | path to a .jsonl/.csv event log")
+    p.add_argument("--items-file", help="catalog (.jsonl/.csv) of an event log (candidates, attributes)")
+    p.add_argument("--candidates", choices=["sampled", "retrieve"], default="sampled")
+    p.add_argument("--retrieve-k", type=int, default=100)
+    p.add_argument("--negatives", type=int, default=99)
+    p.add_argument("--slate", type=int, default=10, help="impressions published per request")
+    p.add_argument("--shadow", action="store_true", help="every arm ranks every request (paired comparison)")
+    p.add_argument("--limit", type=int, help="replay only the first N interactions")
+    p.add_argument("--speedup", type=float, help="event-time ms per wall ms (e.g. 3600: an hour per second)")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("ab-check", help="the many-seed oracle/popularity/A-A evidence (simulator.ab_check)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from streamrank.config import load_settings
+
+    settings = load_settings(args.config, bootstrap_servers=args.bootstrap_servers)
+    if args.publish and not settings.bootstrap_servers:
+        raise SystemExit("--publish needs --bootstrap-servers or STREAMRANK_BOOTSTRAP_SERVERS")
+    return settings
+
+
+def _client(args: argparse.Namespace, arms: Sequence[Arm], needed: bool) -> Any:
+    if not needed:
+        return None
+    from simulator.client import ScorerClient
+
+    client = ScorerClient(args.scorer, max_inflight=max(args.concurrency * 2, 8))
+    if args.wait_scorer > 0:
+        client.wait_ready(args.wait_scorer)
+    return client
+
+
+def cmd_online(args: argparse.Namespace) -> int:
+    """Runs the synthetic online A/B and writes its report."""
+    from simulator.catalog import CatalogParams
+    from simulator.environment import Environment, EnvParams
+    from simulator.online import run_online
+    from simulator.publish import KafkaSink
+    from simulator.report import online_report
+
+    params = EnvParams(seed=args.seed, id_prefix=args.id_prefix)
+    if args.users:
+        params = replace(params, n_users=args.users)
+    if args.items:
+        params = replace(params, catalog=replace(CatalogParams(), n_items=args.items))
+    client = _client(args, args.arms, any(a.uses_scorer for a in args.arms))
+    sink = KafkaSink(_settings(args)) if args.publish else None
+    try:
+        result = run_online(Environment(params), args.arms, args.requests, salt=args.salt, client=client, sink=sink,
+                            concurrency=args.concurrency, hit_k=args.hit_k, rate=args.rate, progress_every=5000)
+    finally:
+        if sink is not None:
+            sink.close()
+        if client is not None:
+            client.close()
+    path = online_report(result, args.out, args.control, args.n_boot, args.permutations, args.seed)
+    result.save(path.parent / "requests.json")
+    print(f"report: {path}")
+    return 0
+
+
+def _catalog(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    from streamrank.v1 import events_pb2
+
+    if args.source.startswith("movielens:"):
+        from streamrank.data.movielens import load_movielens
+
+        ml = load_movielens(args.source.split(":", 1)[1])  # type: ignore[arg-type]
+        attrs = {i: events_pb2.ItemAttributes(category=it.genres[0]) for i, it in ml.items.items() if it.genres}
+        return sorted(ml.items), attrs
+    if args.items_file:
+        from streamrank.data.eventlog import read_items
+
+        items = list(read_items(args.items_file))
+        attrs = {it.item_id: events_pb2.ItemAttributes(category=it.category, brand=it.brand,
+                                                       price=it.price if it.HasField("price") else None)
+                 for it in items}
+        return sorted(attrs), attrs
+    return [], {}
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replays a log through the arms and writes its report."""
+    from simulator.publish import KafkaSink
+    from simulator.replay import run_replay
+    from simulator.replay_log import open_log
+    from simulator.report import replay_report
+
+    catalog, attributes = _catalog(args)
+    needs_scorer = args.candidates == "retrieve" or any(a.uses_scorer for a in args.arms)
+    client = _client(args, args.arms, needs_scorer)
+    sink = KafkaSink(_settings(args)) if args.publish else None
+    try:
+        result = run_replay(open_log(args.source, args.limit), args.arms, client=client, sink=sink, salt=args.salt,
+                            candidates=args.candidates, catalog=catalog, attributes=attributes,
+                            retrieve_k=args.retrieve_k, negatives=args.negatives, slate_size=args.slate,
+                            shadow=args.shadow, concurrency=args.concurrency, speedup=args.speedup, rate=args.rate,
+                            seed=args.seed)
+    finally:
+        if sink is not None:
+            sink.close()
+        if client is not None:
+            client.close()
+    path = replay_report(result, args.out, args.control, args.n_boot, args.permutations, args.seed)
+    print(f"report: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m simulator` / `streamrank simulate`; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    for noisy in ("kafka", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command == "ab-check":
+        from simulator.ab_check import main as ab_main
+
+        return ab_main(args.rest)
+    from simulator.client import ScorerError
+
+    try:
+        return cmd_online(args) if args.command == "online" else cmd_replay(args)
+    except (ValueError, OSError, ScorerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,251 @@
+"""`streamrank bench serve`: the gRPC scorer under closed-loop load, side by side with the bare model.
+
+The scorer runs as its own process (`streamrank serve`) against the broker, with the world of
+`serve_setup` (ML-1M users with 50 behaviours in its replica, the ML-1M catalog, AW-MoE & CL, a
+two-tower model with an index over the ML-1M catalog and one over 1M synthetic items). N asyncio clients
+each send a call, wait for the answer and send the next (closed loop) for a fixed time after a warm-up:
+Rank with 200 candidates, Retrieve with k=100. In the same run and process the bench times the bare
+forward pass of the same requests (tensors prepared beforehand, same torch thread count as the scorer)
+and the bare Retrieve work (user tower + index search), so end-to-end / bare is a like-for-like ratio.
+Medians over --runs. Load generator and scorer share this machine's cores, as they would in any
+single-machine test; the client's own CPU use is part of the end-to-end figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+
+from streamrank.bench.serve_setup import World, candidates_of, prepare
+from streamrank.broker import broker_for
+from streamrank.config import Settings, load_settings
+from streamrank.features.raw import RequestContext
+from streamrank.pipeline import free_port, start_scorer
+from streamrank.registry.store import Registry
+from streamrank.serve.models import load_ranker, load_retriever
+from streamrank.v1 import ranking_pb2, ranking_pb2_grpc
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
+CANDIDATES, K = 200, 100
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+# ----------------------------------------------------------------------------------------- requests
+def rank_requests(world: World, n: int, seed: int = 0) -> list[ranking_pb2.RankRequest]:
+    """n Rank calls: a random ML-1M user (features from the replica) and 200 random catalog films."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        req = ranking_pb2.RankRequest(request_id=f"b{i}", user_id=world.users[rng.integers(len(world.users))],
+                                      scenario="web")
+        for c in candidates_of(world, rng, CANDIDATES):
+            req.candidates.add(item_id=c.item_id)
+        out.append(req)
+    return out
+
+
+def retrieve_requests(world: World, n: int, seed: int = 0) -> list[ranking_pb2.RetrieveRequest]:
+    """n Retrieve calls for random ML-1M users, k=100, leaving out what they already rated."""
+    rng = np.random.default_rng(seed)
+    return [ranking_pb2.RetrieveRequest(request_id=f"b{i}", user_id=world.users[rng.integers(len(world.users))],
+                                        k=K, exclude_seen=True) for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------- bare work
+def bare_rank_ms(settings: Settings, world: World, requests: list[ranking_pb2.RankRequest],
+                 reps: int) -> dict[str, float]:
+    """Median ms of the forward pass alone, and of tensorisation + forward, for the same requests."""
+    torch.set_num_threads(settings.serve_torch_threads)
+    ranker = load_ranker(Registry(settings.registry_root(), world.ranker), 1)
+    rng = np.random.default_rng(1)
+    prepared = []
+    for req in requests[:20]:
+        ctx = RequestContext(req.user_id, world.histories[req.user_id], scenario=req.scenario)
+        cands = candidates_of(world, rng, CANDIDATES)
+        prepared.append((ctx, cands, ranker.tensorizer.encode_request(ctx, cands)))
+    forward, full = [], []
+    for i in range(reps):
+        ctx, cands, batch = prepared[i % len(prepared)]
+        t = time.perf_counter()
+        ranker.model.score_request(batch)
+        forward.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        ranker.score(ctx, cands)
+        full.append((time.perf_counter() - t) * 1000)
+    return {"forward_ms": statistics.median(forward), "tensorize_forward_ms": statistics.median(full)}
+
+
+def bare_retrieve_ms(settings: Settings, world: World, name: str, reps: int) -> dict[str, float]:
+    """Median ms of the user tower + index search (k=100, seen items excluded), and the search alone."""
+    retriever = load_retriever(Registry(settings.registry_root(), name), 1)
+    users = world.users[:50]
+    full, search = [], []
+    for i in range(reps):
+        user = users[i % len(users)]
+        ctx = RequestContext(user, world.histories[user])
+        t = time.perf_counter()
+        vec = retriever.user_vector(ctx)
+        t2 = time.perf_counter()
+        retriever.index.search(vec, K, exclude=[set(ctx.behaviors.item_ids)])
+        end = time.perf_counter()
+        full.append((end - t) * 1000)
+        search.append((end - t2) * 1000)
+    return {"tower_search_ms": statistics.median(full), "search_ms": statistics.median(search),
+            "index_kind": retriever.index.meta.kind, "index_recall": retriever.index.meta.recall_at_k,
+            "index_params": retriever.index.meta.params}
+
+
+# --------------------------------------------------------------------------------------------- load
+async def closed_loop(port: int, method: str, requests: list, concurrency: int, warmup_s: float,
+                      duration_s: float) -> dict[str, float]:
+    """Runs `concurrency` clients for warmup + duration seconds; latency stats of the measured part."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = getattr(ranking_pb2_grpc.RankingServiceStub(channel), method)
+        latencies: list[float] = []
+        errors = 0
+        start = time.perf_counter()
+        measure_from, end = start + warmup_s, start + warmup_s + duration_s
+
+        async def client(offset: int) -> None:
+            nonlocal errors
+            i = offset
+            while True:
+                t = time.perf_counter()
+                if t >= end:
+                    return
+                try:
+                    await call(requests[i % len(requests)], timeout=10)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                done = time.perf_counter()
+                if t >= measure_from:
+                    latencies.append((done - t) * 1000)
+                i += concurrency
+
+        await asyncio.gather(*(client(c) for c in range(concurrency)))
+    return {"p50_ms": _pct(latencies, 50), "p99_ms": _pct(latencies, 99), "rps": len(latencies) / duration_s,
+            "calls": len(latencies), "errors": errors}
+
+
+def start_scorer_for(settings: Settings, retrieval: str, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`streamrank serve` as a child process serving `retrieval`; returns it and its port once SERVING."""
+    port = free_port()
+    s = settings.with_overrides(serve_port=port, serve_retrieval=retrieval, serve_metrics_port=0)
+    return start_scorer(s, log_path), port
+
+
+def _median_runs(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole benchmark; returns the results (also written as JSON)."""
+    results: dict = {"rows": [], "bare": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, broker_for(args.bootstrap_servers) as bootstrap:
+        settings = load_settings(bootstrap_servers=bootstrap, topic_prefix=f"bench-serve-{int(time.time())}.",
+                                 data_dir=tmp, partitions=4, serve_models=args.model, serve_workers=args.workers,
+                                 serve_torch_threads=args.torch_threads)
+        print("preparing topics, models and indexes", flush=True)
+        world = prepare(settings, args.model, synthetic_items=args.synthetic_items, limit_users=args.users)
+        ranks = rank_requests(world, 400)
+        retrieves = retrieve_requests(world, 400)
+        results["bare"]["rank"] = bare_rank_ms(settings, world, ranks, args.bare_reps)
+        for name in world.retrieval_names:
+            results["bare"][name] = bare_retrieve_ms(settings, world, name, args.bare_reps)
+        print(f"  bare: {json.dumps(results['bare'])}", flush=True)
+        for n, name in enumerate(world.retrieval_names):
+            proc, port = start_scorer_for(settings, name, Path(tmp) / "scorer.log")
+            try:
+                scenarios = [("Rank", "Rank", ranks)] if n == 0 else []
+                scenarios.append((f"Retrieve {name}", "Retrieve", retrieves))
+                for label, method, reqs in scenarios:
+                    for conc in args.concurrency:
+                        runs = [asyncio.run(closed_loop(port, method, reqs, conc, args.warmup, args.duration))
+                                for _ in range(args.runs)]
+                        row = {"call": label, "items": world.retrieval_names.get(name) if method == "Retrieve"
+                               else CANDIDATES, "concurrency": conc, **_median_runs(runs)}
+                        results["rows"].append(row)
+                        print(f"  {label:<24} c={conc:<3} p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms"
+                              f"  {row['rps']:7.1f} calls/s  errors {row['errors']:.0f}", flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+    results["settings"] = {k: getattr(args, k) for k in ("model", "workers", "torch_threads", "duration", "warmup",
+                                                         "runs", "synthetic_items", "concurrency")}
+    return results
+
+
+def write_report(results: dict, command: str, out: Path) -> None:
+    """docs/benchmarks/serve.md and .json."""
+    bare = results["bare"]
+    lines = ["# Scorer latency and throughput", "", f"Command: `{command}`", "",
+             f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}, torch "
+             f"{results['machine']['torch']}; scorer and load generator on the same machine. Medians of "
+             f"{results['settings']['runs']} runs of {results['settings']['duration']} s after "
+             f"{results['settings']['warmup']} s warm-up.", "",
+             "| call | items | clients | p50 ms | p99 ms | calls/s | errors | p50 / bare | p99 / bare |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        name = "rank" if r["call"] == "Rank" else r["call"].split(" ", 1)[1]
+        base = bare[name]["forward_ms"] if name == "rank" else bare[name]["tower_search_ms"]
+        lines.append(f"| {r['call']} | {r['items']:,} | {r['concurrency']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['rps']:.0f} | {r['errors']:.0f} | {r['p50_ms'] / base:.2f} | {r['p99_ms'] / base:.2f} |")
+    lines += ["", "Bare work in the bench process (same requests, same torch threads, idle scorer):", "",
+              f"- Rank forward pass ({CANDIDATES} candidates, 50 behaviours): {bare['rank']['forward_ms']:.2f} ms; "
+              f"tensorisation + forward: {bare['rank']['tensorize_forward_ms']:.2f} ms"]
+    for name, b in bare.items():
+        if name != "rank":
+            lines.append(f"- Retrieve `{name}`: user tower + search {b['tower_search_ms']:.2f} ms, search "
+                         f"{b['search_ms']:.2f} ms; index {b['index_kind']} {b['index_params']}, recall@100 vs "
+                         f"exact at build {b['index_recall']:.4f}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": command, **results}, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (`streamrank bench serve`)."""
+    p = argparse.ArgumentParser(prog="streamrank bench serve", description=__doc__.split("\n")[0])
+    p.add_argument("--bootstrap-servers", default="", help="Kafka to use (default: an embedded broker)")
+    p.add_argument("--model", default="aw_moe_cl")
+    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16])
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2, help="scorer forward threads")
+    p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--synthetic-items", type=int, default=1_000_000)
+    p.add_argument("--users", type=int, help="only the first N ML-1M users (default: all)")
+    p.add_argument("--bare-reps", type=int, default=300)
+    p.add_argument("--quick", action="store_true", help="small and short: a smoke test, not a measurement")
+    p.add_argument("--out", default=str(DOCS / "serve.md"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.concurrency, args.duration, args.warmup, args.runs = [1, 4], 2.0, 0.5, 1
+        args.synthetic_items, args.users, args.bare_reps = min(args.synthetic_items, 20_000), 300, 50
+    command = "streamrank bench serve " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = run(args)
+    write_report(results, command.strip(), Path(args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""`streamrank serve`: the grpc.aio scorer with its replica, model watcher, health, reflection and metrics.
+
+Start-up order: open the replica (serving can start from what it holds after a restart) and start its
+reader, load the live versions, start the gRPC server, then mark health SERVING once the default model is
+loaded and the replica has caught up once. Shutdown marks health NOT_SERVING first (load balancers stop
+sending), lets in-flight calls finish within the grace period, then stops the watcher and the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from streamrank.config import Settings
+from streamrank.serve.metrics import ScorerMetrics
+from streamrank.serve.models import ModelWatcher
+from streamrank.serve.replica import FeatureReplica
+from streamrank.serve.servicer import RankingServicer, served_models
+from streamrank.v1 import ranking_pb2, ranking_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
+_MAX_MESSAGE = 8 * 1024 * 1024
+
+
+class Scorer:
+    """One scorer process' parts, started and stopped together."""
+
+    def __init__(self, settings: Settings, replica_dir: str | Path | None = None) -> None:
+        self.settings = settings
+        self.replica_dir = Path(replica_dir) if replica_dir else Path(settings.data_dir) / "scorer" / "replica"
+        self.metrics = ScorerMetrics()
+        self.replica = FeatureReplica(settings, self.replica_dir)
+        self.watcher = ModelWatcher(
+            str(settings.registry_root()), served_models(settings), settings.serve_retrieval or None,
+            settings.serve_poll_s, on_change=self._on_change, on_failure=self._on_failure)
+        self.executor = (ThreadPoolExecutor(settings.serve_workers, thread_name_prefix="score")
+                         if settings.serve_workers else None)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._status_task: asyncio.Task[None] | None = None
+
+    def _on_change(self, name: str, version: int) -> None:
+        self.metrics.swaps.labels(name).inc()
+        retriever = self.watcher.retriever
+        if name == self.watcher.retriever_name and retriever is not None:
+            self.metrics.index_version.labels(name).set(version)
+            self.metrics.index_recall.labels(name).set(getattr(retriever.index.meta, "recall_at_k", 0.0))
+        else:
+            self.metrics.model_version.labels(name).set(version)
+
+    def _on_failure(self, name: str, version: int, reason: str) -> None:
+        self.metrics.load_failures.labels(name).inc()
+
+    async def start(self) -> int:
+        """Starts everything; returns the bound gRPC port (serve_port 0 picks a free one)."""
+        s = self.settings
+        torch.set_num_threads(s.serve_torch_threads)
+        self.replica.start()
+        await asyncio.get_running_loop().run_in_executor(None, self.watcher.refresh)
+        self.watcher.start()
+        server = grpc.aio.server(
+            maximum_concurrent_rpcs=s.serve_max_inflight,
+            options=[("grpc.max_receive_message_length", _MAX_MESSAGE),
+                     ("grpc.max_send_message_length", _MAX_MESSAGE)])
+        servicer = RankingServicer(s, self.replica, self.watcher, self.metrics, self.executor)
+        ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server)
+        self.port = server.add_insecure_port(f"{s.serve_host}:{s.serve_port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {s.serve_host}:{s.serve_port}")
+        await server.start()
+        self.server = server
+        if s.serve_metrics_port:
+            self.metrics_port = self.metrics.serve_http(s.serve_host, s.serve_metrics_port)
+        await self.update_health()
+        self._status_task = asyncio.create_task(self._status_loop())
+        log.info("scorer on %s:%d (metrics :%d), models %s, retrieval %r", s.serve_host, self.port,
+                 self.metrics_port, self.watcher.ranker_names, self.watcher.retriever_name)
+        return self.port
+
+    def ready(self) -> bool:
+        """Whether the default model is loaded and the replica has caught up once."""
+        names = self.watcher.ranker_names
+        model_ok = not names or names[0] in self.watcher.rankers
+        return model_ok and self.replica.status().caught_up and self.replica.error is None
+
+    async def update_health(self) -> None:
+        """Sets the health status from ready() and copies the replica's lag into the metrics."""
+        status = (health_pb2.HealthCheckResponse.SERVING if self.ready()
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+        self.metrics.update_replica(self.replica.status())
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await self.update_health()
+            except Exception:
+                log.exception("health update failed")
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, finish in-flight calls (up to grace_s), stop the parts."""
+        grace = self.settings.serve_grace_s if grace_s is None else grace_s
+        if self._status_task is not None:
+            self._status_task.cancel()
+            self._status_task = None
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+        self.watcher.stop()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+        self.metrics.close()
+        self.replica.close()
+
+
+async def serve_forever(settings: Settings) -> None:
+    """Runs a scorer until SIGTERM or SIGINT, then shuts it down gracefully."""
+    scorer = Scorer(settings)
+    await scorer.start()
+    print(f"scorer listening on {settings.serve_host}:{scorer.port}"
+          + (f", metrics on :{scorer.metrics_port}/metrics" if scorer.metrics_port else ""), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("scorer stopping (finishing in-flight calls)", flush=True)
+    await scorer.stop()

