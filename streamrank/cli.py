@@ -77,9 +77,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from streamrank.registry.publisher import RegistryPublisher
     from streamrank.registry.store import Registry
+    from streamrank.runtime import tune_allocator
     from streamrank.train.online import OnlineTrainer
 
     settings = _settings(args)
+    tune_allocator()
     if not settings.bootstrap_servers:
         print("train needs --bootstrap-servers (or STREAMRANK_BOOTSTRAP_SERVERS)", file=sys.stderr)
         return 2
@@ -229,6 +231,13 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """The simulator: log replay or synthetic online A/B against a scorer (`streamrank simulate --help`)."""
+    from simulator.cli import main as simulator_main
+
+    return int(simulator_main(args.rest) or 0)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Runs one benchmark; its options follow the name (`streamrank bench train --help`)."""
     import importlib
@@ -322,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", help="where the A/B report goes (default: <data-dir>/report)")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("simulate", help="replay a log or run a synthetic online A/B through the scorer")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="online | replay | ab-check, and their options")
+    p.set_defaults(func=cmd_simulate)
+
     p = sub.add_parser("bench", help="run a benchmark and write its table to docs/benchmarks/")
     p.add_argument("what", choices=sorted(BENCHMARKS))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
@@ -335,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("aiokafka", "faust", "mode", "kafka"):
+    for noisy in ("aiokafka", "faust", "mode", "kafka", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)

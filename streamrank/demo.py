@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -191,6 +192,10 @@ def run_demo(plan: DemoPlan | None = None, bootstrap_servers: str = "") -> int:
 
         report = replay_report(result, plan.report_dir, control="control",
                                title=f"A/B replay of {plan.dataset}: {plan.treatment} vs {plan.control}")
+    text = Path(report).read_text().split("\n", 1)
+    Path(report).write_text(f"{text[0]}\n\nProduced by `{' '.join(sys.argv) if sys.argv else 'streamrank demo'}` "
+                            f"({plan.warm_ratings:,} warm-up ratings, {plan.replay_ratings:,} replayed; retrieval "
+                            f"{plan.retrieval_preset}, k={plan.retrieve_k}).\n" + (text[1] if len(text) > 1 else ""))
     versions = {arm: sorted({int(v) for v, a in zip(result.rows["model_version"], result.rows["arm"], strict=True)
                              if a == arm}) for arm in ("treatment", "control")}
     say(f"A/B report: {report} (plots beside it)")

@@ -123,3 +123,15 @@ def rank_request(user_id: str, items: list[str], **kw: object) -> ranking_pb2.Ra
     for item_id in items:
         req.candidates.add(item_id=item_id)
     return req
+
+
+def scorer_world(settings: Settings) -> Settings:
+    """Serving settings, a DIN version, a retrieval version and a little user/catalog state, all published."""
+    from tests.test_retrieve import publish_retrieval
+
+    s = settings.with_overrides(serve_port=0, serve_metrics_port=0, serve_models="din", serve_retrieval="retrieval",
+                                serve_poll_s=0.2)
+    publish(s, "din", trained_files(s, "din", n=512))
+    publish_retrieval(s)
+    produce_state(s, [user_features("u1", ["i0", "i8", "i16"], ["c0", "c0", "c0"])], catalog())
+    return s

@@ -16,7 +16,8 @@ from streamrank.models.retrieval import build_retrieval_model, retrieval_files
 from streamrank.registry.store import Registry
 from streamrank.serve.models import load_retriever
 from streamrank.v1 import ranking_pb2
-from tests.servetools import catalog, produce_state, publish, running_scorer, trained_files, user_features
+from tests import servetools
+from tests.servetools import catalog, running_scorer
 from tests.synthetic_samples import make_samples
 
 
@@ -38,12 +39,8 @@ def publish_retrieval(settings: Settings, seed: int = 0, version: int = 1) -> in
 
 @pytest.fixture
 def retrieve_world(settings: Settings) -> Settings:
-    s = settings.with_overrides(serve_port=0, serve_metrics_port=0, serve_models="din", serve_retrieval="retrieval",
-                                serve_poll_s=0.2)
-    publish(s, "din", trained_files(s, "din", n=512))
-    publish_retrieval(s)
-    produce_state(s, [user_features("u1", ["i0", "i8", "i16"], ["c0", "c0", "c0"])], catalog())
-    return s
+    """Serving settings with a DIN version, a retrieval version and a little state published."""
+    return servetools.scorer_world(settings)
 
 
 def test_retrieve_returns_the_exact_top_k_of_its_version(retrieve_world: Settings) -> None:

@@ -19,22 +19,17 @@ from simulator.replay import run_replay
 from simulator.replay_log import LoggedInteraction
 from streamrank.config import Settings
 from streamrank.v1 import events_pb2, ranking_pb2
-from tests.servetools import catalog, produce_state, publish, running_scorer, trained_files, user_features
+from tests import servetools
+from tests.servetools import running_scorer
 from tests.synthetic_samples import T0
-from tests.test_retrieve import publish_retrieval
 
 SMALL = EnvParams(n_users=50, catalog=CatalogParams(n_items=200, n_categories=8, n_brands=20), n_candidates=30)
 
 
 @pytest.fixture
 def scorer_world(settings: Settings) -> Settings:
-    """A din version, a retrieval version and a little user/catalog state, published for the scorer."""
-    s = settings.with_overrides(serve_port=0, serve_metrics_port=0, serve_models="din", serve_retrieval="retrieval",
-                                serve_poll_s=0.2)
-    publish(s, "din", trained_files(s, "din", n=512))
-    publish_retrieval(s)
-    produce_state(s, [user_features("u1", ["i0", "i8", "i16"], ["c0", "c0", "c0"])], catalog())
-    return s
+    """Serving settings with a DIN version, a retrieval version and a little state published."""
+    return servetools.scorer_world(settings)
 
 
 def _free_port() -> int:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -35,6 +36,7 @@ from streamrank.config import Settings, load_settings
 from streamrank.features.raw import RequestContext
 from streamrank.pipeline import free_port, start_scorer
 from streamrank.registry.store import Registry
+from streamrank.runtime import tune_allocator
 from streamrank.serve.models import load_ranker, load_retriever
 from streamrank.v1 import ranking_pb2, ranking_pb2_grpc
 
@@ -70,8 +72,17 @@ def retrieve_requests(world: World, n: int, seed: int = 0) -> list[ranking_pb2.R
 # ------------------------------------------------------------------------------------------- bare work
 def bare_rank_ms(settings: Settings, world: World, requests: list[ranking_pb2.RankRequest],
                  reps: int) -> dict[str, float]:
-    """Median ms of the forward pass alone, and of tensorisation + forward, for the same requests."""
-    torch.set_num_threads(settings.serve_torch_threads)
+    """Median ms of the forward pass alone, and of tensorisation + forward, for the same requests.
+
+    Runs on a thread set up like the scorer's forward threads (same torch threads, same allocator tuning).
+    """
+    tune_allocator()
+    with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(settings.serve_torch_threads,)) as pool:
+        return pool.submit(_bare_rank, settings, world, requests, reps).result()
+
+
+def _bare_rank(settings: Settings, world: World, requests: list[ranking_pb2.RankRequest],
+               reps: int) -> dict[str, float]:
     ranker = load_ranker(Registry(settings.registry_root(), world.ranker), 1)
     rng = np.random.default_rng(1)
     prepared = []

@@ -6,7 +6,8 @@
   writes them, so Rank reads 50 behaviours per user from the scorer's replica.
 - Retrieval: a base two-tower model over the same vocabularies; `retrieval` indexes the ML-1M catalog
   through its item tower; `retrieval-1m` is the same model with an index over 1M synthetic 64-d item
-  vectors (streamrank.index.synthetic), to measure search at catalog scale.
+  vectors (streamrank.index.synthetic), to measure search at catalog scale; its recall against exact
+  search is measured with 500 real users' user-tower vectors as queries.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from streamrank.config import Settings
 from streamrank.data.movielens import load_movielens
 from streamrank.data.requests import movielens_items
 from streamrank.events.producer import produce_items
-from streamrank.features.raw import Behaviors, Candidate, ItemAttrs, RawExample
+from streamrank.features.raw import Behaviors, Candidate, ItemAttrs, RawExample, RequestContext
 from streamrank.features.spec import FeatureSpec
 from streamrank.index import build_index
 from streamrank.index.refresh import build_retrieval, package_retrieval, publish_retrieval
@@ -113,7 +114,11 @@ def prepare(settings: Settings, ranker: str = "aw_moe_cl", synthetic_items: int 
     if synthetic_items:
         t = time.perf_counter()
         vectors = clustered_embeddings(synthetic_items, dim=two_tower.cfg.dim, seed=3)
-        index = build_index(vectors, [f"syn{i}" for i in range(synthetic_items)], model="base", model_version=1)
+        # recall is measured on what Retrieve really searches with: the user tower's vectors of real users
+        users = list(histories)[:500]
+        queries = two_tower.encode_users([RequestContext(u, histories[u]) for u in users])
+        index = build_index(vectors, [f"syn{i}" for i in range(synthetic_items)], model="base", model_version=1,
+                            recall_sample=queries)
         publish_retrieval(settings, "retrieval-1m", package_retrieval(files, index, "base",
                                                                       time.perf_counter() - t))
         log(f"  1M index: {index.meta.kind} {index.meta.params}, recall@{index.meta.recall_k} "

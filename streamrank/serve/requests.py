@@ -67,8 +67,14 @@ def validate_rank(req: ranking_pb2.RankRequest, limits: Limits) -> None:
     n = len(req.candidates)
     if n > limits.max_candidates:
         raise InvalidRequest(f"{n} candidates (limit {limits.max_candidates})")
+    ids = [cand.item_id for cand in req.candidates]
+    joined = "".join(ids)
+    if not all(ids) or (ids and max(map(len, ids)) > limits.max_id_chars) or _CONTROL.search(joined):
+        for i, item_id in enumerate(ids):  # slow path: name the first offending candidate
+            _check_id(f"candidates[{i}].item_id", item_id, limits, required=True)
     for i, cand in enumerate(req.candidates):
-        _check_id(f"candidates[{i}].item_id", cand.item_id, limits, required=True)
+        if not cand.HasField("attributes"):
+            continue
         attrs = cand.attributes
         for name in ("category", "brand", "shop"):
             _check_id(f"candidates[{i}].attributes.{name}", getattr(attrs, name), limits)

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from streamrank.config import Settings
+from streamrank.runtime import tune_allocator
 from streamrank.serve.metrics import ScorerMetrics
 from streamrank.serve.models import ModelWatcher
 from streamrank.serve.replica import FeatureReplica
@@ -42,7 +43,11 @@ class Scorer:
         self.watcher = ModelWatcher(
             str(settings.registry_root()), served_models(settings), settings.serve_retrieval or None,
             settings.serve_poll_s, on_change=self._on_change, on_failure=self._on_failure)
-        self.executor = (ThreadPoolExecutor(settings.serve_workers, thread_name_prefix="score")
+        # OpenMP thread counts are per thread: each forward thread sets its own (torch's default is all cores,
+        # whose spinning threads then fight the gRPC and replica threads for the CPU).
+        self.executor = (ThreadPoolExecutor(settings.serve_workers, thread_name_prefix="score",
+                                            initializer=torch.set_num_threads,
+                                            initargs=(settings.serve_torch_threads,))
                          if settings.serve_workers else None)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -65,6 +70,7 @@ class Scorer:
     async def start(self) -> int:
         """Starts everything; returns the bound gRPC port (serve_port 0 picks a free one)."""
         s = self.settings
+        tune_allocator()
         torch.set_num_threads(s.serve_torch_threads)
         self.replica.start()
         await asyncio.get_running_loop().run_in_executor(None, self.watcher.refresh)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from streamrank.data.retrieval_protocol import RetrievalProtocol, TargetSet
 from streamrank.features.batch import ItemSide
 from streamrank.features.tensorize import Tensorizer
 from streamrank.models.retrieval.model import TwoTowerModel
-from streamrank.train.offline import pick_device, set_seed
+from streamrank.train.offline import FitResult, pick_device, set_seed
 from streamrank.train.retrieval_eval import KS, RetrievalEval, evaluate_scores
 from streamrank.train.retrieval_losses import CLSamplers, StepInputs, step_losses
 
@@ -45,14 +45,8 @@ class RetrievalTrainConfig:
         return asdict(self)
 
 
-@dataclass
-class RetrievalFit:
-    """What `fit_retrieval` did: best epoch, its validation value, per-epoch history, wall time."""
-
-    best_epoch: int
-    best_valid: float
-    history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
+# What `fit_retrieval` did: best epoch, its validation value, per-epoch history, wall time (as `fit`'s).
+RetrievalFit = FitResult
 
 
 def encode_corpus(proto: RetrievalProtocol, tz: Tensorizer) -> ItemSide:
