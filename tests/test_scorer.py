@@ -242,8 +242,9 @@ def test_graceful_shutdown_finishes_in_flight_calls(world: Settings) -> None:
             codes.append("OK")
         except grpc.RpcError as exc:
             codes.append(exc.code().name)
-    # Every call the server started was answered OK (none cancelled by the shutdown); later ones were refused.
+    # Every call the server started (each is counted, whatever its code) was answered OK: none was cancelled by
+    # the shutdown. Calls that had not reached the servicer yet are refused (UNAVAILABLE or CANCELLED).
     served = sum(s.value for m in st.scorer.metrics.responses.collect() for s in m.samples
                  if s.name.endswith("_total") and s.labels["method"] == "Rank")
     assert codes.count("OK") == served >= 1, (codes, served)
-    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+    assert set(codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, codes
