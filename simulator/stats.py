@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from streamrank.train.metrics import auc as metrics_auc
+
 CHUNK = 200  # replicates computed together (memory: CHUNK x units floats)
 
 
@@ -38,22 +40,7 @@ def ndcg_at_k(rank: int | None, k: int) -> float:
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC (Mann-Whitney, ties count half); NaN unless both classes are present."""
-    labels = np.asarray(labels, dtype=bool)
-    scores = np.asarray(scores, dtype=float)
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks over ties
-    bounds = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [len(scores)]])
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return metrics_auc(np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool))
 
 
 def session_auc(sessions: dict[str, tuple[list[bool], list[float]]]) -> tuple[float, int]:

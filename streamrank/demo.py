@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamrank.broker import broker_for
+from streamrank.broker import broker_for, free_port
 from streamrank.config import Settings, load_settings
 from streamrank.data.movielens import load_movielens
 from streamrank.data.requests import movielens_events, movielens_items
@@ -32,7 +32,6 @@ from streamrank.events.producer import produce_events, produce_items
 from streamrank.index.refresh import build_retrieval, describe, publish_retrieval
 from streamrank.pipeline import (
     end_offsets,
-    free_port,
     start_scorer,
     start_trainer,
     start_worker,

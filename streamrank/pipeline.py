@@ -160,11 +160,3 @@ def start_scorer(settings: Settings, log_path: Path | None = None,
     proc.kill()
     raise TimeoutError(f"the scorer was not SERVING within {ready_timeout_s}s")
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (for child services in tests, benchmarks and the demo)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])

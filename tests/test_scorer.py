@@ -12,9 +12,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from streamrank.broker import free_port
 from streamrank.config import Settings
 from streamrank.features.raw import Behaviors, Candidate, Counts, ItemAttrs, RequestContext
-from streamrank.pipeline import free_port
 from streamrank.registry.store import Registry
 from streamrank.serve.models import load_ranker
 from streamrank.v1 import ranking_pb2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import grpc
@@ -17,6 +16,7 @@ from simulator.online import FALLBACK_VERSION, run_online
 from simulator.publish import KafkaSink
 from simulator.replay import run_replay
 from simulator.replay_log import LoggedInteraction
+from streamrank.broker import free_port
 from streamrank.config import Settings
 from streamrank.v1 import events_pb2, ranking_pb2
 from tests import servetools
@@ -30,12 +30,6 @@ SMALL = EnvParams(n_users=50, catalog=CatalogParams(n_items=200, n_categories=8,
 def scorer_world(settings: Settings) -> Settings:
     """Serving settings with a DIN version, a retrieval version and a little state published."""
     return servetools.scorer_world(settings)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_client_calls_errors_and_replay(scorer_world: Settings) -> None:
@@ -96,7 +90,7 @@ def test_client_calls_errors_and_replay(scorer_world: Settings) -> None:
 
 
 def test_unreachable_scorer_is_a_clear_unavailable_error() -> None:
-    with ScorerClient(f"127.0.0.1:{_free_port()}", timeout_s=1.0) as client:
+    with ScorerClient(f"127.0.0.1:{free_port()}", timeout_s=1.0) as client:
         with pytest.raises(ScorerError) as err:
             client.rank("u1", ["i0"])
         assert err.value.unavailable and "UNAVAILABLE" in str(err.value)

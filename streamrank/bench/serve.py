@@ -31,10 +31,11 @@ import numpy as np
 import torch
 
 from streamrank.bench.serve_setup import World, candidates_of, prepare
-from streamrank.broker import broker_for
+from streamrank.bench.trainbench_common import percentile
+from streamrank.broker import broker_for, free_port
 from streamrank.config import Settings, load_settings
 from streamrank.features.raw import RequestContext
-from streamrank.pipeline import free_port, start_scorer
+from streamrank.pipeline import start_scorer
 from streamrank.registry.store import Registry
 from streamrank.runtime import tune_allocator
 from streamrank.serve.models import load_ranker, load_retriever
@@ -44,10 +45,6 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 CANDIDATES, K = 200, 100
 RECALL_QUERIES = {"retrieval": "exact search: recall 1 by construction",
                   "retrieval-1m": "queries: 500 real users' user-tower vectors"}
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 # ----------------------------------------------------------------------------------------- requests
@@ -152,8 +149,8 @@ async def closed_loop(port: int, method: str, requests: list, concurrency: int, 
                 i += concurrency
 
         await asyncio.gather(*(client(c) for c in range(concurrency)))
-    return {"p50_ms": _pct(latencies, 50), "p99_ms": _pct(latencies, 99), "rps": len(latencies) / duration_s,
-            "calls": len(latencies), "errors": errors}
+    return {"p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+            "rps": len(latencies) / duration_s, "calls": len(latencies), "errors": errors}
 
 
 def start_scorer_for(settings: Settings, retrieval: str, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
