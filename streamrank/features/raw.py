@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the generated module is only needed to convert messages
-    from streamrank.v1.features_pb2 import TrainingSample
+    from streamrank.v1.features_pb2 import BehaviorSequence, TrainingSample
 
 # Values of streamrank.v1.EventType, repeated here so that offline code needs no protobuf import.
 IMPRESSION, CLICK, ADD_TO_CART, PURCHASE = 1, 2, 3, 4
@@ -33,6 +33,18 @@ class Behaviors:
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    @classmethod
+    def from_proto(cls, seq: BehaviorSequence) -> Behaviors:
+        """Convert a `streamrank.v1.BehaviorSequence`; a column whose length differs from item_ids (absent)
+        gets defaults: CLICK, time 0, no category."""
+        n = len(seq.item_ids)
+        return cls(
+            list(seq.item_ids),
+            [int(t) for t in seq.types] if len(seq.types) == n else [CLICK] * n,
+            list(seq.ts_ms) if len(seq.ts_ms) == n else [0] * n,
+            list(seq.categories) if len(seq.categories) == n else [""] * n,
+        )
 
     def last(self, n: int) -> Behaviors:
         """The `n` most recent behaviours (all of them when there are fewer)."""
@@ -126,18 +138,13 @@ class RawExample:
     @classmethod
     def from_sample(cls, sample: TrainingSample) -> RawExample:
         """Convert a `streamrank.v1.TrainingSample` message; absent optional fields get defaults."""
-        b = sample.behaviors
-        n = len(b.item_ids)
-        cats = list(b.categories) if len(b.categories) == n else [""] * n
-        types = [int(t) for t in b.types] if len(b.types) == n else [CLICK] * n
-        ts = list(b.ts_ms) if len(b.ts_ms) == n else [0] * n
         it = sample.item
         price = it.price if it.HasField("price") else None
         c = sample.counts
         return cls(
             user_id=sample.user_id,
             item_id=sample.item_id,
-            behaviors=Behaviors(list(b.item_ids), types, ts, cats),
+            behaviors=Behaviors.from_proto(sample.behaviors),
             item=ItemAttrs(category=it.category, brand=it.brand, shop=it.shop, price=price),
             query=sample.query,
             scenario=sample.scenario,

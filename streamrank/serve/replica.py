@@ -87,15 +87,8 @@ class FeatureReplica:
         if raw is None:
             return None
         msg = features_pb2.UserFeatures.FromString(raw)
-        b = msg.behaviors
-        n = len(b.item_ids)
-        behaviors = Behaviors(
-            list(b.item_ids),
-            [int(t) for t in b.types] if len(b.types) == n else [events_pb2.CLICK] * n,
-            list(b.ts_ms) if len(b.ts_ms) == n else [0] * n,
-            list(b.categories) if len(b.categories) == n else [""] * n,
-        )
-        return UserView(behaviors, dict(msg.item_clicks), dict(msg.category_clicks), msg.updated_ms)
+        return UserView(Behaviors.from_proto(msg.behaviors), dict(msg.item_clicks), dict(msg.category_clicks),
+                        msg.updated_ms)
 
     def item(self, item_id: str) -> ItemAttrs | None:
         """The catalog's attributes of an item, or None when the catalog does not have it."""

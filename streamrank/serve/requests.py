@@ -18,6 +18,7 @@ from streamrank.events.types import NAME_BY_TYPE
 from streamrank.features.raw import Behaviors, Candidate, Counts, ItemAttrs, RequestContext
 from streamrank.serve.replica import FeatureReplica, UserView
 from streamrank.v1 import ranking_pb2
+from streamrank.v1.features_pb2 import BehaviorSequence
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
@@ -105,20 +106,12 @@ def validate_retrieve(req: ranking_pb2.RetrieveRequest, limits: Limits) -> None:
         raise InvalidRequest(f"k must be in 1..{limits.max_k}, got {req.k}")
 
 
-def _request_behaviors(seq: object) -> Behaviors:
-    n = len(seq.item_ids)  # type: ignore[attr-defined]
-    types = [int(t) for t in seq.types] if len(seq.types) == n else [2] * n  # type: ignore[attr-defined]
-    ts = list(seq.ts_ms) if len(seq.ts_ms) == n else [0] * n  # type: ignore[attr-defined]
-    cats = list(seq.categories) if len(seq.categories) == n else [""] * n  # type: ignore[attr-defined]
-    return Behaviors(list(seq.item_ids), types, ts, cats)  # type: ignore[attr-defined]
-
-
 def user_side(user_id: str, query: str, scenario: str, replica: FeatureReplica,
-              override: object | None = None) -> tuple[RequestContext, UserView | None]:
+              override: BehaviorSequence | None = None) -> tuple[RequestContext, UserView | None]:
     """The request's user side: explicit behaviours when given, else the replica's (empty for a new user)."""
     view = replica.user(user_id) if user_id else None
     if override is not None:
-        behaviors = _request_behaviors(override)
+        behaviors = Behaviors.from_proto(override)
     else:
         behaviors = view.behaviors if view is not None else Behaviors()
     return RequestContext(user_id, behaviors, query, scenario), view
