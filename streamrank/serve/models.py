@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
 from streamrank.features.raw import Candidate, RequestContext
 from streamrank.features.spec import FeatureSpec
@@ -66,8 +65,8 @@ class LoadedRetriever:
     loaded_at: float = field(default_factory=time.time)
 
     def user_vector(self, context: RequestContext) -> np.ndarray:
-        """The user tower's vector (1, d) for one request."""
-        return np.ascontiguousarray(self.model.encode_users([context]), dtype=np.float32)
+        """The user tower's vector (1, d) for one request (float32, contiguous: what the index searches)."""
+        return self.model.encode_users([context])
 
 
 def smoke_context() -> tuple[RequestContext, list[Candidate]]:
@@ -166,7 +165,6 @@ class ModelWatcher:
             return None
         if current is None or current == live or current in self.failed.get(name, {}):
             return None
-        torch.set_grad_enabled(False)
         try:
             loaded = loader(registry, current)
         except (RegistryError, IncompatibleVersion, OSError) as exc:

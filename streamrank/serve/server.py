@@ -60,7 +60,7 @@ class Scorer:
         retriever = self.watcher.retriever
         if name == self.watcher.retriever_name and retriever is not None:
             self.metrics.index_version.labels(name).set(version)
-            self.metrics.index_recall.labels(name).set(getattr(retriever.index.meta, "recall_at_k", 0.0))
+            self.metrics.index_recall.labels(name).set(retriever.index.meta.recall_at_k)
         else:
             self.metrics.model_version.labels(name).set(version)
 

@@ -61,7 +61,6 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.watcher = watcher
         self.metrics = metrics
         self.executor = executor
-        self.default_model = (served_models(settings) or [""])[0]
 
     # ------------------------------------------------------------------------------------------ RPCs
     async def Rank(self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -99,7 +98,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
 
     # --------------------------------------------------------------------------------------- helpers
     def _ranker(self, name: str) -> LoadedRanker:
-        name = name or self.default_model
+        name = name or (self.watcher.ranker_names or [""])[0]
         if name not in self.watcher.ranker_names:
             raise InvalidRequest(f"unknown model {name!r}; this scorer serves {self.watcher.ranker_names}")
         ranker = self.watcher.rankers.get(name)
