@@ -107,6 +107,31 @@ class FitResult:
     seconds: float = 0.0
 
 
+@dataclass
+class EarlyStopping:
+    """Remembers the best validation value and its weights; says when `patience` epochs went by without one."""
+
+    patience: int
+    best_value: float = -float("inf")
+    best_epoch: int = -1
+    bad: int = 0
+    best_state: dict | None = None
+
+    def update(self, epoch: int, value: float, model: torch.nn.Module) -> bool:
+        """Records an epoch's validation value; returns whether training should stop."""
+        if value > self.best_value:
+            self.best_value, self.best_epoch, self.bad = value, epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """Puts the best weights back into the model (nothing when no epoch was validated)."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+
 def _user_keys(examples: Sequence[RawExample], device: torch.device) -> torch.Tensor:
     """Small integer ids of the examples' users (to keep same-user rows out of CL negatives)."""
     ids: dict[str, int] = {}
@@ -186,7 +211,8 @@ def fit(model: RankingModel, tensorizer: Tensorizer, train: ExampleSource, valid
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best_state, best_value, best_epoch, bad = None, -float("inf"), -1, 0
+    stopper = EarlyStopping(cfg.patience)
+    stop = False
     result = FitResult(best_epoch=-1, best_valid=float("nan"))
     t0 = time.perf_counter()
     for epoch in range(cfg.max_epochs):
@@ -206,20 +232,14 @@ def fit(model: RankingModel, tensorizer: Tensorizer, train: ExampleSource, valid
         if valid is not None:
             metrics = evaluate_source(model, tensorizer, valid, cfg, device, desc="valid")
             record.update({f"valid_{k}": v for k, v in metrics.items()})
-            value = metrics[cfg.valid_metric]
-            if value > best_value:
-                best_value, best_epoch, bad = value, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad += 1
+            stop = stopper.update(epoch, metrics[cfg.valid_metric], model)
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if valid is not None and bad > cfg.patience - 1:
+        if stop:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    result.best_epoch = best_epoch if valid is not None else cfg.max_epochs - 1
-    result.best_valid = best_value if valid is not None else float("nan")
+    stopper.restore(model)
+    result.best_epoch = stopper.best_epoch if valid is not None else cfg.max_epochs - 1
+    result.best_valid = stopper.best_value if valid is not None else float("nan")
     result.seconds = time.perf_counter() - t0
     return result

@@ -8,7 +8,6 @@ weights (mean HIT@{50,100,200,500} on validation) are kept: tuning never looks a
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ from streamrank.data.retrieval_protocol import RetrievalProtocol, TargetSet
 from streamrank.features.batch import ItemSide
 from streamrank.features.tensorize import Tensorizer
 from streamrank.models.retrieval.model import TwoTowerModel
-from streamrank.train.offline import FitResult, pick_device, set_seed
+from streamrank.train.offline import EarlyStopping, FitResult, pick_device, set_seed
 from streamrank.train.retrieval_eval import KS, RetrievalEval, evaluate_scores
 from streamrank.train.retrieval_losses import CLSamplers, StepInputs, step_losses
 
@@ -93,7 +92,7 @@ def fit_retrieval(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer
     if cfg.eval_users and cfg.eval_users < len(valid):
         valid = valid.subset(np.sort(np.random.default_rng(0).choice(len(valid), cfg.eval_users, replace=False)))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    best_state, best_value, best_epoch, bad = None, -float("inf"), -1, 0
+    stopper = EarlyStopping(cfg.patience)
     result = RetrievalFit(best_epoch=-1, best_valid=float("nan"))
     t0 = time.perf_counter()
     for epoch in range(cfg.max_epochs):
@@ -118,19 +117,14 @@ def fit_retrieval(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer
         value = metrics.mean_hit()
         record.update({f"valid_{k}": v for k, v in metrics.summary().items()})
         record["seconds"] = round(time.perf_counter() - t0, 1)
-        if value > best_value:
-            best_value, best_epoch, bad = value, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
+        stop = stopper.update(epoch, value, model)
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if bad >= cfg.patience:
+        if stop:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stopper.restore(model)
     model.eval()
-    result.best_epoch, result.best_valid = best_epoch, best_value
+    result.best_epoch, result.best_valid = stopper.best_epoch, stopper.best_value
     result.seconds = time.perf_counter() - t0
     return result
