@@ -9,10 +9,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+import torch
 from kafka import KafkaProducer
 
 from streamrank.config import Settings
+from streamrank.features.raw import RawExample
+from streamrank.features.spec import FeatureSpec
+from streamrank.index.refresh import build_retrieval
+from streamrank.index.refresh import publish_retrieval as publish_build
 from streamrank.models.ranking.artifact import model_files
+from streamrank.models.retrieval import build_retrieval_model, retrieval_files
 from streamrank.registry.store import Registry
 from streamrank.serve.server import Scorer
 from streamrank.stream.encode import item_stats_record
@@ -125,10 +131,22 @@ def rank_request(user_id: str, items: list[str], **kw: object) -> ranking_pb2.Ra
     return req
 
 
+def retrieval_model_files(seed: int = 0) -> dict[str, bytes]:
+    """An (untrained, seeded) base two-tower model whose vocabularies cover the synthetic users and items."""
+    torch.manual_seed(seed)
+    examples = [RawExample.from_sample(s) for s in make_samples(400, seed=seed)]
+    spec = FeatureSpec(max_seq_len=20, dense=()).fit(examples)
+    return retrieval_files(build_retrieval_model("base", spec), "base")
+
+
+def publish_retrieval(settings: Settings, seed: int = 0, version: int = 1) -> int:
+    """Builds the retrieval version over the synthetic catalog and publishes it as `retrieval`."""
+    build = build_retrieval(retrieval_model_files(seed), catalog(), "base", version)
+    return publish_build(settings, "retrieval", build).version
+
+
 def scorer_world(settings: Settings) -> Settings:
     """Serving settings, a DIN version, a retrieval version and a little user/catalog state, all published."""
-    from tests.test_retrieve import publish_retrieval
-
     s = settings.with_overrides(serve_port=0, serve_metrics_port=0, serve_models="din", serve_retrieval="retrieval",
                                 serve_poll_s=0.2)
     publish(s, "din", trained_files(s, "din", n=512))

@@ -8,33 +8,13 @@ import numpy as np
 import pytest
 
 from streamrank.config import Settings
-from streamrank.features.raw import Behaviors, RawExample, RequestContext
-from streamrank.features.spec import FeatureSpec
+from streamrank.features.raw import Behaviors, RequestContext
 from streamrank.index.refresh import build_retrieval, read_catalog
-from streamrank.index.refresh import publish_retrieval as publish_build
-from streamrank.models.retrieval import build_retrieval_model, retrieval_files
 from streamrank.registry.store import Registry
 from streamrank.serve.models import load_retriever
 from streamrank.v1 import ranking_pb2
 from tests import servetools
-from tests.servetools import catalog, running_scorer
-from tests.synthetic_samples import make_samples
-
-
-def retrieval_model_files(seed: int = 0) -> dict[str, bytes]:
-    """An (untrained, seeded) base two-tower model whose vocabularies cover the synthetic users and items."""
-    import torch
-
-    torch.manual_seed(seed)
-    examples = [RawExample.from_sample(s) for s in make_samples(400, seed=seed)]
-    spec = FeatureSpec(max_seq_len=20, dense=()).fit(examples)
-    return retrieval_files(build_retrieval_model("base", spec), "base")
-
-
-def publish_retrieval(settings: Settings, seed: int = 0, version: int = 1) -> int:
-    """Builds the retrieval version over the synthetic catalog and publishes it as `retrieval`."""
-    build = build_retrieval(retrieval_model_files(seed), catalog(), "base", version)
-    return publish_build(settings, "retrieval", build).version
+from tests.servetools import catalog, publish_retrieval, retrieval_model_files, running_scorer
 
 
 @pytest.fixture

@@ -12,8 +12,16 @@ from hypothesis import strategies as st
 
 from streamrank.config import Settings, load_settings
 from streamrank.v1 import features_pb2, ranking_pb2
-from tests.servetools import ScorerThread, catalog, produce_state, publish, rank_request, trained_files, user_features
-from tests.test_retrieve import publish_retrieval
+from tests.servetools import (
+    ScorerThread,
+    catalog,
+    produce_state,
+    publish,
+    publish_retrieval,
+    rank_request,
+    trained_files,
+    user_features,
+)
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
 _STUB: list = []  # one stub (one channel) for every fuzzed call
