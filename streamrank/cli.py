@@ -202,12 +202,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from streamrank.index.refresh import build_retrieval, describe, publish_retrieval, read_catalog
-    from streamrank.models.ranking.artifact import read_model_dir
+    from streamrank.models.artifact import read_dir
     from streamrank.registry.store import Registry
 
     settings = _settings(args)
     if args.model_dir:
-        files, model_name, model_version = read_model_dir(args.model_dir), Path(args.model_dir).name, 0
+        files, model_name, model_version = read_dir(args.model_dir), Path(args.model_dir).name, 0
     else:
         model_name, _, version = args.model.partition(":")
         info, files = Registry(settings.registry_root(), model_name).read(int(version) if version else None)
