@@ -40,10 +40,10 @@ def movielens_interactions(name: str, limit: int | None = None, scenario_field: 
                            session_gap_ms: int = 30 * 60_000) -> Iterator[LoggedInteraction]:
     """The ratings of a MovieLens data set as interactions (>= 4 stars: purchase, else click)."""
     from streamrank.data.movielens import load_movielens
-    from streamrank.data.requests import PURCHASE_MIN_RATING, _scenario_of
+    from streamrank.data.requests import PURCHASE_MIN_RATING, scenario_of_users
 
     ml = load_movielens(name)  # type: ignore[arg-type]
-    scenario = _scenario_of(ml.users, scenario_field)
+    scenario = scenario_of_users(ml.users, scenario_field)
     last: dict[str, int] = {}
     session: dict[str, int] = {}
     for n, rating in enumerate(ml.ratings):

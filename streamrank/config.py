@@ -91,6 +91,10 @@ class Settings:
     # Ids unseen for this long (event time) leave the vocabularies; checked this often (event time).
     vocab_ttl_ms: int = 30 * DAY_MS
     vocab_expire_every_ms: int = DAY_MS
+    # Scenarios that get a branch of their own in multi-scenario models (SAML, MMoE), comma-separated, as
+    # events carry them (the MovieLens producer writes "age:<bucket>"); every other scenario is served by
+    # the shared "other" branch. Changing it needs a fresh model (the branches are fixed at creation).
+    train_scenarios: str = ""
     # When set, the trainer appends every prediction it makes before learning (sample id, impression time,
     # label, probability) to this TSV file, for offline analysis of the prequential run.
     prediction_log: str = ""
@@ -122,6 +126,11 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------
+    @property
+    def scenario_list(self) -> tuple[str, ...]:
+        """`train_scenarios` as a tuple of names (empty entries dropped)."""
+        return tuple(s.strip() for s in self.train_scenarios.split(",") if s.strip())
+
     def topic(self, name: str) -> str:
         """Full topic name for a logical one (events, items, samples, user-features, cooc, events.dlq...)."""
         return f"{self.topic_prefix}{name}"

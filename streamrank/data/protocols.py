@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from streamrank.data.movielens import MovieLens
+from streamrank.data.requests import scenario_of_users
 from streamrank.features.raw import CLICK, PURCHASE, Behaviors, Counts, ItemAttrs, Labels, RawExample
 from streamrank.features.spec import FeatureSpec
 
@@ -52,6 +53,7 @@ class _Corpus:
         self.user_age = np.array([-1 if u is None or u.age is None else u.age for u in users])
         self.user_fields = [{} if u is None else {"age": str(u.age), "gender": u.gender,
                                                   "occupation": u.occupation} for u in users]
+        self.user_scenario = [""] * len(self.user_ids)  # set by RankingProtocol.assign_scenarios
         order = np.argsort(self.user_code, kind="stable")  # chronological within each user
         bounds = np.searchsorted(self.user_code[order], np.arange(len(self.user_ids) + 1))
         self.user_rows = [order[bounds[u]:bounds[u + 1]] for u in range(len(self.user_ids))]
@@ -74,7 +76,7 @@ class _Corpus:
         return RawExample(user_id=self.user_ids[u], item_id=self.item_ids[item], behaviors=beh,
                           item=self.item_attrs[item],
                           counts=c, labels=Labels(click=label > 0.5), user_fields=self.user_fields[u],
-                          ts_ms=ts_ms)
+                          ts_ms=ts_ms, scenario=self.user_scenario[u])
 
 
 @dataclass
@@ -137,13 +139,28 @@ class RankingProtocol:
         """The shared per-user sequences and attributes behind the splits."""
         return self.train.corpus
 
+    def assign_scenarios(self, ml: MovieLens, field: str = "age") -> tuple[str, ...]:
+        """Gives every example its user's scenario, named as the stream names it ("age:25"); returns the
+        scenarios present, sorted (what a multi-scenario spec lists)."""
+        c = self.corpus
+        named = scenario_of_users(ml.users, field)
+        c.user_scenario = [named.get(u, "") for u in c.user_ids]
+        return tuple(sorted({s for s in c.user_scenario if s}, key=_scenario_order))
+
+    def scenario_codes(self, split: ExampleSet, scenarios: tuple[str, ...]) -> np.ndarray:
+        """Index into `scenarios` of each example's scenario (-1 when it has none of them)."""
+        pos = {s: i for i, s in enumerate(scenarios)}
+        per_user = np.array([pos.get(s, -1) for s in self.corpus.user_scenario], dtype=np.int64)
+        return per_user[split.user]
+
     def make_spec(self, max_seq_len: int = 50, min_item_count: int = 1,
-                  use_user_id: bool = True) -> FeatureSpec:
-        """A FeatureSpec whose vocabularies are fitted on the training split only (others -> OOV)."""
+                  use_user_id: bool = True, scenarios: tuple[str, ...] = ()) -> FeatureSpec:
+        """A FeatureSpec whose vocabularies are fitted on the training split only (others -> OOV);
+        `scenarios` get their own branches in multi-scenario models."""
         c = self.corpus
         spec = FeatureSpec(max_seq_len=max_seq_len, user_fields=USER_FIELDS, item_fields=("year",),
                            max_tags=max(len(t) for t in c.item_tags), dense=self.dense,
-                           use_user_id=use_user_id)
+                           use_user_id=use_user_id, scenarios=scenarios)
         # item frequency = training rows with the item as target (training behaviours are earlier positives)
         spec.vocabs["item"].fit([c.item_ids[i] for i in self.train.item.tolist()], min_count=min_item_count)
         items = np.unique(self.train.item).tolist()
@@ -154,6 +171,7 @@ class RankingProtocol:
         spec.vocabs["user"].fit([c.user_ids[u] for u in users])
         for f in USER_FIELDS:
             spec.vocabs[f"user.{f}"].fit([c.user_fields[u].get(f, "") for u in users])
+        spec.vocabs["scenario"].fit([c.user_scenario[u] for u in users])
         for s in (self.train, self.valid, self.test):
             s.max_hist = max_seq_len
         return spec
@@ -165,6 +183,15 @@ class RankingProtocol:
     def user_ages(self, split: ExampleSet) -> np.ndarray:
         """Age (or ML-1M age bucket) of each example's user; -1 when unknown."""
         return self.corpus.user_age[split.user]
+
+
+def _scenario_order(name: str) -> tuple[str, float | str]:
+    """Sort key of scenario names: numerically by value where the value is a number ("age:18" < "age:25")."""
+    field_name, _, value = name.partition(":")
+    try:
+        return field_name, float(value)
+    except ValueError:
+        return field_name, value
 
 
 def _counts(c: _Corpus, user: np.ndarray, item: np.ndarray, when: np.ndarray) -> np.ndarray:

@@ -104,7 +104,9 @@ def sample_negatives(rng: np.random.Generator, positives: np.ndarray, negatives:
     return out
 
 
-def _scenario_of(users: dict[str, MovieUser], field: str | None) -> dict[str, str]:
+def scenario_of_users(users: dict[str, MovieUser], field: str | None) -> dict[str, str]:
+    """User id -> scenario ("<field>:<value>", ages as ML-1M buckets), as the producer writes it on events;
+    {} for field None/"none"; ValueError for a field MovieLens users do not have."""
     if field is None or field.lower() in {"", "none"}:
         return {}
     if field not in SCENARIO_FIELDS:
@@ -150,7 +152,7 @@ def _generate(ml: MovieLens, negatives: int, seed: int, scenario_field: str | No
     popularity = item_popularity(ml)
     vocab = ratings.item_vocab
     category = [_category(ml.items.get(item_id)) for item_id in vocab]
-    scenario = _scenario_of(ml.users, scenario_field)
+    scenario = scenario_of_users(ml.users, scenario_field)
     last_ts: dict[str, int] = {}
     session_no: dict[str, int] = {}
     tie_rank: dict[str, int] = {}
@@ -209,7 +211,7 @@ def movielens_events(ml: MovieLens, negatives: int = 1, seed: int = 0, scenario_
         raise ValueError(f"negatives must be >= 0, got {negatives}")
     if session_gap_ms <= 0:
         raise ValueError(f"session_gap_ms must be > 0, got {session_gap_ms}")
-    _scenario_of({}, scenario_field)  # validate the field name now, not at the first next()
+    scenario_of_users({}, scenario_field)  # validate the field name now, not at the first next()
     cap = len(ml.ratings) if limit is None else min(max(limit, 0), len(ml.ratings))
     total = count_events(ml, negatives, cap)
     return SizedIterator(_generate(ml, negatives, seed, scenario_field, session_gap_ms, cap), total)

@@ -33,6 +33,7 @@ class UserSide:
     hist_cat: Tensor
     hist_type: Tensor
     hist_mask: Tensor  # bool; True where a behaviour is present (padding is False)
+    branch: Tensor  # (U,) long; the scenario's branch (FeatureSpec.branch_of; 0 = shared "other")
 
     def __len__(self) -> int:
         return int(self.user.shape[0])

@@ -20,6 +20,9 @@ from streamrank.features.vocab import Vocab
 # behaviour categories share "category" (one embedding table each, as in the paper's shared layer E).
 BASE_VOCABS = ("item", "category", "brand", "shop", "query", "scenario", "user", "tag")
 
+# The branch of every scenario a spec does not list (see FeatureSpec.scenarios).
+OTHER_SCENARIO = "other"
+
 # Behaviour types are a closed set (streamrank.v1.EventType 0..4): index = type + 2, PAD = 0, OOV = 1.
 NUM_TYPE_ROWS = 7
 
@@ -75,6 +78,8 @@ class FeatureSpec:
     dense: names from DENSE_FEATURES, in order.
     use_user_id: whether the user id is an input (an "other" feature); off for cold-start settings.
     label: which of Labels' fields is the training target.
+    scenarios: scenarios with a branch of their own in multi-scenario models (SAML, MMoE); branch 0 is
+        the shared "other" branch that every other scenario (unknown, new or rare) is routed to.
     """
 
     max_seq_len: int = 50
@@ -85,6 +90,7 @@ class FeatureSpec:
     use_user_id: bool = True
     label: str = "click"
     vocabs: dict[str, Vocab] = field(default_factory=dict)
+    scenarios: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [d for d in self.dense if d not in DENSE_FEATURES]
@@ -92,10 +98,27 @@ class FeatureSpec:
             raise ValueError(f"unknown dense features {unknown}; known: {sorted(DENSE_FEATURES)}")
         if self.label not in ("click", "add_to_cart", "purchase"):
             raise ValueError(f"label must be click, add_to_cart or purchase, not {self.label!r}")
+        self.scenarios = tuple(self.scenarios)
+        if len(set(self.scenarios)) != len(self.scenarios) or OTHER_SCENARIO in self.scenarios:
+            raise ValueError(f"scenarios must be distinct and not {OTHER_SCENARIO!r}: {list(self.scenarios)}")
+        self._branch = {name: i + 1 for i, name in enumerate(self.scenarios)}
         names = [*BASE_VOCABS, *(f"user.{f}" for f in self.user_fields),
                  *(f"item.{f}" for f in self.item_fields)]
         for name in names:
             self.vocabs.setdefault(name, Vocab(name))
+
+    @property
+    def num_branches(self) -> int:
+        """Branches of a multi-scenario model: one per listed scenario plus the shared "other" branch 0."""
+        return len(self.scenarios) + 1
+
+    def branch_of(self, scenario: str) -> int:
+        """The branch a scenario is routed to: its own when listed, else 0 ("other")."""
+        return self._branch.get(scenario, 0)
+
+    def branch_names(self) -> list[str]:
+        """Branch index -> scenario name ("other" first)."""
+        return [OTHER_SCENARIO, *self.scenarios]
 
     def vocab_sizes(self) -> dict[str, int]:
         """Rows each embedding table needs now (grows with the vocabularies)."""
@@ -133,6 +156,7 @@ class FeatureSpec:
             "dense": list(self.dense),
             "use_user_id": self.use_user_id,
             "label": self.label,
+            "scenarios": list(self.scenarios),
             "vocabs": {name: v.to_dict() for name, v in self.vocabs.items()},
         }
 
@@ -141,7 +165,8 @@ class FeatureSpec:
         """Inverse of `to_dict`."""
         vocabs = {name: Vocab.from_dict(v) for name, v in d["vocabs"].items()}
         return cls(d["max_seq_len"], tuple(d["user_fields"]), tuple(d["item_fields"]), d["max_tags"],
-                   tuple(d["dense"]), d["use_user_id"], d["label"], vocabs)
+                   tuple(d["dense"]), d["use_user_id"], d["label"], vocabs,
+                   scenarios=tuple(d.get("scenarios", ())))
 
     def save(self, path: str | Path) -> None:
         """Write the spec as JSON (stored beside a model artefact)."""

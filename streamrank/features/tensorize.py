@@ -3,6 +3,7 @@
 Used by the offline benchmark (MovieLens examples), the online trainer (TrainingSample protobufs via
 `RawExample.from_sample`) and the scorer (`encode_request`). With `grow=True` (training) unseen ids are
 admitted to the vocabularies; with `grow=False` (evaluation, serving) they map to the OOV bucket.
+The scenario is routed here too (`UserSide.branch`), so every path sends a scenario to the same branch.
 Sequences keep the `max_seq_len` most recent behaviours, oldest first, right-padded with PAD and masked.
 """
 
@@ -42,6 +43,7 @@ class Tensorizer:
         user = np.zeros(n, dtype=np.int64)
         query = np.zeros(n, dtype=np.int64)
         scenario = np.zeros(n, dtype=np.int64)
+        branch = np.zeros(n, dtype=np.int64)
         ufields = np.zeros((n, len(spec.user_fields)), dtype=np.int64)
         type_row = _TYPE_ROWS.get
         for i, ctx in enumerate(contexts):
@@ -55,6 +57,7 @@ class Tensorizer:
             user[i] = v["user"].lookup(ctx.user_id, grow) if spec.use_user_id else PAD
             query[i] = v["query"].lookup(ctx.query, grow)
             scenario[i] = v["scenario"].lookup(ctx.scenario, grow)
+            branch[i] = spec.branch_of(ctx.scenario)
             for j, f in enumerate(spec.user_fields):
                 ufields[i, j] = v[f"user.{f}"].lookup(ctx.user_fields.get(f, ""), grow)
         return UserSide(
@@ -62,6 +65,7 @@ class Tensorizer:
             query=torch.from_numpy(query), scenario=torch.from_numpy(scenario),
             hist_item=torch.from_numpy(hist_item), hist_cat=torch.from_numpy(hist_cat),
             hist_type=torch.from_numpy(hist_type), hist_mask=torch.from_numpy(mask),
+            branch=torch.from_numpy(branch),
         )
 
     # ------------------------------------------------------------------------------------ candidates

@@ -97,6 +97,11 @@ class GrowableEmbedding(nn.Module):
         return len(idx)
 
 
+def drain_recycled(spec: FeatureSpec) -> dict[str, list[int]]:
+    """Per vocabulary, the rows handed to new ids since the last call (see `FeatureEmbedder.sync`)."""
+    return {name: list(v.drain_recycled()) for name, v in spec.vocabs.items()}
+
+
 def _key(vocab_name: str) -> str:
     return vocab_name.replace(".", "__")  # ModuleDict keys cannot contain dots
 
@@ -126,7 +131,8 @@ class FeatureEmbedder(nn.Module):
         """The embedding table of a vocabulary."""
         return self.tables[_key(vocab_name)]  # type: ignore[return-value]
 
-    def sync(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
+    def sync(self, optimizer: torch.optim.Optimizer | None = None,
+             recycled: dict[str, list[int]] | None = None) -> bool:
         """Bring every table in line with its vocabulary; returns whether any table changed shape.
 
         Rows of indices the vocabulary handed out again since the last sync (`Vocab.drain_recycled`: an
@@ -134,12 +140,14 @@ class FeatureEmbedder(nn.Module):
         inherits an old embedding (with `optimizer`, their optimizer moments are zeroed too; see
         `GrowableEmbedding.reset_rows`); then tables are grown to the vocabulary sizes. Only growth
         replaces Parameters, so only a True return requires the caller to rebuild its optimizer.
-        This drains the vocabularies' recycled records: one model per spec.
+        This drains the vocabularies' recycled records: one model per spec. A model with several embedders
+        over one spec drains once (`drain_recycled`) and passes the same `recycled` to each.
         """
         grew = False
+        recycled = drain_recycled(self.spec) if recycled is None else recycled
         for name, v in self.spec.vocabs.items():
             table = self.table(name)
-            table.reset_rows(v.drain_recycled(), optimizer)
+            table.reset_rows(recycled.get(name, []), optimizer)
             grew |= table.grow_to(len(v))
         return grew
 

@@ -21,8 +21,8 @@ import numpy as np
 from streamrank.features.raw import Candidate, RequestContext
 from streamrank.features.spec import FeatureSpec
 from streamrank.features.tensorize import Tensorizer
+from streamrank.models.factory import Ranker
 from streamrank.models.ranking.artifact import model_from_files
-from streamrank.models.ranking.moe import RankingModel
 from streamrank.registry.store import Registry, RegistryError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class LoadedRanker:
     name: str
     version: int
     preset: str
-    model: RankingModel
+    model: Ranker
     tensorizer: Tensorizer
     checksum: str
     loaded_at: float = field(default_factory=time.time)

@@ -21,8 +21,7 @@ from streamrank.features.raw import RawExample
 from streamrank.features.spec import FeatureSpec
 from streamrank.features.tensorize import Tensorizer
 from streamrank.features.vocab import advance_clock, expire_all, vocab_stats
-from streamrank.models.ranking.config import RankingConfig, make_config
-from streamrank.models.ranking.moe import RankingModel
+from streamrank.models.factory import Ranker, build_model, is_scenario_preset, model_from_config, same_architecture
 from streamrank.train.offline import pick_device, train_step
 from streamrank.train.prequential import PrequentialWindow
 from streamrank.v1 import features_pb2
@@ -52,13 +51,16 @@ def _crc(sample_id: str) -> int:
 class OnlineLearner:
     """One model learning from a stream of TrainingSamples."""
 
-    def __init__(self, settings: Settings, preset: str, model: RankingModel | None = None,
+    def __init__(self, settings: Settings, preset: str, model: Ranker | None = None,
                  device: torch.device | None = None, seed: int = 0) -> None:
         self.settings = settings
         self.preset = preset
         self.device = device or pick_device()
         torch.manual_seed(seed)
-        self.model = (model or RankingModel(FeatureSpec(), make_config(preset))).to(self.device)
+        if model is None:
+            scenarios = settings.scenario_list if is_scenario_preset(preset) else ()
+            model = build_model(preset, FeatureSpec(scenarios=scenarios))
+        self.model = model.to(self.device)
         self.tensorizer = Tensorizer(self.model.spec)
         self.optimizer = self._new_optimizer()
         self.window = PrequentialWindow(settings.prequential_window)
@@ -112,7 +114,7 @@ class OnlineLearner:
         """
         assert self._good is not None
         spec = FeatureSpec.from_dict(self._good["spec"])
-        model = RankingModel(spec, self.model.cfg).to(self.device)
+        model = same_architecture(self.model, spec).to(self.device)
         model.load_state_dict(self._good["model"])
         self.model = model
         self.tensorizer = Tensorizer(spec)
@@ -219,7 +221,7 @@ class OnlineLearner:
                    ) -> OnlineLearner:
         """Rebuilds a learner from `state()` output."""
         spec = FeatureSpec.from_dict(state["spec"])
-        model = RankingModel(spec, RankingConfig.from_dict(state["config"]))
+        model = model_from_config(spec, state["config"])
         model.load_state_dict(state["model"])
         learner = cls(settings, state["preset"], model=model, device=device)
         learner.optimizer.load_state_dict(state["optimizer"])

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from streamrank.features.batch import Batch
 from streamrank.features.raw import RawExample
 from streamrank.features.tensorize import Tensorizer
+from streamrank.models.factory import Ranker
 from streamrank.models.ranking.moe import RankingModel
 from streamrank.train.losses import contrastive_loss, ranking_loss
 from streamrank.train.metrics import evaluate
@@ -138,12 +139,13 @@ def _user_keys(examples: Sequence[RawExample], device: torch.device) -> torch.Te
     return torch.tensor([ids.setdefault(e.user_id, len(ids)) for e in examples], device=device)
 
 
-def train_step(model: RankingModel, batch: Batch, optimizer: torch.optim.Optimizer,
+def train_step(model: Ranker, batch: Batch, optimizer: torch.optim.Optimizer,
                user_keys: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> dict[str, float]:
     """One optimisation step on an encoded mini-batch (one user row per candidate, labels set).
 
-    Loss: BCE, plus lambda * L_cl when the model's config enables contrastive learning; `user_keys` (B,)
+    Loss: BCE, plus the auxiliary head's BCE (weight aux_weight) when the model has one (SAML), plus
+    lambda * L_cl when the model's config enables contrastive learning; `user_keys` (B,)
     identify users so that CL negatives come from other users (default: the encoded user ids). A batch
     whose loss or gradients are not finite is skipped before the optimizer step (logs carry
     "skipped_non_finite"), so the weights never see it. The online trainer calls this too: it encodes
@@ -156,7 +158,11 @@ def train_step(model: RankingModel, batch: Batch, optimizer: torch.optim.Optimiz
     loss_rank = ranking_loss(out.logits, batch.labels)
     loss = loss_rank
     logs = {"loss_rank": float(loss_rank.detach())}
-    if model.cfg.cl_weight > 0 and out.gate is not None:
+    if out.aux_logits is not None:  # SAML's auxiliary network: its own BCE on every row
+        loss_aux = ranking_loss(out.aux_logits, batch.labels)
+        loss = loss + getattr(model.cfg, "aux_weight", 1.0) * loss_aux
+        logs["loss_aux"] = float(loss_aux.detach())
+    if isinstance(model, RankingModel) and model.cfg.cl_weight > 0 and out.gate is not None:
         keys = batch.users.user if user_keys is None else user_keys
         loss_cl = contrastive_loss(model, batch, out.gate, keys, generator)
         loss = loss + model.cfg.cl_weight * loss_cl
@@ -177,7 +183,7 @@ def train_step(model: RankingModel, batch: Batch, optimizer: torch.optim.Optimiz
 
 
 @torch.no_grad()
-def predict(model: RankingModel, tensorizer: Tensorizer, source: ExampleSource, batch_size: int = 4096,
+def predict(model: Ranker, tensorizer: Tensorizer, source: ExampleSource, batch_size: int = 4096,
             device: torch.device | None = None, progress: bool = False, desc: str = "predict") -> np.ndarray:
     """Probabilities for every example of `source`, in order (frozen vocabularies: unseen ids -> OOV)."""
     device = device or pick_device()
@@ -191,14 +197,14 @@ def predict(model: RankingModel, tensorizer: Tensorizer, source: ExampleSource, 
     return out
 
 
-def evaluate_source(model: RankingModel, tensorizer: Tensorizer, source: ExampleSource,
+def evaluate_source(model: Ranker, tensorizer: Tensorizer, source: ExampleSource,
                     cfg: TrainConfig, device: torch.device, desc: str = "eval") -> dict[str, float]:
     """Metrics of the model on a split (session metrics when the split has sessions)."""
     probs = predict(model, tensorizer, source, cfg.eval_batch_size, device, cfg.progress, desc)
     return evaluate(probs, source.labels, source.sessions)
 
 
-def fit(model: RankingModel, tensorizer: Tensorizer, train: ExampleSource, valid: ExampleSource | None,
+def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: ExampleSource | None,
         cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     """Train with AdamW; after each epoch evaluate `valid` and keep the best weights (early stopping).
 

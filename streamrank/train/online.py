@@ -24,8 +24,8 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from streamrank.config import Settings
+from streamrank.models.factory import Ranker
 from streamrank.models.ranking.artifact import model_files
-from streamrank.models.ranking.moe import RankingModel
 from streamrank.train.checkpoint import load_checkpoint, save_checkpoint
 from streamrank.train.learner import OnlineLearner
 from streamrank.v1 import features_pb2
@@ -45,7 +45,7 @@ class OnlineTrainer:
     """Consumes TrainingSamples for one model; resumable from its checkpoint."""
 
     def __init__(self, settings: Settings, preset: str, publisher: Publisher | None = None,
-                 warm_start: RankingModel | None = None) -> None:
+                 warm_start: Ranker | None = None) -> None:
         self.settings = settings
         self.preset = preset
         self.publisher = publisher

@@ -26,11 +26,13 @@ from streamrank.models.ranking.gates import BehaviourGate, CategoryGate, expand_
 
 @dataclass
 class RankingOutput:
-    """Model outputs for N candidates: logits (N,), expert logits (N, K), raw gate vectors (N, K) or None."""
+    """Model outputs for N candidates: logits (N,), expert logits (N, K), raw gate vectors (N, K) or None,
+    and an auxiliary head's logits (N,) that training adds a loss on (SAML's auxiliary network) or None."""
 
     logits: Tensor
     expert_logits: Tensor
     gate: Tensor | None
+    aux_logits: Tensor | None = None
 
 
 class RankingModel(nn.Module):

@@ -1,0 +1,227 @@
+"""`streamrank bench scenario`: the SAML paper's tables on MovieLens with the user's age bucket as scenario.
+
+Protocol: RecBole's ML-1M context-aware split (ratings of 3 dropped, label = rating >= 4, random 8:1:1),
+every example tagged with its user's scenario ("age:<bucket>", 7 scenarios, as the stream names them).
+Runs Table II (Wide&Deep, DeepFM, DCN, DIN, MMoE, BST, SAML; AUC, log-loss, RelaImpr against BST),
+Table III (per-scenario AUC of BST trained on each scenario alone, BST on all, SAML) and Table IV (SAML
+ablations) over several seeds, each (model, seed) a separate process (`--workers`), and writes
+docs/benchmarks/scenario-<dataset>.md and .json. Significance: DeLong's test of each seed's AUC against the
+same seed's BST, on the same test rows.
+
+    python -m streamrank.bench.scenario --dataset ml-1m --seeds 3        # the full benchmark
+    python -m streamrank.bench.scenario --quick                          # CI smoke run (ML-100K)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from streamrank.bench.scenario_report import render
+from streamrank.data.movielens import load_movielens
+from streamrank.data.protocols import ExampleSet, RankingProtocol, recbole_protocol
+from streamrank.features import Tensorizer
+from streamrank.models.factory import build_model, is_scenario_preset
+from streamrank.train.metrics import auc, delong_test, log_loss
+from streamrank.train.offline import TrainConfig, fit, predict, set_seed
+
+MAIN = ("wide_deep", "deepfm", "dcn", "din", "mmoe", "bst", "saml")
+ABLATION = ("saml", "saml_no_gate", "saml_no_aux", "saml_no_gate_mutual")
+REFERENCE = "bst"
+INDIVIDUAL = "bst"  # the model trained per scenario for Table III
+SIZES = {"emb_dim": 12, "scenario_emb_dim": 4, "hidden": (128, 64), "heads": 4}
+QUICK_SIZES = {"emb_dim": 8, "scenario_emb_dim": 4, "hidden": (32, 16), "heads": 4}
+DIN_SIZES = {"emb_dim": 12, "hidden_dim": 32}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model fit: preset, seed, and the scenario index it is restricted to (-1 = all scenarios)."""
+
+    model: str
+    seed: int
+    scenario: int = -1
+
+
+# The protocol and spec are built once in the parent and inherited by forked workers (copy-on-write).
+_WORLD: dict = {}
+
+
+def _build_world(args: argparse.Namespace) -> dict:
+    ml = load_movielens(args.dataset)
+    p = recbole_protocol(ml, seed=args.data_seed, max_hist=args.max_seq_len)
+    scenarios = p.assign_scenarios(ml, args.scenario_field)
+    if args.max_train_examples and len(p.train) > args.max_train_examples:
+        keep = np.sort(np.random.default_rng(args.data_seed).choice(len(p.train), args.max_train_examples, False))
+        p.train = p.train.subset(keep)
+    codes = {name: p.scenario_codes(split, scenarios) for name, split in
+             (("train", p.train), ("valid", p.valid), ("test", p.test))}
+    return {"protocol": p, "scenarios": scenarios, "codes": codes}
+
+
+def _split(p: RankingProtocol, codes: dict[str, np.ndarray], job: Job) -> tuple[ExampleSet, ExampleSet, ExampleSet]:
+    if job.scenario < 0:
+        return p.train, p.valid, p.test
+    return tuple(s.subset(codes[n] == job.scenario) for n, s in  # type: ignore[return-value]
+                 (("train", p.train), ("valid", p.valid), ("test", p.test)))
+
+
+def run_job(job: Job, args: argparse.Namespace) -> dict:
+    """Trains one (model, seed[, scenario]) and returns its test predictions and fit record."""
+    torch.set_num_threads(args.threads_per_worker)
+    p, scenarios, codes = _WORLD["protocol"], _WORLD["scenarios"], _WORLD["codes"]
+    train, valid, test = _split(p, codes, job)
+    spec = p.make_spec(args.max_seq_len, 1, scenarios=scenarios if is_scenario_preset(job.model) else ())
+    tz = Tensorizer(spec)
+    set_seed(job.seed)
+    sizes = (QUICK_SIZES if args.quick else SIZES) if is_scenario_preset(job.model) else DIN_SIZES
+    model = build_model(job.model, spec, **sizes)
+    cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
+                      seed=job.seed, valid_metric="auc", progress=False, device=args.device)
+    res = fit(model, tz, train, valid, cfg)
+    probs = predict(model, tz, test, device=next(model.parameters()).device)
+    info = {"model": job.model, "seed": job.seed, "scenario": job.scenario, "best_epoch": res.best_epoch,
+            "epochs": len(res.history), "best_valid_auc": res.best_valid, "seconds": round(res.seconds, 1),
+            "train_rows": len(train), "params": model.describe()["params"]}
+    alpha = getattr(getattr(model, "branches", None), "last_alpha", None)
+    if alpha is not None:
+        info["mean_alpha_last_batch"] = float(alpha.mean())
+    return {"job": job, "probs": probs, "info": info}
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _jobs(args: argparse.Namespace, n_scenarios: int) -> list[Job]:
+    models = list(dict.fromkeys([*args.models, *([] if args.no_ablation else ABLATION)]))
+    jobs = [Job(m, s) for m in models for s in args.seed_list]
+    if not args.no_individual:
+        jobs += [Job(INDIVIDUAL, s, k) for s in args.seed_list for k in range(n_scenarios)]
+    # longest first, so the pool does not end on one slow fit
+    slow = {"saml": 0, "saml_no_gate": 0, "saml_no_aux": 0, "mmoe": 1, "saml_no_gate_mutual": 1, "bst": 2}
+    return sorted(jobs, key=lambda j: (j.scenario >= 0, slow.get(j.model, 3)))
+
+
+def _scores(results: list[dict], test: ExampleSet, codes: np.ndarray, scenarios: tuple[str, ...]) -> dict:
+    """Per (model, seed): AUC and log-loss overall and per scenario; DeLong p against the reference."""
+    y = test.labels
+    full = {(r["job"].model, r["job"].seed): r["probs"] for r in results if r["job"].scenario < 0}
+    out: dict[str, dict] = {}
+    for (model, seed), probs in sorted(full.items()):
+        row = {"auc": auc(probs, y), "logloss": log_loss(probs, y), "scenarios": {}}
+        ref = full.get((REFERENCE, seed))
+        if ref is not None and model != REFERENCE:
+            row["delong_vs_ref"] = delong_test(y, probs, ref)
+        for k, name in enumerate(scenarios):
+            m = codes == k
+            cell = {"auc": auc(probs[m], y[m])}
+            if ref is not None and model != REFERENCE:
+                cell["delong_vs_ref"] = delong_test(y[m], probs[m], ref[m])
+            row["scenarios"][name] = cell
+        out.setdefault(model, {})[str(seed)] = row
+    indiv: dict[str, dict] = {}
+    for r in results:
+        job = r["job"]
+        if job.scenario >= 0:
+            m = codes == job.scenario
+            indiv.setdefault(scenarios[job.scenario], {})[str(job.seed)] = {"auc": auc(r["probs"], y[m])}
+    return {"models": out, "individual": indiv}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    a = argparse.ArgumentParser(prog="streamrank bench scenario", description=__doc__.split("\n")[0])
+    a.add_argument("--dataset", default="ml-1m", choices=("ml-100k", "ml-1m"))
+    a.add_argument("--scenario-field", default="age", help="user field that names the scenario")
+    a.add_argument("--seeds", type=int, default=3, help="model seeds 0..N-1 (the split is fixed by --data-seed)")
+    a.add_argument("--data-seed", type=int, default=0)
+    a.add_argument("--models", default=",".join(MAIN), help="Table II rows, in order")
+    a.add_argument("--no-ablation", action="store_true", help="skip Table IV")
+    a.add_argument("--no-individual", action="store_true", help="skip BST trained per scenario (Table III)")
+    a.add_argument("--epochs", type=int, default=3)
+    a.add_argument("--patience", type=int, default=1)
+    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--batch-size", type=int, default=512)
+    a.add_argument("--max-seq-len", type=int, default=20)
+    a.add_argument("--max-train-examples", type=int, default=0, help="subsample training rows (0 = all)")
+    a.add_argument("--workers", type=int, default=2, help="fits run in parallel, one process each")
+    a.add_argument("--threads-per-worker", type=int, default=1)
+    a.add_argument("--device", default=None, help="force a device (default: CUDA if available)")
+    a.add_argument("--out", default=None, help="output folder (default docs/benchmarks, quick: var/benchmarks)")
+    a.add_argument("--quick", action="store_true", help="CI mode: ML-100K, 1 seed, 1 epoch, small models")
+    a.add_argument("--no-progress", action="store_true")
+    args = a.parse_args(argv)
+    if args.quick:
+        args.dataset, args.seeds, args.epochs, args.batch_size = "ml-100k", 1, 1, 256
+        args.max_train_examples = args.max_train_examples or 20_000
+    args.models = [m for m in args.models.split(",") if m]
+    if REFERENCE not in args.models:
+        raise SystemExit(f"--models must include {REFERENCE}: RelaImpr and the p-values are measured against it")
+    args.seed_list = list(range(args.seeds))
+    args.out = Path(args.out or ("var/benchmarks" if args.quick else "docs/benchmarks"))
+    return args
+
+
+def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario") -> int:
+    """Entry point of `streamrank bench scenario`; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    _WORLD.update(_build_world(args))
+    p, scenarios, codes = _WORLD["protocol"], _WORLD["scenarios"], _WORLD["codes"]
+    jobs = _jobs(args, len(scenarios))
+    results: list[dict] = []
+    bar = tqdm(total=len(jobs), desc="fits", disable=args.no_progress)
+    if args.workers <= 1:
+        for job in jobs:
+            results.append(run_job(job, args))
+            bar.update()
+    else:
+        ctx = mp.get_context("fork")  # workers inherit the built protocol instead of rebuilding it
+        with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker) as pool:
+            futures = [pool.submit(run_job, job, args) for job in jobs]
+            for fut in as_completed(futures):
+                r = fut.result()
+                results.append(r)
+                bar.set_postfix(done=f"{r['job'].model}/{r['job'].seed}")
+                bar.update()
+    bar.close()
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    result = {"dataset": args.dataset, "command": " ".join([prog, *argv]).strip(), "quick": args.quick,
+              "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                          "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                          "workers": args.workers, "threads_per_worker": args.threads_per_worker},
+              "settings": settings, "model_sizes": {"scenario": QUICK_SIZES if args.quick else SIZES,
+                                                    "din": DIN_SIZES},
+              "protocol": {**p.stats, "scenarios": list(scenarios),
+                           "test_rows": {s: int((codes["test"] == k).sum()) for k, s in enumerate(scenarios)},
+                           "train_rows": {s: int((codes["train"] == k).sum()) for k, s in enumerate(scenarios)},
+                           "test_positive_rate": {s: float(p.test.labels[codes["test"] == k].mean())
+                                                  for k, s in enumerate(scenarios)}},
+              "fits": [r["info"] for r in results],
+              **_scores(results, p.test, codes["test"], scenarios)}
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    stem = args.out / f"scenario-{args.dataset}{'-quick' if args.quick else ''}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+    text = render(result)
+    stem.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"wrote {stem}.md and .json in {result['wall_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(prog="python -m streamrank.bench.scenario"))
