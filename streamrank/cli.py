@@ -75,13 +75,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Runs the online trainer for one model until SIGTERM/Ctrl-C (or --idle-exit / --max-samples)."""
     import signal
 
+    from streamrank.models.factory import PRESETS, is_scenario_preset
     from streamrank.registry.publisher import RegistryPublisher
     from streamrank.registry.store import Registry
     from streamrank.runtime import tune_allocator
     from streamrank.train.online import OnlineTrainer
 
     settings = _settings(args)
+    if args.scenarios is not None:
+        settings = settings.with_overrides(train_scenarios=args.scenarios)
     tune_allocator()
+    if args.model not in PRESETS:
+        print(f"unknown model {args.model!r}; presets: {', '.join(sorted(PRESETS))}", file=sys.stderr)
+        return 2
     if not settings.bootstrap_servers:
         print("train needs --bootstrap-servers (or STREAMRANK_BOOTSTRAP_SERVERS)", file=sys.stderr)
         return 2
@@ -101,6 +107,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = OnlineTrainer(settings, args.model, publisher=publisher, warm_start=warm)
     signal.signal(signal.SIGTERM, lambda *_: trainer.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: trainer.stop_event.set())
+    if is_scenario_preset(args.model):
+        branches = trainer.learner.model.spec.branch_names()
+        print(f"scenario branches: {', '.join(branches)} (unlisted scenarios go to 'other')", flush=True)
+        if tuple(branches[1:]) != settings.scenario_list:
+            print(f"note: the model's branches come from its checkpoint or warm start, not from train_scenarios="
+                  f"{settings.train_scenarios!r} (branches are fixed when a model is created)", flush=True)
     print(f"training {args.model} from {settings.topic('samples')}; registry {settings.registry_root()}", flush=True)
     try:
         status = trainer.run(max_samples=args.max_samples, idle_exit_s=args.idle_exit)
@@ -173,6 +185,7 @@ BENCHMARKS = {
     "retrieval": "streamrank.bench.retrieval",  # two-tower models and MicRec CL on MovieLens (HIT@K)
     "index": "streamrank.bench.index",        # FAISS index kinds: build time, latency, recall vs exact
     "serve": "streamrank.bench.serve",        # the gRPC scorer under load vs the bare forward
+    "scenario": "streamrank.bench.scenario",  # SAML and the multi-scenario baselines on MovieLens
 }
 
 
@@ -282,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run the online trainer of one model")
     common(p)
-    p.add_argument("--model", default="aw_moe_cl", help="preset: dnn, din, category_moe, aw_moe, aw_moe_cl, ...")
+    p.add_argument("--model", default="aw_moe_cl", help="preset: dnn, din, category_moe, aw_moe, aw_moe_cl, "
+                   "... or a multi-scenario one: saml, bst, mmoe, wide_deep, deepfm, dcn, saml_no_gate, ...")
+    p.add_argument("--scenarios", help="multi-scenario models: comma-separated scenarios with a branch of their "
+                   "own, as events name them (e.g. age:18,age:25); others share one (setting train_scenarios)")
     p.add_argument("--warm-start", help="MODEL[:VERSION] from the registry, or a directory written by "
                    "streamrank.models.ranking.artifact.write_model_dir (an offline model), to start from")
     p.add_argument("--max-samples", type=int, help="stop after learning this many samples")

@@ -90,3 +90,26 @@ def test_paired_test() -> None:
     b = a.copy()
     b[:3] = np.nan  # undefined sessions are dropped from the pairing
     assert paired_test(a, b) == (0.0, 1.0)
+
+
+def test_delong_matches_a_paired_bootstrap() -> None:
+    from statistics import NormalDist
+
+    from streamrank.train.metrics import delong_test
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(3000) < 0.3).astype(float)
+    a = y * 0.8 + rng.normal(size=3000)
+    b = y * 0.6 + rng.normal(size=3000)
+    diff, p = delong_test(y, a, b)
+    assert diff == pytest.approx(auc(a, y) - auc(b, y))
+    boot = []
+    for _ in range(300):
+        i = rng.integers(0, 3000, 3000)
+        boot.append(auc(a[i], y[i]) - auc(b[i], y[i]))
+    z_boot = diff / np.std(boot)
+    z_delong = NormalDist().inv_cdf(1 - p / 2)
+    assert z_delong == pytest.approx(z_boot, rel=0.2)  # same standard error, within bootstrap noise
+    assert delong_test(y, a, a) == (0.0, 1.0)
+    assert delong_test(y, a, 3 * a + 1)[0] == pytest.approx(0.0)  # a monotone transform ranks alike
+    assert math.isnan(delong_test(np.ones(5), a[:5], b[:5])[1])  # one class only: undefined

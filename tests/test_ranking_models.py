@@ -10,19 +10,17 @@ import torch
 
 from streamrank.features import (
     Batch,
-    Behaviors,
     Candidate,
     Counts,
     FeatureSpec,
     ItemAttrs,
-    Labels,
-    RawExample,
     RequestContext,
     Tensorizer,
 )
 from streamrank.models.layers import PairUnit, ParallelExperts
 from streamrank.models.ranking import PRESETS, RankingModel, build_model, make_config
 from streamrank.train.losses import contrastive_loss, info_nce, mask_behaviours, sample_negatives
+from tests.modeltools import assert_padding_never_changes_a_score, random_behaviours, random_examples
 
 torch.set_num_threads(1)
 SMALL = {"emb_dim": 8, "hidden_dim": 12, "input_mlp_hidden": (16,), "expert_hidden": (24, 12),
@@ -34,31 +32,13 @@ def _spec(max_seq_len: int = 10) -> FeatureSpec:
     return FeatureSpec(max_seq_len=max_seq_len, user_fields=("age",), item_fields=("year",), max_tags=2)
 
 
-def _behaviours(rng: random.Random, n: int) -> Behaviors:
-    return Behaviors([f"i{rng.randrange(40)}" for _ in range(n)], [rng.choice([2, 4]) for _ in range(n)],
-                     list(range(n)), [f"c{rng.randrange(5)}" for _ in range(n)])
-
-
-def _examples(n: int, seed: int = 0, max_beh: int = 14) -> list[RawExample]:
-    rng = random.Random(seed)
-    out = []
-    for k in range(n):
-        item = rng.randrange(40)
-        out.append(RawExample(
-            f"u{k % 7}", f"i{item}", _behaviours(rng, rng.randrange(max_beh + 1)),
-            ItemAttrs(f"c{item % 5}", tags=[f"t{item % 3}"], fields={"year": str(1990 + item % 4)}),
-            query=f"q{k % 3}", counts=Counts(item_clicks=item), labels=Labels(click=rng.random() < 0.5),
-            user_fields={"age": str(18 + k % 3)}))
-    return out
-
-
 def _model(name: str, spec: FeatureSpec, seed: int = 0, **kw: object) -> RankingModel:
     torch.manual_seed(seed)
     return build_model(name, spec, **{**SMALL, **kw}).eval()
 
 
 def _batch(spec: FeatureSpec, n: int = 12, seed: int = 0) -> Batch:
-    return Tensorizer(spec).encode(_examples(n, seed), grow=True)
+    return Tensorizer(spec).encode(random_examples(n, seed), grow=True)
 
 
 @pytest.mark.parametrize("context", CONTEXTS)
@@ -80,32 +60,16 @@ def test_padding_never_changes_a_score(name: str, context: str) -> None:
     spec = _spec()
     batch = _batch(spec)
     model = _model(name, spec, gate_context=context)
-    ref = model(batch).logits
-    u = batch.users
-    gen = torch.Generator().manual_seed(1)
-    rows = {"hist_item": len(spec.vocabs["item"]), "hist_cat": len(spec.vocabs["category"]), "hist_type": 7}
-
-    def junk(shape: tuple[int, int], field: str) -> torch.Tensor:
-        return torch.randint(1, rows[field], shape, generator=gen)
-
-    # (1) garbage ids under the padding mask, (2) extra padded positions appended
-    scrambled = replace(u, **{f: torch.where(u.hist_mask, getattr(u, f), junk(u.hist_item.shape, f))
-                              for f in rows})
-    pad = (len(u), 7)
-    longer = replace(scrambled, **{f: torch.cat([getattr(scrambled, f), junk(pad, f)], 1) for f in rows},
-                     hist_mask=torch.cat([u.hist_mask, torch.zeros(pad, dtype=torch.bool)], 1))
-    for users in (scrambled, longer):
-        got = model(Batch(users, batch.items, batch.owner)).logits
-        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    assert_padding_never_changes_a_score(model, spec, batch)
 
 
 def _request(spec: FeatureSpec, n_cand: int, n_beh: int, query: str = "q1") -> Batch:
     rng = random.Random(3)
-    ctx = RequestContext("u1", _behaviours(rng, n_beh), query=query, user_fields={"age": "18"})
+    ctx = RequestContext("u1", random_behaviours(rng, n_beh), query=query, user_fields={"age": "18"})
     cands = [Candidate(f"i{rng.randrange(40)}", ItemAttrs(f"c{k % 5}", tags=["t1"]), Counts(item_clicks=k))
              for k in range(n_cand)]
     tz = Tensorizer(spec)
-    tz.encode(_examples(30), grow=True)
+    tz.encode(random_examples(30), grow=True)
     return tz.encode_request(ctx, cands, grow=True)
 
 

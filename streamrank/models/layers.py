@@ -40,6 +40,18 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None,
     return nn.Sequential(*layers)
 
 
+def eval_probabilities(model: nn.Module, batch: object) -> Tensor:
+    """Click probabilities of `model(batch).logits` in eval mode (dropout-free, no branch counting),
+    restoring training mode afterwards; the scorer's models stay in eval mode and skip the switch."""
+    if not model.training:
+        return torch.sigmoid(model(batch).logits)
+    model.eval()
+    try:
+        return torch.sigmoid(model(batch).logits)
+    finally:
+        model.train(True)
+
+
 class GrowableEmbedding(nn.Module):
     """An embedding table whose row 0 (padding / missing) is zero, that can append rows and reset rows.
 

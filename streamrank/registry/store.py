@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "MANIFEST.json"
+_LIVE_READ_ATTEMPTS = 5  # a live version replaced and pruned mid-read is read again, this often at most
 CURRENT = "CURRENT"
 
 
@@ -214,10 +215,22 @@ class Registry:
             self._read_checked(info, name)
 
     def read(self, version: int | None = None) -> tuple[VersionInfo, dict[str, bytes]]:
-        """A verified version's manifest and file contents (default: the live one)."""
-        if version is None:
-            version = self.current_version()
-            if version is None:
+        """A verified version's manifest and file contents (default: the live one).
+
+        Reading the live version retries when a newer publication made it current and pruning removed the
+        one being read (a slow reader beside a fast publisher); a named version is read once.
+        """
+        if version is not None:
+            info = self.info(version)
+            return info, {name: self._read_checked(info, name) for name in info.files}
+        for attempt in range(_LIVE_READ_ATTEMPTS):
+            live = self.current_version()
+            if live is None:
                 raise RegistryError(f"{self.model}: nothing published yet")
-        info = self.info(version)
-        return info, {name: self._read_checked(info, name) for name in info.files}
+            try:
+                info = self.info(live)
+                return info, {name: self._read_checked(info, name) for name in info.files}
+            except RegistryError:
+                if attempt == _LIVE_READ_ATTEMPTS - 1 or self.current_version() == live:
+                    raise  # the live version itself is broken, not replaced
+        raise AssertionError("unreachable")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from streamrank.features.batch import Batch
 from streamrank.features.spec import FeatureSpec
-from streamrank.models.layers import FeatureEmbedder, PairUnit, ParallelExperts, mlp
+from streamrank.models.layers import FeatureEmbedder, PairUnit, ParallelExperts, eval_probabilities, mlp
 from streamrank.models.ranking.config import RankingConfig
 from streamrank.models.ranking.gates import BehaviourGate, CategoryGate, expand_gate, normalise
 
@@ -100,13 +100,7 @@ class RankingModel(nn.Module):
         The user side — behaviour MLPs, the h-terms of every pair unit, and the whole gate when its
         context is the query — is evaluated once per user row and shared by that row's candidates.
         """
-        if not self.training:  # the scorer's models stay in eval mode: skip the recursive mode switches
-            return torch.sigmoid(self(batch).logits)
-        self.eval()
-        try:
-            return torch.sigmoid(self(batch).logits)
-        finally:
-            self.train(True)
+        return eval_probabilities(self, batch)
 
     def sync_vocab(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
         """Bring embedding tables in line with the spec's vocabularies (after the online trainer admitted

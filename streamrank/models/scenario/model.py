@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from streamrank.features.batch import Batch
 from streamrank.features.spec import FeatureSpec
-from streamrank.models.layers import mlp
+from streamrank.models.layers import eval_probabilities, mlp
 from streamrank.models.ranking.moe import RankingOutput
 from streamrank.models.scenario.config import ScenarioConfig
 from streamrank.models.scenario.heads import BranchNetwork, CrossNetwork, MMoEHead, fm_logit
@@ -129,14 +129,9 @@ class ScenarioModel(nn.Module):
 
     @torch.no_grad()
     def score_request(self, batch: Batch) -> Tensor:
-        """Click probabilities for a request batch (one or more user rows, many candidates each)."""
-        if not self.training:
-            return torch.sigmoid(self(batch).logits)
-        self.eval()
-        try:
-            return torch.sigmoid(self(batch).logits)
-        finally:
-            self.train(True)
+        """Click probabilities for a request batch (one or more user rows, many candidates each); the
+        behaviour sequence goes through the transformer once per user row, not once per candidate."""
+        return eval_probabilities(self, batch)
 
     def sync_vocab(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
         """Bring every embedding table in line with the spec's vocabularies (see `RankingModel.sync_vocab`)."""
