@@ -186,6 +186,7 @@ BENCHMARKS = {
     "index": "streamrank.bench.index",        # FAISS index kinds: build time, latency, recall vs exact
     "serve": "streamrank.bench.serve",        # the gRPC scorer under load vs the bare forward
     "scenario": "streamrank.bench.scenario",  # SAML and the multi-scenario baselines on MovieLens
+    "scenario-cost": "streamrank.bench.scenario_cost",  # one Rank request per multi-scenario model (ms)
 }
 
 

@@ -51,3 +51,15 @@ def test_quick_benchmark_writes_every_table(tmp_path) -> None:  # type: ignore[n
         assert row["auc"] > 0.55, (model, row["auc"])  # every model learns something in one small epoch (20k rows)
         assert len(row["scenarios"]) == 7
         assert (model == bench.REFERENCE) != ("delong_vs_ref" in row)
+
+
+def test_serving_cost_benchmark_times_every_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from streamrank.bench import scenario_cost
+
+    assert scenario_cost.main(["--candidates", "20", "--behaviours", "8", "--repeats", "3", "--models",
+                               "bst,saml,din", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "scenario-serving-cost.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["bst", "saml", "din"]
+    assert all(r["p50_ms"] > 0 and r["params"] > 0 for r in rows) and rows[0]["vs_bst"] == 1.0
+    with pytest.raises(SystemExit):
+        scenario_cost.main(["--repeats", "0", "--out", str(tmp_path)])
