@@ -33,6 +33,7 @@ from streamrank.data.movielens import load_movielens
 from streamrank.data.protocols import ExampleSet, RankingProtocol, recbole_protocol
 from streamrank.features import Tensorizer
 from streamrank.models.factory import build_model, is_scenario_preset
+from streamrank.models.scenario import ScenarioModel
 from streamrank.train.metrics import auc, delong_test, log_loss
 from streamrank.train.offline import TrainConfig, fit, predict, set_seed
 
@@ -94,8 +95,8 @@ def run_job(job: Job, args: argparse.Namespace) -> dict:
     info = {"model": job.model, "seed": job.seed, "scenario": job.scenario, "best_epoch": res.best_epoch,
             "epochs": len(res.history), "best_valid_auc": res.best_valid, "seconds": round(res.seconds, 1),
             "train_rows": len(train), "params": model.describe()["params"]}
-    alpha = getattr(getattr(model, "branches", None), "last_alpha", None)
-    if alpha is not None:
+    alpha = model.branches.last_alpha if isinstance(model, ScenarioModel) and model.branches else None
+    if alpha is not None:  # the mutual units' gate coefficients on the last test batch (the paper's Fig. 3)
         info["mean_alpha_last_batch"] = float(alpha.mean())
     return {"job": job, "probs": probs, "info": info}
 

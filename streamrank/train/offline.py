@@ -23,6 +23,7 @@ from streamrank.features.raw import RawExample
 from streamrank.features.tensorize import Tensorizer
 from streamrank.models.factory import Ranker
 from streamrank.models.ranking.moe import RankingModel
+from streamrank.models.scenario import ScenarioModel
 from streamrank.train.losses import contrastive_loss, ranking_loss
 from streamrank.train.metrics import evaluate
 
@@ -158,9 +159,9 @@ def train_step(model: Ranker, batch: Batch, optimizer: torch.optim.Optimizer,
     loss_rank = ranking_loss(out.logits, batch.labels)
     loss = loss_rank
     logs = {"loss_rank": float(loss_rank.detach())}
-    if out.aux_logits is not None:  # SAML's auxiliary network: its own BCE on every row
+    if isinstance(model, ScenarioModel) and out.aux_logits is not None:  # SAML's auxiliary network: own BCE
         loss_aux = ranking_loss(out.aux_logits, batch.labels)
-        loss = loss + getattr(model.cfg, "aux_weight", 1.0) * loss_aux
+        loss = loss + model.cfg.aux_weight * loss_aux
         logs["loss_aux"] = float(loss_aux.detach())
     if isinstance(model, RankingModel) and model.cfg.cl_weight > 0 and out.gate is not None:
         keys = batch.users.user if user_keys is None else user_keys
