@@ -40,7 +40,7 @@ def project(*profiles: str) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("profiles", [(), ("gpu",)])
+@pytest.mark.parametrize("profiles", [(), ("gpu",), ("scenario",)])
 def test_compose_file_is_valid(profiles: tuple[str, ...]) -> None:
     flags = [arg for p in profiles for arg in ("--profile", p)]
     done = run_compose(*flags, "config", "-q")
@@ -58,7 +58,7 @@ def test_services_volumes_and_health_checks() -> None:
     p = project()
     services = p["services"]
     assert {"kafka", "worker", "trainer", "scorer", "simulator"} <= set(services)
-    assert "trainer-gpu" not in services  # only with the gpu profile
+    assert "trainer-gpu" not in services and "trainer-saml" not in services  # only with their profiles
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
@@ -95,3 +95,18 @@ def test_simulator_cli_in_compose_parses() -> None:
     args = _parser().parse_args(command)
     assert args.command == "online" and args.publish and args.scorer == "dns:///scorer:50051"
     assert [a.name for a in args.arms] == ["control", "treatment"] and args.arms[1].model == "aw_moe_cl"
+
+
+def test_scenario_profile_trains_saml_that_the_scorer_serves() -> None:
+    """The SAML trainer's command is one `streamrank train` accepts, with the synthetic world's pages as
+    branches, and the scorer lists it among its models (Rank's default stays aw_moe_cl)."""
+    from simulator.environment import DEFAULT_SCENARIOS
+    from streamrank.cli import build_parser
+
+    services = project("scenario")["services"]
+    args = build_parser().parse_args(services["trainer-saml"]["command"])
+    assert args.model == "saml" and args.scenarios.split(",") == [s.name for s in DEFAULT_SCENARIOS]
+    serve = " ".join(services["scorer"]["command"])
+    assert "--models aw_moe_cl,saml" in serve
+    mounts = {v["source"]: v["target"] for v in services["trainer-saml"]["volumes"]}
+    assert mounts["registry"] == "/var/lib/streamrank-registry"
