@@ -43,6 +43,7 @@ def test_train_scenarios_setting_names_the_branches(settings: Settings) -> None:
     assert OnlineLearner(s, "din").model.spec.scenarios == (), "single-scenario models get no branches"
 
 
+@pytest.mark.slow
 def test_saml_trains_online_and_rank_serves_each_requests_scenario(settings: Settings) -> None:
     s = _settings(settings)
     ensure_topics(s)
@@ -92,6 +93,7 @@ def test_saml_trains_online_and_rank_serves_each_requests_scenario(settings: Set
     assert all(0 < v < 1 for v in served["brand-new"].values())
 
 
+@pytest.mark.slow
 def test_saml_learns_what_differs_by_scenario_where_din_does_not(settings: Settings) -> None:
     """In the synthetic world the good items depend on the scenario; only a model routed by it learns that
     within one pass (measured: SAML about 0.76 prequential AUC on the last 3,000 samples, DIN about 0.57)."""
