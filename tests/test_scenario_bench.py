@@ -63,3 +63,13 @@ def test_serving_cost_benchmark_times_every_model(tmp_path) -> None:  # type: ig
     assert all(r["p50_ms"] > 0 and r["params"] > 0 for r in rows) and rows[0]["vs_bst"] == 1.0
     with pytest.raises(SystemExit):
         scenario_cost.main(["--repeats", "0", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--models", "bst,nope"], "unknown models ['nope']"),
+    (["--models", "saml,din"], "must include bst"),
+])
+def test_bad_benchmark_options_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+        bench.parse_args(argv)

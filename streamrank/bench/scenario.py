@@ -32,7 +32,7 @@ from streamrank.bench.scenario_report import render
 from streamrank.data.movielens import load_movielens
 from streamrank.data.protocols import ExampleSet, RankingProtocol, recbole_protocol
 from streamrank.features import Tensorizer
-from streamrank.models.factory import build_model, is_scenario_preset
+from streamrank.models.factory import PRESETS, build_model, is_scenario_preset
 from streamrank.models.scenario import ScenarioModel
 from streamrank.train.metrics import auc, delong_test, log_loss
 from streamrank.train.offline import TrainConfig, fit, predict, set_seed
@@ -167,7 +167,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.quick:
         args.dataset, args.seeds, args.epochs, args.batch_size = "ml-100k", 1, 1, 256
         args.max_train_examples = args.max_train_examples or 20_000
+    for name in ("seeds", "epochs", "batch_size", "max_seq_len", "workers", "threads_per_worker"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     args.models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in args.models if m not in PRESETS]
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}; presets: {', '.join(sorted(PRESETS))}")
     if REFERENCE not in args.models:
         raise SystemExit(f"--models must include {REFERENCE}: RelaImpr and the p-values are measured against it")
     args.seed_list = list(range(args.seeds))
