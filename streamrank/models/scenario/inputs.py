@@ -97,18 +97,25 @@ class ScenarioInputs(nn.Module):
                          self.embed.type_table(zero)], dim=-1)
         return tok + self.position.weight[0]
 
-    def global_features(self, batch: Batch, fields: Tensor | None = None) -> Tensor:
+    def sequence(self, batch: Batch) -> tuple[Tensor, Tensor] | None:
+        """Behaviour tokens (U, T, D) and target tokens (N, D) that both transformers read (None without
+        attention); computed once per forward and passed to `global_features` and `specific_features`."""
+        if self.position is None:
+            return None
+        return self._tokens(batch.users), self._target_token(batch)
+
+    def global_features(self, batch: Batch, fields: Tensor | None = None,
+                        seq: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Scenario-independent features (N, global_dim): field embeddings, global attention, dense."""
         fields = self.field_vectors(batch) if fields is None else fields
         parts = [fields.flatten(1)]
         if self.attn_global is not None:
-            users = batch.users
-            parts.append(self.attn_global(self._tokens(users), users.hist_mask, self._target_token(batch),
-                                          batch.owner))
+            tokens, target = self.sequence(batch) if seq is None else seq  # type: ignore[misc]
+            parts.append(self.attn_global(tokens, batch.users.hist_mask, target, batch.owner))
         parts.append(batch.items.dense)
         return torch.cat(parts, dim=-1)
 
-    def specific_features(self, batch: Batch) -> Tensor:
+    def specific_features(self, batch: Batch, seq: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Scenario-dependent additions (N, specific_dim): the row's scenario slice of every field's
         specific embedding, and the behaviour transformer with the scenario's weights."""
         users, owner, b = batch.users, batch.owner, self.branches
@@ -122,8 +129,8 @@ class ScenarioInputs(nn.Module):
                       _branch_slice(_masked_mean(s.behaviours(users), users.hist_mask), 3, b,
                                     users.branch).index_select(0, owner)]
         if self.attn_scenario is not None:
-            parts.append(self.attn_scenario(self._tokens(users), users.hist_mask, self._target_token(batch),
-                                            owner, users.branch))
+            tokens, target = self.sequence(batch) if seq is None else seq  # type: ignore[misc]
+            parts.append(self.attn_scenario(tokens, users.hist_mask, target, owner, users.branch))
         return torch.cat(parts, dim=-1)
 
     def wide_logit(self, batch: Batch) -> Tensor:

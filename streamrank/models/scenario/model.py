@@ -96,14 +96,15 @@ class ScenarioModel(nn.Module):
         self._count(batch)
         cfg, inputs = self.cfg, self.inputs
         fields = inputs.field_vectors(batch)
-        x = inputs.global_features(batch, fields)
+        seq = inputs.sequence(batch)  # behaviour and target tokens, shared by both transformers
+        x = inputs.global_features(batch, fields, seq)
         branch = batch.users.branch.index_select(0, batch.owner)
         if self.mmoe is not None:
             all_logits = self.mmoe(x)
             own = all_logits.gather(1, branch.unsqueeze(1)).squeeze(1)
             return RankingOutput(self._route(own, all_logits, branch, None), all_logits, None)
         if self.branches is not None:
-            dep = torch.cat([x, inputs.specific_features(batch)], dim=-1)
+            dep = torch.cat([x, inputs.specific_features(batch, seq)], dim=-1)
             aux_hidden, aux_logit = None, None
             if self.aux is not None and self.aux_out is not None:
                 aux_hidden, h = [], x
@@ -115,7 +116,7 @@ class ScenarioModel(nn.Module):
             own, all_logits = self.branches(dep, aux_hidden, self.usable_branches(), branch)
             return RankingOutput(self._route(own, all_logits, branch, aux_logit), all_logits, None, aux_logit)
         if inputs.specific_dim:
-            x = torch.cat([x, inputs.specific_features(batch)], dim=-1)
+            x = torch.cat([x, inputs.specific_features(batch, seq)], dim=-1)
         assert self.deep is not None
         if self.cross is not None:
             logit = self.combine(torch.cat([self.cross(x), self.deep(x)], dim=-1)).squeeze(-1)
