@@ -70,10 +70,10 @@ class ScenarioModel(nn.Module):
         """(B,) bool: branches that have learned from at least `min_branch_samples` training rows."""
         return self.branch_samples >= self.cfg.min_branch_samples
 
-    def _count(self, batch: Batch) -> None:
+    def _count(self, branch: Tensor) -> None:
+        """Adds a training batch's rows (their branches, (N,)) to each branch's count."""
         if self.training and torch.is_grad_enabled():
-            rows = batch.users.branch.index_select(0, batch.owner)
-            self.branch_samples += torch.bincount(rows, minlength=len(self.branch_samples))
+            self.branch_samples += torch.bincount(branch, minlength=len(self.branch_samples))
 
     def _route(self, own: Tensor, all_logits: Tensor, branch: Tensor, aux_logit: Tensor | None) -> Tensor:
         """Each row's own branch logit `own`; in eval mode, rows of unusable branches get the fallback."""
@@ -93,12 +93,12 @@ class ScenarioModel(nn.Module):
     # ---------------------------------------------------------------------------------------- forward
     def forward(self, batch: Batch) -> RankingOutput:
         """Logits of every candidate (`RankingOutput.expert_logits` holds every branch's logit)."""
-        self._count(batch)
+        branch = batch.users.branch.index_select(0, batch.owner)
+        self._count(branch)  # before the branches run: they read which branches are usable
         cfg, inputs = self.cfg, self.inputs
         fields = inputs.field_vectors(batch)
         seq = inputs.sequence(batch)  # behaviour and target tokens, shared by both transformers
         x = inputs.global_features(batch, fields, seq)
-        branch = batch.users.branch.index_select(0, batch.owner)
         if self.mmoe is not None:
             all_logits = self.mmoe(x)
             own = all_logits.gather(1, branch.unsqueeze(1)).squeeze(1)
