@@ -17,17 +17,18 @@ import argparse
 import datetime as dt
 import itertools
 import json
-import math
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from streamrank.bench.parallel import effective_workers, run_jobs
+from streamrank.bench.ranking_report import ABLATION, MAIN, SESSION_METRICS, VARIANTS, render
 from streamrank.data.movielens import MovieLens, load_movielens
 from streamrank.data.protocols import ExampleSet, RankingProtocol, chronological_protocol, recbole_protocol
 from streamrank.features import Tensorizer
@@ -35,15 +36,13 @@ from streamrank.models.ranking import DISPLAY_NAMES, build_model
 from streamrank.train.metrics import evaluate, paired_test, session_metrics
 from streamrank.train.offline import TrainConfig, fit, pick_device, predict, set_seed
 
-MAIN = ("dnn", "din", "category_moe", "aw_moe", "aw_moe_cl")
-ABLATION = ("aw_moe_base", "aw_moe_gu", "aw_moe_au", "aw_moe")
-VARIANTS = {"aw_moe[gate_norm=none]": ("aw_moe", {"gate_norm": "none"}),
-            "aw_moe[gate=user only]": ("aw_moe", {"gate_context": "query"})}
-SESSION_METRICS = ("session_auc", "auc@10", "ndcg", "ndcg@10")
 FULL_SIZES = {"emb_dim": 16, "hidden_dim": 32, "input_mlp_hidden": (64,), "expert_hidden": (200, 80),
               "au_hidden": (80, 40), "gate_unit_hidden": (80, 40), "category_gate_hidden": (80,)}
 QUICK_SIZES = {"emb_dim": 8, "hidden_dim": 16, "input_mlp_hidden": (), "expert_hidden": (64, 32),
                "au_hidden": (32, 16), "gate_unit_hidden": (32, 16), "category_gate_hidden": (32,)}
+# Relative cost of one training step (measured on ML-1M, T = 50): the pool starts the slowest fits first.
+_COST = {"aw_moe_cl": 0, "aw_moe": 1, "aw_moe_gu": 2, "aw_moe_au": 2, "aw_moe_base": 3, "din": 4,
+         "category_moe": 4, "dnn": 5}
 
 
 @dataclass
@@ -55,12 +54,27 @@ class Outcome:
     fits: list[dict] = field(default_factory=list)
 
 
-def _runs(args: argparse.Namespace) -> dict[str, tuple[str, dict]]:
-    """Run key -> (preset, overrides) for protocol (a)."""
-    runs = {m: (m, {}) for m in args.models}
+@dataclass(frozen=True)
+class Job:
+    """One fit: protocol ("chronological" or "recbole"), run key, preset, overrides, model seed."""
+
+    protocol: str
+    key: str
+    preset: str
+    seed: int
+    overrides: tuple[tuple[str, str], ...] = ()
+
+
+# Protocols and feature specs are built once in the parent and inherited by forked workers (copy-on-write).
+_WORLD: dict = {}
+
+
+def _runs(args: argparse.Namespace) -> dict[str, tuple[str, dict, list[int]]]:
+    """Run key -> (preset, overrides, seeds) for protocol (a)."""
+    runs = {m: (m, {}, args.seed_list) for m in args.models}
     if not args.no_ablation:
-        runs.update({m: (m, {}) for m in ABLATION})
-        runs.update(VARIANTS)
+        extra = {m: (m, {}) for m in ABLATION} | VARIANTS
+        runs |= {k: (m, o, args.ablation_seed_list) for k, (m, o) in extra.items() if k not in runs}
     return runs
 
 
@@ -83,50 +97,80 @@ def _score_subsets(out: Outcome, probs: np.ndarray, split: ExampleSet, masks: di
             out.sessions.setdefault(f"{key}/{metric}", []).append(arr)
 
 
-def _train_one(p: RankingProtocol, tz: Tensorizer, preset: str, overrides: dict, seed: int,
-               args: argparse.Namespace, sizes: dict) -> tuple[torch.nn.Module, dict]:
-    set_seed(seed)
-    ctx = {"gate_context": "target"} | overrides  # MovieLens has no query: the paper's Amazon setting
-    model = build_model(preset, tz.spec, **{**sizes, **ctx})
-    cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
-                      seed=seed, valid_metric="session_auc" if p.valid.sessions is not None else "auc",
-                      progress=not args.no_progress, device=args.device,
-                      max_steps_per_epoch=args.max_steps_per_epoch)
-    res = fit(model, tz, p.train, p.valid, cfg)
-    return model, {"seed": seed, "best_epoch": res.best_epoch, "best_valid": res.best_valid,
-                   "epochs": len(res.history), "seconds": round(res.seconds, 1),
-                   "params": model.describe()["params"]}
+def _sample_rows(n: int, keep: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, keep, replace=False))
 
 
-def run_chronological(ml: MovieLens, args: argparse.Namespace, sizes: dict) -> dict:
-    """Protocol (a): every run key over every seed; returns the JSON-ready section."""
+def _build_world(ml: MovieLens, args: argparse.Namespace) -> None:
+    """Both protocols, their tensorizers and the test subsets, built once before the fits fork."""
     p = chronological_protocol(ml, n_eval_negatives=args.negatives, seed=args.data_seed, max_hist=args.max_seq_len)
     if args.max_train_examples and len(p.train) > args.max_train_examples:
-        keep = np.sort(np.random.default_rng(args.data_seed).choice(len(p.train), args.max_train_examples, False))
-        p.train = p.train.subset(keep)
-    tz = Tensorizer(p.make_spec(args.max_seq_len, args.min_item_count))
+        p.train = p.train.subset(_sample_rows(len(p.train), args.max_train_examples, args.data_seed))
+    sessions = np.unique(p.valid.sessions)
+    if args.max_valid_sessions and len(sessions) > args.max_valid_sessions:
+        kept = sessions[_sample_rows(len(sessions), args.max_valid_sessions, args.data_seed + 1)]
+        p.valid = p.valid.subset(np.flatnonzero(np.isin(p.valid.sessions, kept)))
     masks, threshold = _subsets(p, args.longtail_quantile, args.elderly_age)
-    capped = p.test.with_history_cap(args.simulated_history)
+    _WORLD["chronological"] = {"protocol": p, "tz": Tensorizer(p.make_spec(args.max_seq_len, args.min_item_count)),
+                               "masks": masks, "threshold": threshold,
+                               "capped": p.test.with_history_cap(args.simulated_history)}
+    if args.recbole_models:
+        rb = recbole_protocol(ml, seed=args.data_seed, max_hist=args.max_seq_len)
+        _WORLD["recbole"] = {"protocol": rb, "tz": Tensorizer(rb.make_spec(args.max_seq_len, 1))}
+
+
+def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> dict:
+    """Trains one fit and returns its test predictions (and, for protocol (a), the capped-history ones)."""
+    world = _WORLD[job.protocol]
+    p, tz = world["protocol"], world["tz"]
+    set_seed(job.seed)
+    ctx = {"gate_context": "target"} | dict(job.overrides)  # MovieLens has no query: the paper's Amazon setting
+    model = build_model(job.preset, tz.spec, **{**sizes, **ctx})
+    cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
+                      seed=job.seed, valid_metric="session_auc" if p.valid.sessions is not None else "auc",
+                      progress=False, device=args.device, max_steps_per_epoch=args.max_steps_per_epoch)
+    res = fit(model, tz, p.train, p.valid, cfg)
+    dev = pick_device(args.device)
+    probs = {"test": predict(model, tz, p.test, device=dev)}
+    if job.protocol == "chronological":
+        probs["capped"] = predict(model, tz, world["capped"], device=dev)
+    info = {"seed": job.seed, "best_epoch": res.best_epoch, "best_valid": res.best_valid,
+            "epochs": len(res.history), "seconds": round(res.seconds, 1), "params": model.describe()["params"]}
+    return {"probs": probs, "info": info}
+
+
+def _jobs(args: argparse.Namespace) -> list[Job]:
+    jobs = [Job("chronological", key, preset, seed, tuple(sorted(over.items())))
+            for key, (preset, over, seeds) in _runs(args).items() for seed in seeds]
+    jobs += [Job("recbole", name, name, seed) for name in args.recbole_models for seed in args.seed_list]
+    return sorted(jobs, key=lambda j: (j.protocol == "recbole", _COST.get(j.preset, 3)))
+
+
+def _results_of(jobs: list[Job], results: list[dict], protocol: str, key: str) -> list[dict]:
+    """The results of one run key, in seed order."""
+    pairs = sorted((j.seed, k) for k, j in enumerate(jobs) if j.protocol == protocol and j.key == key)
+    return [results[k] for _, k in pairs]
+
+
+def chronological_section(args: argparse.Namespace, jobs: list[Job], results: list[dict]) -> dict:
+    """Protocol (a): metrics of every run key over its seeds and the p-values; the JSON-ready section."""
+    w = _WORLD["chronological"]
+    p, masks, capped = w["protocol"], w["masks"], w["capped"]
     outcomes = {"popularity": Outcome()}
     _score_subsets(outcomes["popularity"], p.popularity_scores(p.test), p.test, masks)
     _score_subsets(outcomes["popularity"], p.popularity_scores(capped), capped, {"full": masks["full"]}, "capped_")
-    runs = _runs(args)
-    bar = tqdm(total=len(runs) * len(args.seed_list), desc="chronological", disable=args.no_progress)
-    for key, (preset, overrides) in runs.items():
+    for key in _runs(args):
         out = outcomes.setdefault(key, Outcome())
-        for seed in args.seed_list:
-            bar.set_postfix(model=key, seed=seed)
-            model, info = _train_one(p, tz, preset, overrides, seed, args, sizes)
-            dev = pick_device(args.device)
-            _score_subsets(out, predict(model, tz, p.test, device=dev), p.test, masks)
-            _score_subsets(out, predict(model, tz, capped, device=dev), capped, {"full": masks["full"]}, "capped_")
-            out.fits.append(info)
-            bar.update()
-    bar.close()
-    return {"stats": {**p.stats, "longtail_threshold": threshold,
+        for r in _results_of(jobs, results, "chronological", key):
+            _score_subsets(out, r["probs"]["test"], p.test, masks)
+            _score_subsets(out, r["probs"]["capped"], capped, {"full": masks["full"]}, "capped_")
+            out.fits.append(r["info"])
+    return {"stats": {**p.stats, "train_examples_used": len(p.train),
+                      "valid_sessions_used": len(np.unique(p.valid.sessions)),
+                      "longtail_threshold": w["threshold"],
                       "longtail_sessions": int(masks["longtail_few"][p.test.labels > 0.5].sum()),
                       "elderly_sessions": int(masks["longtail_elderly"][p.test.labels > 0.5].sum()),
-                      "vocab": tz.spec.vocab_sizes()},
+                      "vocab": w["tz"].spec.vocab_sizes()},
             "runs": {k: (outcomes[k].metrics, outcomes[k].fits) for k in outcomes},
             "pvalues": _pvalues(outcomes, [["popularity", *args.models], list(ABLATION),
                                            *(["aw_moe", v] for v in VARIANTS)])}
@@ -147,144 +191,14 @@ def _pvalues(outcomes: dict[str, Outcome], tables: list[list[str]]) -> dict:
     return out
 
 
-def run_recbole(ml: MovieLens, args: argparse.Namespace, sizes: dict) -> dict:
+def recbole_section(args: argparse.Namespace, jobs: list[Job], results: list[dict]) -> dict:
     """Protocol (b): RecBole's context-aware ML-1M setting; AUC and log-loss on the random test split."""
-    p = recbole_protocol(ml, seed=args.data_seed, max_hist=args.max_seq_len)
-    tz = Tensorizer(p.make_spec(args.max_seq_len, 1))
+    p = _WORLD["recbole"]["protocol"]
     runs: dict[str, list] = {}
-    for name in tqdm(args.recbole_models, desc="recbole protocol", disable=args.no_progress):
-        for seed in args.seed_list:
-            model, info = _train_one(p, tz, name, {}, seed, args, sizes)
-            probs = predict(model, tz, p.test, device=pick_device(args.device))
-            runs.setdefault(name, []).append({**evaluate(probs, p.test.labels), **info})
+    for name in args.recbole_models:
+        for r in _results_of(jobs, results, "recbole", name):
+            runs.setdefault(name, []).append({**evaluate(r["probs"]["test"], p.test.labels), **r["info"]})
     return {"stats": p.stats, "runs": runs}
-
-
-# ------------------------------------------------------------------------------------------ report
-HEADERS = ("AUC", "AUC@10", "NDCG", "NDCG@10")
-RECBOLE_PUBLISHED = {"dnn": ("FNN (DNN)", 0.8903), "din": ("DIN", 0.9299), "deepfm": ("DeepFM", 0.8997)}
-PAPER = [("DNN", 0.8201, 0.6369, 0.8274, 0.7123), ("DIN", 0.8361, 0.6587, 0.8283, 0.7162),
-         ("Category-MoE", 0.8388, 0.6624, 0.8299, 0.7253), ("AW-MoE", 0.8459, 0.6729, 0.8353, 0.7362),
-         ("AW-MoE & CL", 0.8472, 0.6747, 0.8379, 0.7381)]
-
-
-def _name(key: str) -> str:
-    base, _, rest = key.partition("[")
-    return DISPLAY_NAMES.get(base, base.capitalize()) + (f" [{rest}" if rest else "")
-
-
-def _ms(values: list[float]) -> str:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return "n/a"
-    mean = float(np.mean(vals))
-    return f"{mean:.4f}" if len(vals) == 1 else f"{mean:.4f} ± {float(np.std(vals, ddof=1)):.4f}"
-
-
-def _p(p: float | None) -> str:
-    return "-" if p is None or not math.isfinite(p) else f"{p:.2e}"
-
-
-def _table(sec: dict, rows: list[str], subset: str, against: str | None = None) -> list[str]:
-    """Rows of metric means ± std over seeds, then p-values of each row against the row above (or against
-    the row `against` when given)."""
-    head = ["model", *HEADERS, *(f"p {h}" for h in HEADERS), "overall AUC", "log-loss"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    prev = None
-    for key in rows:
-        if key not in sec["runs"] or subset not in sec["runs"][key][0]:
-            continue
-        per_seed = sec["runs"][key][0][subset]
-        cells = [_name(key), *(_ms([m[k] for m in per_seed]) for k in SESSION_METRICS)]
-        pv = sec["pvalues"].get(f"{key}|{against or prev}", {})
-        cells += [_p(pv.get(f"{subset}/{k}", {}).get("p")) for k in SESSION_METRICS]
-        cells += [_ms([m["auc"] for m in per_seed]), _ms([m["logloss"] for m in per_seed])]
-        lines.append("| " + " | ".join(cells) + " |")
-        prev = key
-    return lines
-
-
-def _cl_gain(sec: dict) -> list[str]:
-    """AW-MoE & CL minus AW-MoE per subset: the paper's claim is a larger gain on long-tail users."""
-    pv = sec["pvalues"].get("aw_moe_cl|aw_moe", {})
-    lines = ["| test set | Δ AUC | p | Δ AUC@10 | p |", "|---|---|---|---|---|"]
-    for subset, label in (("full", "full"), ("longtail_few", "long-tail 1 (few behaviours)"),
-                          ("capped_full", "simulated long tail (history cut)"),
-                          ("longtail_elderly", "long-tail 2 (elderly)")):
-        a, b = pv.get(f"{subset}/session_auc"), pv.get(f"{subset}/auc@10")
-        if a is None or b is None:
-            continue
-        lines.append(f"| {label} | {a['diff']:+.4f} | {_p(a['p'])} | {b['diff']:+.4f} | {_p(b['p'])} |")
-    return lines
-
-
-def _machine(m: dict) -> str:
-    return f"{m['device']}, {m['threads']} torch thread(s), torch {m['torch']}, {m['platform']}"
-
-
-def _fits(sec: dict) -> list[str]:
-    lines = ["| run | params | epochs (best) per seed | train seconds per seed |", "|---|---|---|---|"]
-    for key, (_, fits) in sec["runs"].items():
-        if fits:
-            ep = ", ".join(f"{f['epochs']} ({f['best_epoch']})" for f in fits)
-            lines.append(f"| {_name(key)} | {fits[0]['params']:,} | {ep} | "
-                         f"{', '.join(str(f['seconds']) for f in fits)} |")
-    return lines
-
-
-def render(r: dict) -> str:
-    """The benchmark's markdown page from its result dict."""
-    sec, st, s = r["chronological"], r["chronological"]["stats"], r["settings"]
-    main = ["popularity", *s["models"]]
-    out = [f"# Ranking benchmark: {r['dataset']}{' (quick)' if r['quick'] else ''}", "",
-           f"Command: `{r['command']}`  ", f"Date: {dt.date.today()}; machine: {_machine(r['machine'])}; "
-           f"wall time {r['wall_seconds']} s. Seeds: {s['seed_list']} (model seeds; the data split and sampled "
-           f"negatives are fixed by data seed {s['data_seed']}). Values: mean ± std over seeds; p-values: "
-           "paired t-test across test sessions (per-session metric averaged over seeds) against the row above.",
-           "", "## Protocol (a): chronological leave-last-out", "",
-           f"Per user the last rating is the test positive and the one before it the validation positive; "
-           f"training uses all earlier ratings, each paired with one popularity-sampled negative (1:1). A test "
-           f"session is the positive plus {st['eval_negatives_per_session']} popularity-sampled negatives the "
-           f"user never rated. {st['users']} users, {st['items']} items, {st['train_examples']:,} training "
-           f"examples ({st['train_positives']:,} positives), {st['test_sessions']} test sessions. "
-           f"Gate context: the target item (no query in MovieLens, the paper's Amazon setting).", "",
-           "### Table II: full test set", "", *_table(sec, main, "full"), "",
-           f"### Table III: long-tail users 1 — at most {st['longtail_threshold']} behaviours at prediction time "
-           f"({st['longtail_sessions']} sessions; the {s['longtail_quantile']:.0%} quantile: MovieLens users all "
-           "have 20+ ratings)", "", *_table(sec, main, "longtail_few"), "",
-           f"### Table III-b: simulated long tail — every test history cut to its last {s['simulated_history']} "
-           "behaviours", "", *_table(sec, main, "capped_full"), "",
-           f"### Table IV: long-tail users 2 — elderly (age ≥ {s['elderly_age']}; {st['elderly_sessions']} "
-           "sessions)", "", *_table(sec, main, "longtail_elderly"), "",
-           "### Contrastive learning gain (AW-MoE & CL - AW-MoE)", "", *_cl_gain(sec), ""]
-    if not s["no_ablation"]:
-        out += ["### Table VI: gate ablation", "", *_table(sec, list(ABLATION), "full"), "",
-                "### Gate variants (not in the paper)", "",
-                *_table(sec, ["aw_moe", *VARIANTS], "full", against="aw_moe"), "",
-                "p-values against AW-MoE (softmax gate paired with the target item).",
-                "`gate=user only`: the gate pairs behaviours with the (empty) query instead of the target, so it "
-                "is computed once per request as in the paper's search deployment.", ""]
-    if "recbole" in r:
-        rb = r["recbole"]
-        out += ["## Protocol (b): RecBole's ML-1M context-aware benchmark", "",
-                f"Ratings of 3 dropped, label = rating ≥ 4, random 8:1:1 split ({rb['stats']}); AUC and log-loss "
-                "on the test split. RecBole's published numbers come from its own implementations "
-                "(embedding size 16, its own training settings).", "",
-                "| model | test AUC | test log-loss | RecBole published AUC |", "|---|---|---|---|"]
-        for name, runs in rb["runs"].items():
-            pub = RECBOLE_PUBLISHED.get(name)
-            ref = f"{pub[0]}: {pub[1]:.4f}" if pub and r["dataset"] == "ml-1m" else "-"
-            out.append(f"| {_name(name)} | {_ms([x['auc'] for x in runs])} | "
-                       f"{_ms([x['logloss'] for x in runs])} | {ref} |")
-        out += ["", "RecBole also reports DeepFM 0.8997 (not run here).", ""]
-    out += ["## The paper's figures (JD search, Amazon): compare orderings and gaps, not values", "",
-            "| model | JD AUC | JD NDCG@10 | long-tail-1 AUC | Amazon AUC |", "|---|---|---|---|---|",
-            *(f"| {m} | {a} | {b} | {c} | {d} |" for m, a, b, c, d in PAPER), "",
-            "## Settings", "", f"Model sizes: `{r['model_sizes']}`  ",
-            f"Training: AdamW lr {s['lr']}, batch {s['batch_size']}, up to {s['epochs']} epochs, early stopping "
-            f"on validation (patience {s['patience']}), behaviours ≤ {s['max_seq_len']}, items seen fewer than "
-            f"{s['min_item_count']} times in training share the OOV row.", "", *_fits(sec), ""]
-    return "\n".join(out)
 
 
 def write_gate_once(out_dir: Path, command: str, repeats: int = 100) -> int:
@@ -338,7 +252,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--longtail-quantile", type=float, default=0.1)
     a.add_argument("--elderly-age", type=int, default=50)
     a.add_argument("--simulated-history", type=int, default=5, help="history cap of the simulated long tail")
-    a.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    a.add_argument("--max-valid-sessions", type=int, default=0,
+                   help="early-stop on this many random validation sessions (0 = all)")
+    a.add_argument("--ablation-seeds", type=int, default=0, help="seeds of the ablation rows (0 = --seeds)")
+    a.add_argument("--workers", type=int, default=2, help="fits run in parallel, one process each (CPU only)")
+    a.add_argument("--threads", type=int, default=0,
+                   help="torch threads per fit (0 = torch default with 1 worker, 1 with several)")
     a.add_argument("--device", default=None, help="force a device (default: CUDA if available)")
     a.add_argument("--out", default=None, help="output folder (default docs/benchmarks, quick: var/benchmarks)")
     a.add_argument("--quick", action="store_true", help="CI mode: ML-100K, 1 seed, 1 epoch, small models")
@@ -348,9 +267,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.quick:
         args.dataset, args.seeds, args.epochs, args.max_seq_len, args.batch_size = "ml-100k", 1, 1, 20, 256
         args.max_train_examples = args.max_train_examples or 100_000
+    for name in ("seeds", "epochs", "batch_size", "max_seq_len", "negatives", "workers"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("max_train_examples", "max_valid_sessions", "ablation_seeds", "threads"):
+        if getattr(args, name) < 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     args.models = [m for m in args.models.split(",") if m]
     args.recbole_models = [m for m in args.recbole_models.split(",") if m]
+    unknown = [m for m in [*args.models, *args.recbole_models] if m not in DISPLAY_NAMES]
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}; ranking presets: {', '.join(sorted(DISPLAY_NAMES))}")
     args.seed_list = list(range(args.seeds))
+    args.ablation_seed_list = list(range(args.ablation_seeds or args.seeds))
     args.out = Path(args.out or ("var/benchmarks" if args.quick else "docs/benchmarks"))
     return args
 
@@ -360,21 +289,26 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # the gate-once timing and the single-process fits
     command = " ".join([prog, *argv])
     args.out.mkdir(parents=True, exist_ok=True)
     if args.gate_once:
         return write_gate_once(args.out, command.strip())
     t0 = time.perf_counter()
-    ml = load_movielens(args.dataset)
+    _build_world(load_movielens(args.dataset), args)
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    workers = effective_workers(args.workers, args.device)
+    threads = args.threads or (1 if workers > 1 else torch.get_num_threads())
+    jobs = _jobs(args)
+    results = run_jobs(jobs, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,
+                       progress=not args.no_progress, label=lambda j: f"{j.key}/{j.seed}")
     result = {"dataset": args.dataset, "command": command.strip(), "quick": args.quick,
-              "machine": {"device": str(pick_device(args.device)), "threads": torch.get_num_threads(),
+              "machine": {"device": str(pick_device(args.device)), "threads": threads, "workers": workers,
                           "platform": platform.platform(), "torch": torch.__version__},
               "settings": {k: v for k, v in vars(args).items() if k not in ("out",)}, "model_sizes": sizes,
-              "chronological": run_chronological(ml, args, sizes)}
+              "chronological": chronological_section(args, jobs, results)}
     if args.recbole_models:
-        result["recbole"] = run_recbole(ml, args, sizes)
+        result["recbole"] = recbole_section(args, jobs, results)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     stem = args.out / f"ranking-{args.dataset}{'-quick' if args.quick else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))

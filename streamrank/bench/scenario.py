@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from streamrank.bench.parallel import run_jobs
 from streamrank.bench.scenario_report import render
 from streamrank.data.movielens import load_movielens
 from streamrank.data.protocols import ExampleSet, RankingProtocol, recbole_protocol
@@ -99,10 +98,6 @@ def run_job(job: Job, args: argparse.Namespace) -> dict:
     if alpha is not None:  # the mutual units' gate coefficients on the last test batch (the paper's Fig. 3)
         info["mean_alpha_last_batch"] = float(alpha.mean())
     return {"job": job, "probs": probs, "info": info}
-
-
-def _init_worker() -> None:
-    torch.set_num_threads(1)
 
 
 def _jobs(args: argparse.Namespace, n_scenarios: int) -> list[Job]:
@@ -190,22 +185,8 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario")
     _WORLD.update(_build_world(args))
     p, scenarios, codes = _WORLD["protocol"], _WORLD["scenarios"], _WORLD["codes"]
     jobs = _jobs(args, len(scenarios))
-    results: list[dict] = []
-    bar = tqdm(total=len(jobs), desc="fits", disable=args.no_progress)
-    if args.workers <= 1:
-        for job in jobs:
-            results.append(run_job(job, args))
-            bar.update()
-    else:
-        ctx = mp.get_context("fork")  # workers inherit the built protocol instead of rebuilding it
-        with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker) as pool:
-            futures = [pool.submit(run_job, job, args) for job in jobs]
-            for fut in as_completed(futures):
-                r = fut.result()
-                results.append(r)
-                bar.set_postfix(done=f"{r['job'].model}/{r['job'].seed}")
-                bar.update()
-    bar.close()
+    results = run_jobs(jobs, partial(run_job, args=args), args.workers, args.threads_per_worker, args.device,
+                       progress=not args.no_progress, label=lambda j: f"{j.model}/{j.seed}")
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     result = {"dataset": args.dataset, "command": " ".join([prog, *argv]).strip(), "quick": args.quick,
               "machine": {"platform": platform.platform(), "torch": torch.__version__,
