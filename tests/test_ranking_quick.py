@@ -129,3 +129,46 @@ def test_bench_writes_all_tables(tmp_path, monkeypatch) -> None:
     assert "full/session_auc" in result["chronological"]["pvalues"]["din|dnn"]
     assert list(result["recbole"]["runs"]) == ["dnn", "din"]
     assert all(np.isfinite(r["auc"]) for r in result["recbole"]["runs"]["din"])
+
+
+def _bench_json(tmp_path, monkeypatch, *extra: str) -> dict:
+    monkeypatch.setattr(bench, "load_movielens", lambda name: _synthetic_movielens())
+    monkeypatch.setattr(bench, "FULL_SIZES", bench.QUICK_SIZES)
+    out = tmp_path / "-".join(extra)
+    assert bench.main(["--dataset", "ml-1m", "--epochs", "1", "--negatives", "4", "--batch-size", "64",
+                       "--max-seq-len", "6", "--no-progress", "--out", str(out), *extra]) == 0
+    return json.loads((out / "ranking-ml-1m.json").read_text())
+
+
+def test_bench_parallel_fits_equal_sequential_fits(tmp_path, monkeypatch) -> None:
+    """Forked workers give the same numbers as one process: each fit seeds itself and sees the same data."""
+    common = ("--seeds", "2", "--no-ablation", "--models", "dnn,aw_moe_cl", "--recbole-models", "din")
+    one = _bench_json(tmp_path, monkeypatch, *common, "--workers", "1", "--threads", "1")
+    two = _bench_json(tmp_path, monkeypatch, *common, "--workers", "2")
+    assert two["machine"]["workers"] == 2 and one["machine"]["workers"] == 1
+    for key in ("dnn", "aw_moe_cl"):
+        assert one["chronological"]["runs"][key][0] == two["chronological"]["runs"][key][0]
+    assert [r["auc"] for r in one["recbole"]["runs"]["din"]] == [r["auc"] for r in two["recbole"]["runs"]["din"]]
+
+
+def test_bench_ablation_seeds_and_validation_sample(tmp_path, monkeypatch) -> None:
+    res = _bench_json(tmp_path, monkeypatch, "--seeds", "2", "--ablation-seeds", "1", "--max-valid-sessions", "10",
+                      "--recbole-models", "")
+    runs, stats = res["chronological"]["runs"], res["chronological"]["stats"]
+    assert [f["seed"] for f in runs["aw_moe"][1]] == [0, 1]  # in Table II and Table VI: all seeds
+    assert [f["seed"] for f in runs["aw_moe_base"][1]] == [0]
+    assert [f["seed"] for f in runs["aw_moe[gate_norm=none]"][1]] == [0]
+    assert stats["valid_sessions_used"] == 10 < stats["valid_sessions"]
+    md = (tmp_path / "--seeds-2---ablation-seeds-1---max-valid-sessions-10---recbole-models-" / "ranking-ml-1m.md")
+    assert "over seeds [0] only" in md.read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--max-valid-sessions", "-1"], "--max-valid-sessions must be >= 0"),
+    (["--models", "dnn,nope"], "unknown models ['nope']"),
+])
+def test_bench_refuses_bad_options(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+        bench.parse_args(argv)

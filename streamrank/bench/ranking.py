@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
-import json
 import platform
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamrank.bench.movielens_cli import add_common, check_counts, finish, result_head, split_models, write_result
 from streamrank.bench.parallel import effective_workers, run_jobs
 from streamrank.bench.ranking_report import ABLATION, MAIN, SESSION_METRICS, VARIANTS, render
 from streamrank.data.movielens import MovieLens, load_movielens
@@ -234,9 +234,7 @@ def write_gate_once(out_dir: Path, command: str, repeats: int = 100) -> int:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     a = argparse.ArgumentParser(prog="streamrank bench ranking", description=__doc__.split("\n")[0])
-    a.add_argument("--dataset", default="ml-1m", choices=("ml-100k", "ml-1m"))
-    a.add_argument("--seeds", type=int, default=3, help="model seeds 0..N-1 (data split fixed by --data-seed)")
-    a.add_argument("--data-seed", type=int, default=0)
+    add_common(a, quick_help="CI mode: ML-100K, 1 seed, 1 epoch, small models")
     a.add_argument("--models", default=",".join(MAIN), help="Table II rows, in order")
     a.add_argument("--recbole-models", default="dnn,din", help="models for the RecBole table ('' = skip)")
     a.add_argument("--no-ablation", action="store_true", help="skip Table VI and the gate variants")
@@ -258,29 +256,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--workers", type=int, default=2, help="fits run in parallel, one process each (CPU only)")
     a.add_argument("--threads", type=int, default=0,
                    help="torch threads per fit (0 = torch default with 1 worker, 1 with several)")
-    a.add_argument("--device", default=None, help="force a device (default: CUDA if available)")
-    a.add_argument("--out", default=None, help="output folder (default docs/benchmarks, quick: var/benchmarks)")
-    a.add_argument("--quick", action="store_true", help="CI mode: ML-100K, 1 seed, 1 epoch, small models")
     a.add_argument("--gate-once", action="store_true", help="time request scoring (200 x 50) instead")
-    a.add_argument("--no-progress", action="store_true")
     args = a.parse_args(argv)
     if args.quick:
         args.dataset, args.seeds, args.epochs, args.max_seq_len, args.batch_size = "ml-100k", 1, 1, 20, 256
         args.max_train_examples = args.max_train_examples or 100_000
-    for name in ("seeds", "epochs", "batch_size", "max_seq_len", "negatives", "workers"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("max_train_examples", "max_valid_sessions", "ablation_seeds", "threads"):
-        if getattr(args, name) < 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    args.models = [m for m in args.models.split(",") if m]
-    args.recbole_models = [m for m in args.recbole_models.split(",") if m]
-    unknown = [m for m in [*args.models, *args.recbole_models] if m not in DISPLAY_NAMES]
-    if unknown:
-        raise SystemExit(f"unknown models {unknown}; ranking presets: {', '.join(sorted(DISPLAY_NAMES))}")
-    args.seed_list = list(range(args.seeds))
+    check_counts(args, ("seeds", "epochs", "batch_size", "max_seq_len", "negatives", "workers"),
+                 ("max_train_examples", "max_valid_sessions", "ablation_seeds", "threads"))
+    args.models = split_models(args.models, DISPLAY_NAMES, "ranking presets")
+    args.recbole_models = split_models(args.recbole_models, DISPLAY_NAMES, "ranking presets")
     args.ablation_seed_list = list(range(args.ablation_seeds or args.seeds))
-    args.out = Path(args.out or ("var/benchmarks" if args.quick else "docs/benchmarks"))
+    finish(args)
     return args
 
 
@@ -302,17 +288,12 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     jobs = _jobs(args)
     results = run_jobs(jobs, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,
                        progress=not args.no_progress, label=lambda j: f"{j.key}/{j.seed}")
-    result = {"dataset": args.dataset, "command": command.strip(), "quick": args.quick,
-              "machine": {"device": str(pick_device(args.device)), "threads": threads, "workers": workers,
-                          "platform": platform.platform(), "torch": torch.__version__},
-              "settings": {k: v for k, v in vars(args).items() if k not in ("out",)}, "model_sizes": sizes,
+    result = {**result_head(args, command, threads=threads, workers=workers), "model_sizes": sizes,
               "chronological": chronological_section(args, jobs, results)}
     if args.recbole_models:
         result["recbole"] = recbole_section(args, jobs, results)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    stem = args.out / f"ranking-{args.dataset}{'-quick' if args.quick else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
-    stem.with_suffix(".md").write_text(render(result))
+    stem = write_result(args, "ranking", result, render)
     print(f"wrote {stem}.md and .json in {result['wall_seconds']} s")
     return 0
 

@@ -15,14 +15,13 @@ import argparse
 import datetime as dt
 import json
 import math
-import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from streamrank.bench.movielens_cli import add_common, check_counts, finish, result_head, split_models, write_result
 from streamrank.data.movielens import load_movielens
 from streamrank.data.retrieval_protocol import RetrievalProtocol, retrieval_protocol
 from streamrank.data.titles import ENCODER, genre_neighbours, nearest_neighbours, title_embeddings
@@ -30,7 +29,7 @@ from streamrank.features import Tensorizer
 from streamrank.models.retrieval import DISPLAY_NAMES, build_retrieval_model, make_config
 from streamrank.train.cooc_sampling import NeighbourSampler, session_cooccurrence
 from streamrank.train.metrics import paired_test
-from streamrank.train.offline import pick_device, set_seed
+from streamrank.train.offline import set_seed
 from streamrank.train.retrieval import (
     RetrievalTrainConfig,
     encode_corpus,
@@ -219,8 +218,7 @@ def _value(text: str) -> object:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     a = argparse.ArgumentParser(prog="streamrank bench retrieval", description=__doc__.split("\n")[0])
-    a.add_argument("--dataset", default="ml-1m", choices=("ml-100k", "ml-1m"))
-    a.add_argument("--seeds", type=int, default=3)
+    add_common(a, quick_help="CI mode: ML-100K, 1 seed, base and popularity only", data_seed=False)
     a.add_argument("--models", default=",".join(MODELS), help="rows of the table, in order")
     a.add_argument("--reference", default="base", help="the row p-values are computed against")
     a.add_argument("--epochs", type=int, default=3)
@@ -237,22 +235,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="override a RetrievalConfig field for every model (e.g. cl_temperature=0.2); repeatable")
     a.add_argument("--max-train-examples", type=int, default=0, help="subsample training rows (0 = all)")
     a.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
-    a.add_argument("--device", default=None, help="force a device (default: CUDA if available)")
-    a.add_argument("--out", default=None, help="output folder (default docs/benchmarks, quick: var/benchmarks)")
-    a.add_argument("--quick", action="store_true", help="CI mode: ML-100K, 1 seed, base and popularity only")
-    a.add_argument("--no-progress", action="store_true")
     args = a.parse_args(argv)
     if args.quick:
         args.dataset, args.seeds, args.epochs, args.batch_size, args.negatives = "ml-100k", 1, 1, 256, 512
         args.lr, args.steps_per_epoch = 3e-3, 380
         if args.models == ",".join(MODELS):
             args.models = "base"
-    args.models = [m for m in args.models.split(",") if m]
+    args.models = split_models(args.models, MODELS, "retrieval models")
     args.overrides = {k: _value(v) for k, _, v in (kv.partition("=") for kv in args.set)}
+    check_counts(args, ("seeds", "epochs", "batch_size", "negatives", "dim", "max_behaviours", "sem_topk"),
+                 ("steps_per_epoch", "max_train_examples", "threads"))
     args.steps_per_epoch = args.steps_per_epoch or None
-    args.seed_list = list(range(args.seeds))
-    args.out = Path(args.out or ("var/benchmarks" if args.quick else "docs/benchmarks"))
-    return args
+    return finish(args)
 
 
 def main(argv: list[str] | None = None, prog: str = "streamrank bench retrieval") -> int:
@@ -262,16 +256,10 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench retrieval"
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = {"dataset": args.dataset, "command": " ".join([prog, *argv]).strip(), "quick": args.quick,
-              "machine": {"device": str(pick_device(args.device)), "threads": torch.get_num_threads(),
-                          "platform": platform.platform(), "torch": torch.__version__},
-              "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+    result = result_head(args, " ".join([prog, *argv]))
     result.update(run(args))
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"retrieval-{args.dataset}{'-quick' if args.quick else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
-    stem.with_suffix(".md").write_text(render(result))
+    stem = write_result(args, "retrieval", result, render)
     log(f"wrote {stem}.md and .json in {result['wall_seconds']} s")
     return 0
 

@@ -15,17 +15,16 @@ same seed's BST, on the same test rows.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from streamrank.bench.movielens_cli import add_common, check_counts, finish, split_models, write_result
 from streamrank.bench.parallel import run_jobs
 from streamrank.bench.scenario_report import render
 from streamrank.data.movielens import load_movielens
@@ -139,10 +138,8 @@ def _scores(results: list[dict], test: ExampleSet, codes: np.ndarray, scenarios:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     a = argparse.ArgumentParser(prog="streamrank bench scenario", description=__doc__.split("\n")[0])
-    a.add_argument("--dataset", default="ml-1m", choices=("ml-100k", "ml-1m"))
+    add_common(a, quick_help="CI mode: ML-100K, 1 seed, 1 epoch, small models")
     a.add_argument("--scenario-field", default="age", help="user field that names the scenario")
-    a.add_argument("--seeds", type=int, default=3, help="model seeds 0..N-1 (the split is fixed by --data-seed)")
-    a.add_argument("--data-seed", type=int, default=0)
     a.add_argument("--models", default=",".join(MAIN), help="Table II rows, in order")
     a.add_argument("--no-ablation", action="store_true", help="skip Table IV")
     a.add_argument("--no-individual", action="store_true", help="skip BST trained per scenario (Table III)")
@@ -154,26 +151,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--max-train-examples", type=int, default=0, help="subsample training rows (0 = all)")
     a.add_argument("--workers", type=int, default=2, help="fits run in parallel, one process each")
     a.add_argument("--threads-per-worker", type=int, default=1)
-    a.add_argument("--device", default=None, help="force a device (default: CUDA if available)")
-    a.add_argument("--out", default=None, help="output folder (default docs/benchmarks, quick: var/benchmarks)")
-    a.add_argument("--quick", action="store_true", help="CI mode: ML-100K, 1 seed, 1 epoch, small models")
-    a.add_argument("--no-progress", action="store_true")
     args = a.parse_args(argv)
     if args.quick:
         args.dataset, args.seeds, args.epochs, args.batch_size = "ml-100k", 1, 1, 256
         args.max_train_examples = args.max_train_examples or 20_000
-    for name in ("seeds", "epochs", "batch_size", "max_seq_len", "workers", "threads_per_worker"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    args.models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in args.models if m not in PRESETS]
-    if unknown:
-        raise SystemExit(f"unknown models {unknown}; presets: {', '.join(sorted(PRESETS))}")
+    check_counts(args, ("seeds", "epochs", "batch_size", "max_seq_len", "workers", "threads_per_worker"))
+    args.models = split_models(args.models, PRESETS)
     if REFERENCE not in args.models:
         raise SystemExit(f"--models must include {REFERENCE}: RelaImpr and the p-values are measured against it")
-    args.seed_list = list(range(args.seeds))
-    args.out = Path(args.out or ("var/benchmarks" if args.quick else "docs/benchmarks"))
-    return args
+    return finish(args)
 
 
 def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario") -> int:
@@ -202,11 +188,8 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario")
               "fits": [r["info"] for r in results],
               **_scores(results, p.test, codes["test"], scenarios)}
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    stem = args.out / f"scenario-{args.dataset}{'-quick' if args.quick else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
-    text = render(result)
-    stem.with_suffix(".md").write_text(text)
-    print(text)
+    stem = write_result(args, "scenario", result, render)
+    print(stem.with_suffix(".md").read_text())
     print(f"wrote {stem}.md and .json in {result['wall_seconds']} s")
     return 0
 

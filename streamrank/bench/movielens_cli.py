@@ -1,0 +1,72 @@
+"""Command-line pieces shared by the MovieLens model benchmarks (ranking, retrieval, scenario).
+
+Each of them takes a data set, model seeds, a device, an output folder and a CI `--quick` mode, checks its
+counts before any work starts, and writes its result as `<name>-<dataset>[-quick].{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from streamrank.train.offline import pick_device
+
+
+def add_common(parser: argparse.ArgumentParser, quick_help: str, data_seed: bool = True) -> None:
+    """Adds --dataset, --seeds, --device, --out, --quick, --no-progress, and --data-seed when the protocol
+    draws a random split or random negatives."""
+    parser.add_argument("--dataset", default="ml-1m", choices=("ml-100k", "ml-1m"))
+    parser.add_argument("--seeds", type=int, default=3, help="model seeds 0..N-1")
+    if data_seed:
+        parser.add_argument("--data-seed", type=int, default=0, help="seed of the data split and sampled negatives")
+    parser.add_argument("--device", default=None, help="force a device (default: CUDA if available)")
+    parser.add_argument("--out", default=None, help="output folder (default docs/benchmarks, quick: var/benchmarks)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def check_counts(args: argparse.Namespace, at_least_one: Iterable[str] = (), at_least_zero: Iterable[str] = ()) -> None:
+    """Refuses counts out of range with the option's name, before any data is loaded."""
+    for names, low in ((at_least_one, 1), (at_least_zero, 0)):
+        for name in names:
+            if getattr(args, name) < low:
+                raise SystemExit(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+
+
+def split_models(text: str, known: Iterable[str], what: str = "presets") -> list[str]:
+    """A comma-separated model list, refused with the known names when one is unknown."""
+    models = [m for m in text.split(",") if m]
+    known = set(known)
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}; {what}: {', '.join(sorted(known))}")
+    return models
+
+
+def finish(args: argparse.Namespace) -> argparse.Namespace:
+    """Derived settings every benchmark uses: the seed list and the output folder."""
+    args.seed_list = list(range(args.seeds))
+    args.out = Path(args.out or ("var/benchmarks" if args.quick else "docs/benchmarks"))
+    return args
+
+
+def write_result(args: argparse.Namespace, name: str, result: dict, render: Callable[[dict], str]) -> Path:
+    """Writes the result's JSON and its markdown page; returns the path stem."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{name}-{args.dataset}{'-quick' if args.quick else ''}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+    stem.with_suffix(".md").write_text(render(result))
+    return stem
+
+
+def result_head(args: argparse.Namespace, command: str, **machine: object) -> dict:
+    """The part of a result every benchmark records: data set, command, machine and settings."""
+    return {"dataset": args.dataset, "command": command.strip(), "quick": args.quick,
+            "machine": {"device": str(pick_device(args.device)), "threads": torch.get_num_threads(),
+                        "platform": platform.platform(), "torch": torch.__version__, **machine},
+            "settings": {k: v for k, v in vars(args).items() if k != "out"}}
