@@ -127,6 +127,8 @@ def test_bench_writes_all_tables(tmp_path, monkeypatch) -> None:
     assert set(bench.MAIN) | set(bench.ABLATION) | set(bench.VARIANTS) | {"popularity"} == set(runs)
     assert len(runs["aw_moe_cl"][1]) == 2  # two seeds
     assert "full/session_auc" in result["chronological"]["pvalues"]["din|dnn"]
+    assert "full/session_auc" in result["chronological"]["pvalues"]["aw_moe|din"]  # the AW-MoE vs DIN
+    assert "AW-MoE vs DIN: session AUC" in md
     assert list(result["recbole"]["runs"]) == ["dnn", "din"]
     assert all(np.isfinite(r["auc"]) for r in result["recbole"]["runs"]["din"])
 

@@ -48,6 +48,21 @@ def split_models(text: str, known: Iterable[str], what: str = "presets") -> list
     return models
 
 
+def parse_overrides(pairs: Iterable[str]) -> dict[str, object]:
+    """`--set FIELD=VALUE` options as a dict; a value is JSON when it parses (numbers, true/false, lists),
+    else the plain string."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"--set takes FIELD=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
 def finish(args: argparse.Namespace) -> argparse.Namespace:
     """Derived settings every benchmark uses: the seed list and the output folder."""
     args.seed_list = list(range(args.seeds))

@@ -26,7 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamrank.bench.movielens_cli import add_common, check_counts, finish, result_head, split_models, write_result
+from streamrank.bench.movielens_cli import (
+    add_common,
+    check_counts,
+    finish,
+    parse_overrides,
+    result_head,
+    split_models,
+    write_result,
+)
 from streamrank.bench.parallel import effective_workers, run_jobs
 from streamrank.bench.ranking_report import ABLATION, MAIN, SESSION_METRICS, VARIANTS, render
 from streamrank.data.movielens import MovieLens, load_movielens
@@ -124,7 +132,8 @@ def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> dict:
     world = _WORLD[job.protocol]
     p, tz = world["protocol"], world["tz"]
     set_seed(job.seed)
-    ctx = {"gate_context": "target"} | dict(job.overrides)  # MovieLens has no query: the paper's Amazon setting
+    # MovieLens has no query: the gate pairs behaviours with the target item (the paper's Amazon setting)
+    ctx = {"gate_context": "target"} | args.overrides | dict(job.overrides)
     model = build_model(job.preset, tz.spec, **{**sizes, **ctx})
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="session_auc" if p.valid.sessions is not None else "auc",
@@ -172,7 +181,7 @@ def chronological_section(args: argparse.Namespace, jobs: list[Job], results: li
                       "elderly_sessions": int(masks["longtail_elderly"][p.test.labels > 0.5].sum()),
                       "vocab": w["tz"].spec.vocab_sizes()},
             "runs": {k: (outcomes[k].metrics, outcomes[k].fits) for k in outcomes},
-            "pvalues": _pvalues(outcomes, [["popularity", *args.models], list(ABLATION),
+            "pvalues": _pvalues(outcomes, [["popularity", *args.models], ["din", "aw_moe"], list(ABLATION),
                                            *(["aw_moe", v] for v in VARIANTS)])}
 
 
@@ -256,6 +265,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--workers", type=int, default=2, help="fits run in parallel, one process each (CPU only)")
     a.add_argument("--threads", type=int, default=0,
                    help="torch threads per fit (0 = torch default with 1 worker, 1 with several)")
+    a.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a RankingConfig field for every model (e.g. cl_weight=0.01); repeatable")
     a.add_argument("--gate-once", action="store_true", help="time request scoring (200 x 50) instead")
     args = a.parse_args(argv)
     if args.quick:
@@ -266,6 +277,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.models = split_models(args.models, DISPLAY_NAMES, "ranking presets")
     args.recbole_models = split_models(args.recbole_models, DISPLAY_NAMES, "ranking presets")
     args.ablation_seed_list = list(range(args.ablation_seeds or args.seeds))
+    args.overrides = parse_overrides(args.set)
     finish(args)
     return args
 

@@ -73,6 +73,15 @@ def _cl_gain(sec: dict) -> list[str]:
     return lines
 
 
+def _versus(sec: dict, row: str, other: str) -> list[str]:
+    """One sentence: `row` against `other` (not the row above) on the full test set, when it was computed."""
+    pv = sec["pvalues"].get(f"{row}|{other}", {}).get("full/session_auc")
+    if pv is None:
+        return []
+    return [f"{_name(row)} vs {_name(other)}: session AUC {pv['diff']:+.4f}, p = {_p(pv['p'])} (paired t-test "
+            "across test sessions).", ""]
+
+
 def _machine(m: dict) -> str:
     procs = f"{m['workers']} parallel fits x " if m.get("workers", 1) > 1 else ""
     return f"{m['device']}, {procs}{m['threads']} torch thread(s), torch {m['torch']}, {m['platform']}"
@@ -124,7 +133,7 @@ def render(r: dict) -> str:
            f"examples ({st['train_positives']:,} positives){_used(st)}, {st['test_sessions']} test sessions"
            f"{_valid_used(st)}. "
            f"Gate context: the target item (no query in MovieLens, the paper's Amazon setting).", "",
-           "### Table II: full test set", "", *_table(sec, main, "full"), "",
+           "### Table II: full test set", "", *_table(sec, main, "full"), "", *_versus(sec, "aw_moe", "din"),
            f"### Table III: long-tail users 1 — at most {st['longtail_threshold']} behaviours at prediction time "
            f"({st['longtail_sessions']} sessions; the {s['longtail_quantile']:.0%} quantile: MovieLens users all "
            "have 20+ ratings)", "", *_table(sec, main, "longtail_few"), "",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import sys
 import time
@@ -21,7 +20,15 @@ import time
 import numpy as np
 import torch
 
-from streamrank.bench.movielens_cli import add_common, check_counts, finish, result_head, split_models, write_result
+from streamrank.bench.movielens_cli import (
+    add_common,
+    check_counts,
+    finish,
+    parse_overrides,
+    result_head,
+    split_models,
+    write_result,
+)
 from streamrank.data.movielens import load_movielens
 from streamrank.data.retrieval_protocol import RetrievalProtocol, retrieval_protocol
 from streamrank.data.titles import ENCODER, genre_neighbours, nearest_neighbours, title_embeddings
@@ -207,14 +214,6 @@ def render(r: dict) -> str:
         f"behaviours ≤ {s['max_behaviours']}, embedding and vector size {s['dim']}.", "", *fits, ""])
 
 
-def _value(text: str) -> object:
-    """A --set value: JSON when it parses (numbers, true/false, lists), else the plain string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     a = argparse.ArgumentParser(prog="streamrank bench retrieval", description=__doc__.split("\n")[0])
@@ -242,7 +241,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if args.models == ",".join(MODELS):
             args.models = "base"
     args.models = split_models(args.models, MODELS, "retrieval models")
-    args.overrides = {k: _value(v) for k, _, v in (kv.partition("=") for kv in args.set)}
+    args.overrides = parse_overrides(args.set)
     check_counts(args, ("seeds", "epochs", "batch_size", "negatives", "dim", "max_behaviours", "sem_topk"),
                  ("steps_per_epoch", "max_train_examples", "threads"))
     args.steps_per_epoch = args.steps_per_epoch or None
