@@ -1,4 +1,4 @@
-"""The benchmarks' process pool: results come back in the jobs' order, equal to a sequential run."""
+"""The benchmarks' process pool (results in the jobs' order, equal to a sequential run) and their shared options."""
 
 from __future__ import annotations
 
@@ -35,3 +35,15 @@ def _fail(x: int) -> int:
 def test_a_failing_fit_fails_the_run() -> None:
     with pytest.raises(ValueError, match="job 1 failed"):
         run_jobs([1], _fail, workers=2, device="cpu", progress=False)
+
+
+def test_set_options_parse_json_values_and_refuse_bad_pairs() -> None:
+    from streamrank.bench.movielens_cli import parse_overrides, split_models
+
+    assert parse_overrides(["cl_weight=0.01", "gate_norm=none", "hidden=[8, 4]"]) == {
+        "cl_weight": 0.01, "gate_norm": "none", "hidden": [8, 4]}
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        parse_overrides(["cl_weight"])
+    assert split_models("a,,b", ("a", "b", "c")) == ["a", "b"]
+    with pytest.raises(SystemExit, match=r"unknown models \['z'\]; presets: a, b"):
+        split_models("a,z", ("a", "b"))

@@ -26,15 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamrank.bench.movielens_cli import (
-    add_common,
-    check_counts,
-    finish,
-    parse_overrides,
-    result_head,
-    split_models,
-    write_result,
-)
+from streamrank.bench import movielens_cli as cli
 from streamrank.bench.parallel import effective_workers, run_jobs
 from streamrank.bench.ranking_report import ABLATION, MAIN, SESSION_METRICS, VARIANTS, render
 from streamrank.data.movielens import MovieLens, load_movielens
@@ -243,7 +235,7 @@ def write_gate_once(out_dir: Path, command: str, repeats: int = 100) -> int:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     a = argparse.ArgumentParser(prog="streamrank bench ranking", description=__doc__.split("\n")[0])
-    add_common(a, quick_help="CI mode: ML-100K, 1 seed, 1 epoch, small models")
+    cli.add_common(a, quick_help="CI mode: ML-100K, 1 seed, 1 epoch, small models")
     a.add_argument("--models", default=",".join(MAIN), help="Table II rows, in order")
     a.add_argument("--recbole-models", default="dnn,din", help="models for the RecBole table ('' = skip)")
     a.add_argument("--no-ablation", action="store_true", help="skip Table VI and the gate variants")
@@ -272,13 +264,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.quick:
         args.dataset, args.seeds, args.epochs, args.max_seq_len, args.batch_size = "ml-100k", 1, 1, 20, 256
         args.max_train_examples = args.max_train_examples or 100_000
-    check_counts(args, ("seeds", "epochs", "batch_size", "max_seq_len", "negatives", "workers"),
+    cli.check_counts(args, ("seeds", "epochs", "batch_size", "max_seq_len", "negatives", "workers"),
                  ("max_train_examples", "max_valid_sessions", "ablation_seeds", "threads"))
-    args.models = split_models(args.models, DISPLAY_NAMES, "ranking presets")
-    args.recbole_models = split_models(args.recbole_models, DISPLAY_NAMES, "ranking presets")
+    args.models = cli.split_models(args.models, DISPLAY_NAMES, "ranking presets")
+    args.recbole_models = cli.split_models(args.recbole_models, DISPLAY_NAMES, "ranking presets")
     args.ablation_seed_list = list(range(args.ablation_seeds or args.seeds))
-    args.overrides = parse_overrides(args.set)
-    finish(args)
+    args.overrides = cli.parse_overrides(args.set)
+    cli.finish(args)
     return args
 
 
@@ -300,12 +292,12 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     jobs = _jobs(args)
     results = run_jobs(jobs, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,
                        progress=not args.no_progress, label=lambda j: f"{j.key}/{j.seed}")
-    result = {**result_head(args, command, threads=threads, workers=workers), "model_sizes": sizes,
+    result = {**cli.result_head(args, command, threads=threads, workers=workers), "model_sizes": sizes,
               "chronological": chronological_section(args, jobs, results)}
     if args.recbole_models:
         result["recbole"] = recbole_section(args, jobs, results)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    stem = write_result(args, "ranking", result, render)
+    stem = cli.write_result(args, "ranking", result, render)
     print(f"wrote {stem}.md and .json in {result['wall_seconds']} s")
     return 0
 

@@ -20,15 +20,7 @@ import time
 import numpy as np
 import torch
 
-from streamrank.bench.movielens_cli import (
-    add_common,
-    check_counts,
-    finish,
-    parse_overrides,
-    result_head,
-    split_models,
-    write_result,
-)
+from streamrank.bench import movielens_cli as cli
 from streamrank.data.movielens import load_movielens
 from streamrank.data.retrieval_protocol import RetrievalProtocol, retrieval_protocol
 from streamrank.data.titles import ENCODER, genre_neighbours, nearest_neighbours, title_embeddings
@@ -217,7 +209,7 @@ def render(r: dict) -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     a = argparse.ArgumentParser(prog="streamrank bench retrieval", description=__doc__.split("\n")[0])
-    add_common(a, quick_help="CI mode: ML-100K, 1 seed, base and popularity only", data_seed=False)
+    cli.add_common(a, quick_help="CI mode: ML-100K, 1 seed, base and popularity only", data_seed=False)
     a.add_argument("--models", default=",".join(MODELS), help="rows of the table, in order")
     a.add_argument("--reference", default="base", help="the row p-values are computed against")
     a.add_argument("--epochs", type=int, default=3)
@@ -240,12 +232,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.lr, args.steps_per_epoch = 3e-3, 380
         if args.models == ",".join(MODELS):
             args.models = "base"
-    args.models = split_models(args.models, MODELS, "retrieval models")
-    args.overrides = parse_overrides(args.set)
-    check_counts(args, ("seeds", "epochs", "batch_size", "negatives", "dim", "max_behaviours", "sem_topk"),
+    args.models = cli.split_models(args.models, MODELS, "retrieval models")
+    args.overrides = cli.parse_overrides(args.set)
+    cli.check_counts(args, ("seeds", "epochs", "batch_size", "negatives", "dim", "max_behaviours", "sem_topk"),
                  ("steps_per_epoch", "max_train_examples", "threads"))
     args.steps_per_epoch = args.steps_per_epoch or None
-    return finish(args)
+    return cli.finish(args)
 
 
 def main(argv: list[str] | None = None, prog: str = "streamrank bench retrieval") -> int:
@@ -255,10 +247,10 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench retrieval"
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = result_head(args, " ".join([prog, *argv]))
+    result = cli.result_head(args, " ".join([prog, *argv]))
     result.update(run(args))
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    stem = write_result(args, "retrieval", result, render)
+    stem = cli.write_result(args, "retrieval", result, render)
     log(f"wrote {stem}.md and .json in {result['wall_seconds']} s")
     return 0
 

@@ -24,7 +24,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from streamrank.bench.movielens_cli import add_common, check_counts, finish, split_models, write_result
+from streamrank.bench import movielens_cli as cli
 from streamrank.bench.parallel import run_jobs
 from streamrank.bench.scenario_report import render
 from streamrank.data.movielens import load_movielens
@@ -138,7 +138,7 @@ def _scores(results: list[dict], test: ExampleSet, codes: np.ndarray, scenarios:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     a = argparse.ArgumentParser(prog="streamrank bench scenario", description=__doc__.split("\n")[0])
-    add_common(a, quick_help="CI mode: ML-100K, 1 seed, 1 epoch, small models")
+    cli.add_common(a, quick_help="CI mode: ML-100K, 1 seed, 1 epoch, small models")
     a.add_argument("--scenario-field", default="age", help="user field that names the scenario")
     a.add_argument("--models", default=",".join(MAIN), help="Table II rows, in order")
     a.add_argument("--no-ablation", action="store_true", help="skip Table IV")
@@ -155,11 +155,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.quick:
         args.dataset, args.seeds, args.epochs, args.batch_size = "ml-100k", 1, 1, 256
         args.max_train_examples = args.max_train_examples or 20_000
-    check_counts(args, ("seeds", "epochs", "batch_size", "max_seq_len", "workers", "threads_per_worker"))
-    args.models = split_models(args.models, PRESETS)
+    cli.check_counts(args, ("seeds", "epochs", "batch_size", "max_seq_len", "workers", "threads_per_worker"))
+    args.models = cli.split_models(args.models, PRESETS)
     if REFERENCE not in args.models:
         raise SystemExit(f"--models must include {REFERENCE}: RelaImpr and the p-values are measured against it")
-    return finish(args)
+    return cli.finish(args)
 
 
 def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario") -> int:
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario")
               "fits": [r["info"] for r in results],
               **_scores(results, p.test, codes["test"], scenarios)}
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    stem = write_result(args, "scenario", result, render)
+    stem = cli.write_result(args, "scenario", result, render)
     print(stem.with_suffix(".md").read_text())
     print(f"wrote {stem}.md and .json in {result['wall_seconds']} s")
     return 0
