@@ -174,3 +174,10 @@ def test_bench_ablation_seeds_and_validation_sample(tmp_path, monkeypatch) -> No
 def test_bench_refuses_bad_options(argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
         bench.parse_args(argv)
+
+
+def test_first_seed_adds_seeds_to_an_earlier_run() -> None:
+    args = bench.parse_args(["--seeds", "2", "--first-seed", "3", "--ablation-seeds", "1"])
+    assert args.seed_list == [3, 4] and args.ablation_seed_list == [3]
+    with pytest.raises(SystemExit, match="--first-seed must be >= 0"):
+        bench.parse_args(["--first-seed", "-1"])

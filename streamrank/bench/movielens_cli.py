@@ -21,7 +21,8 @@ def add_common(parser: argparse.ArgumentParser, quick_help: str, data_seed: bool
     """Adds --dataset, --seeds, --device, --out, --quick, --no-progress, and --data-seed when the protocol
     draws a random split or random negatives."""
     parser.add_argument("--dataset", default="ml-1m", choices=("ml-100k", "ml-1m"))
-    parser.add_argument("--seeds", type=int, default=3, help="model seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=3, help="how many model seeds: K..K+N-1")
+    parser.add_argument("--first-seed", type=int, default=0, help="K, the first model seed (to add seeds to a run)")
     if data_seed:
         parser.add_argument("--data-seed", type=int, default=0, help="seed of the data split and sampled negatives")
     parser.add_argument("--device", default=None, help="force a device (default: CUDA if available)")
@@ -65,7 +66,9 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, object]:
 
 def finish(args: argparse.Namespace) -> argparse.Namespace:
     """Derived settings every benchmark uses: the seed list and the output folder."""
-    args.seed_list = list(range(args.seeds))
+    if args.first_seed < 0:
+        raise SystemExit(f"--first-seed must be >= 0, got {args.first_seed}")
+    args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
     args.out = Path(args.out or ("var/benchmarks" if args.quick else "docs/benchmarks"))
     return args
 

@@ -268,7 +268,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  ("max_train_examples", "max_valid_sessions", "ablation_seeds", "threads"))
     args.models = cli.split_models(args.models, DISPLAY_NAMES, "ranking presets")
     args.recbole_models = cli.split_models(args.recbole_models, DISPLAY_NAMES, "ranking presets")
-    args.ablation_seed_list = list(range(args.ablation_seeds or args.seeds))
+    args.ablation_seed_list = list(range(args.first_seed, args.first_seed + (args.ablation_seeds or args.seeds)))
     args.overrides = cli.parse_overrides(args.set)
     cli.finish(args)
     return args
