@@ -62,7 +62,7 @@ class Job:
     key: str
     preset: str
     seed: int
-    overrides: tuple[tuple[str, str], ...] = ()
+    overrides: tuple[tuple[str, object], ...] = ()
 
 
 # Protocols and feature specs are built once in the parent and inherited by forked workers (copy-on-write).
