@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -172,7 +173,7 @@ def test_bench_ablation_seeds_and_validation_sample(tmp_path, monkeypatch) -> No
     (["--models", "dnn,nope"], "unknown models ['nope']"),
 ])
 def test_bench_refuses_bad_options(argv: list[str], message: str) -> None:
-    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(SystemExit, match=re.escape(message)):
         bench.parse_args(argv)
 
 

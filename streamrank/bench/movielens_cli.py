@@ -12,6 +12,7 @@ import platform
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from streamrank.train.offline import pick_device
@@ -62,6 +63,12 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, object]:
         except json.JSONDecodeError:
             out[key] = text
     return out
+
+
+def sample_rows(n: int, keep: int, seed: int) -> np.ndarray:
+    """`keep` of `n` row positions, drawn without replacement by `seed`, in order: the fixed training or
+    validation sample a reduced-budget run uses, the same on every rerun."""
+    return np.sort(np.random.default_rng(seed).choice(n, keep, replace=False))
 
 
 def finish(args: argparse.Namespace) -> argparse.Namespace:

@@ -97,18 +97,14 @@ def _score_subsets(out: Outcome, probs: np.ndarray, split: ExampleSet, masks: di
             out.sessions.setdefault(f"{key}/{metric}", []).append(arr)
 
 
-def _sample_rows(n: int, keep: int, seed: int) -> np.ndarray:
-    return np.sort(np.random.default_rng(seed).choice(n, keep, replace=False))
-
-
 def _build_world(ml: MovieLens, args: argparse.Namespace) -> None:
     """Both protocols, their tensorizers and the test subsets, built once before the fits fork."""
     p = chronological_protocol(ml, n_eval_negatives=args.negatives, seed=args.data_seed, max_hist=args.max_seq_len)
     if args.max_train_examples and len(p.train) > args.max_train_examples:
-        p.train = p.train.subset(_sample_rows(len(p.train), args.max_train_examples, args.data_seed))
+        p.train = p.train.subset(cli.sample_rows(len(p.train), args.max_train_examples, args.data_seed))
     sessions = np.unique(p.valid.sessions)
     if args.max_valid_sessions and len(sessions) > args.max_valid_sessions:
-        kept = sessions[_sample_rows(len(sessions), args.max_valid_sessions, args.data_seed + 1)]
+        kept = sessions[cli.sample_rows(len(sessions), args.max_valid_sessions, args.data_seed + 1)]
         p.valid = p.valid.subset(np.flatnonzero(np.isin(p.valid.sessions, kept)))
     masks, threshold = _subsets(p, args.longtail_quantile, args.elderly_age)
     _WORLD["chronological"] = {"protocol": p, "tz": Tensorizer(p.make_spec(args.max_seq_len, args.min_item_count)),

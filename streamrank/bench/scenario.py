@@ -15,7 +15,6 @@ same seed's BST, on the same test rows.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -62,8 +61,7 @@ def _build_world(args: argparse.Namespace) -> dict:
     p = recbole_protocol(ml, seed=args.data_seed, max_hist=args.max_seq_len)
     scenarios = p.assign_scenarios(ml, args.scenario_field)
     if args.max_train_examples and len(p.train) > args.max_train_examples:
-        keep = np.sort(np.random.default_rng(args.data_seed).choice(len(p.train), args.max_train_examples, False))
-        p.train = p.train.subset(keep)
+        p.train = p.train.subset(cli.sample_rows(len(p.train), args.max_train_examples, args.data_seed))
     codes = {name: p.scenario_codes(split, scenarios) for name, split in
              (("train", p.train), ("valid", p.valid), ("test", p.test))}
     return {"protocol": p, "scenarios": scenarios, "codes": codes}
@@ -173,13 +171,9 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario")
     jobs = _jobs(args, len(scenarios))
     results = run_jobs(jobs, partial(run_job, args=args), args.workers, args.threads_per_worker, args.device,
                        progress=not args.no_progress, label=lambda j: f"{j.model}/{j.seed}")
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
-    result = {"dataset": args.dataset, "command": " ".join([prog, *argv]).strip(), "quick": args.quick,
-              "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                          "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                          "workers": args.workers, "threads_per_worker": args.threads_per_worker},
-              "settings": settings, "model_sizes": {"scenario": QUICK_SIZES if args.quick else SIZES,
-                                                    "din": DIN_SIZES},
+    sizes = {"scenario": QUICK_SIZES if args.quick else SIZES, "din": DIN_SIZES}
+    result = {**cli.result_head(args, " ".join([prog, *argv]), workers=args.workers,
+                                threads_per_worker=args.threads_per_worker), "model_sizes": sizes,
               "protocol": {**p.stats, "scenarios": list(scenarios),
                            "test_rows": {s: int((codes["test"] == k).sum()) for k, s in enumerate(scenarios)},
                            "train_rows": {s: int((codes["train"] == k).sum()) for k, s in enumerate(scenarios)},
