@@ -77,6 +77,12 @@ class Settings:
     train_batch_within_s: float = 1.0
     train_lr: float = 1e-3
     train_weight_decay: float = 1e-2
+    # Embedding tables: row-wise "adam" (lazy Adam, per-row moments and steps) or "adagrad" (one accumulator
+    # per row); only the rows a batch touches are updated (streamrank/train/optim.py). 0: train_lr.
+    train_row_optimizer: str = "adam"
+    train_row_lr: float = 0.0
+    # Decode and tensorise the next micro-batch in a background thread while the current one trains.
+    train_pipeline: bool = True
     # A private checkpoint (weights, optimizer, offsets) every this many steps or seconds, whichever first;
     # Kafka offsets are committed only after the checkpoint that covers them.
     checkpoint_every_steps: int = 200
@@ -181,6 +187,10 @@ class Settings:
                      "serve_port", "serve_metrics_port", "serve_grace_s", "serve_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.train_row_optimizer not in ("adam", "adagrad"):
+            raise ConfigError(f"train_row_optimizer must be adam or adagrad, got {self.train_row_optimizer!r}")
+        if self.train_row_lr < 0:
+            raise ConfigError(f"train_row_lr must be >= 0, got {self.train_row_lr!r}")
         if self.stats_grace_ms < 0:
             raise ConfigError(f"stats_grace_ms must be >= 0, got {self.stats_grace_ms!r}")
         if self.batch_within_s <= 0:

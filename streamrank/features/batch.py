@@ -92,6 +92,13 @@ class Batch:
         """True when every candidate has its own user row (training layout)."""
         return len(self.users) == len(self.items)
 
+    @property
+    def owner_is_identity(self) -> bool:
+        """True when candidate n belongs to user row n (then per-user tensors need no gather)."""
+        if not self.one_user_per_row:
+            return False
+        return bool(torch.equal(self.owner, torch.arange(len(self.owner), device=self.owner.device)))
+
     def to(self, device: torch.device | str) -> Batch:
         """Move every tensor to `device`."""
         labels = None if self.labels is None else self.labels.to(device)

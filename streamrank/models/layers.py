@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -52,18 +53,33 @@ def eval_probabilities(model: nn.Module, batch: object) -> Tensor:
         model.train(True)
 
 
+class RowStateOwner(Protocol):
+    """An optimizer that keeps per-row state for embedding tables (streamrank.train.optim.ModelOptimizer):
+    it is told which rows were re-initialised so that their state restarts too."""
+
+    def reset_rows(self, table: GrowableEmbedding, rows: Tensor) -> None:
+        """Forget the optimizer state of `rows` of `table`."""
+        ...
+
+
 class GrowableEmbedding(nn.Module):
     """An embedding table whose row 0 (padding / missing) is zero, that can append rows and reset rows.
 
-    Growing replaces the Parameter object: an optimizer built before `grow_to` must be rebuilt (or its
-    param groups updated) by the caller; the online trainer does this when the vocabularies grow.
+    The table has a capacity (allocated rows) and a size (`num`, the rows the vocabulary uses). Growth within
+    the capacity only moves `num` (the spare rows are initialised when allocated); past it the capacity
+    doubles (at least to the new size), which replaces the Parameter: ~log2(vocabulary) replacements over a
+    stream instead of one per batch. Only the first `num` rows are saved (`state_dict`), and loading accepts
+    any number of rows, so artefacts do not depend on capacity. With `sparse` set (the row-wise optimizer
+    does that) the gradient is a sparse tensor holding only the rows a batch looked up.
     `reset_rows` works in place (same Parameter), so an optimizer stays valid.
     """
 
     def __init__(self, num: int, dim: int, std: float = 0.05) -> None:
         super().__init__()
         self.dim, self.std = dim, std
-        w = torch.randn(max(num, 2), dim) * std
+        self.sparse = False
+        self._num = max(num, 2)
+        w = torch.randn(self._num, dim) * std
         w[0] = 0.0
         self.weight = nn.Parameter(w)
 
@@ -73,39 +89,71 @@ class GrowableEmbedding(nn.Module):
 
     @property
     def num(self) -> int:
-        """Current number of rows."""
+        """Rows in use (the vocabulary's size after `sync`)."""
+        return self._num
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated."""
         return int(self.weight.shape[0])
 
     def forward(self, idx: Tensor) -> Tensor:
         """Embeddings of `idx` (row 0 is zero and receives no gradient)."""
-        return F.embedding(idx, self.weight, padding_idx=0)
+        return F.embedding(idx, self.weight, padding_idx=0, sparse=self.sparse)
 
     def grow_to(self, num: int) -> bool:
-        """Append randomly initialised rows up to `num`; returns whether the table changed."""
-        if num <= self.num:
+        """Make room for `num` rows; returns whether the Parameter was replaced (capacity exceeded)."""
+        if num <= self._num:
             return False
-        extra = self._init_rows(num - self.num)
+        self._num, cap = num, self.capacity
+        if num <= cap:
+            return False
+        extra = self._init_rows(max(num, 2 * cap) - cap)
         self.weight = nn.Parameter(torch.cat([self.weight.data, extra]))
         return True
 
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        w = self.weight if keep_vars else self.weight.detach()
+        destination[prefix + "weight"] = w[: self._num]
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        key = prefix + "weight"
+        if key not in state_dict:
+            missing_keys.append(key)
+            return
+        src = state_dict[key]
+        if src.dim() != 2 or src.shape[1] != self.dim:
+            error_msgs.append(f"size mismatch for {key}: ({self.dim}-dim rows expected) got {tuple(src.shape)}")
+            return
+        rows = int(src.shape[0])
+        with torch.no_grad():
+            if rows > self.capacity:
+                self.weight = nn.Parameter(src.detach().clone().to(self.weight.device, self.weight.dtype))
+            else:
+                self.weight[:rows] = src.to(self.weight.device, self.weight.dtype)
+        self._num = max(rows, 2)
+
     @torch.no_grad()
-    def reset_rows(self, rows: Sequence[int], optimizer: torch.optim.Optimizer | None = None) -> int:
+    def reset_rows(self, rows: Sequence[int], optimizer: torch.optim.Optimizer | RowStateOwner | None = None) -> int:
         """Re-initialise `rows` in place (as new rows are initialised); returns how many were reset.
 
         Row 0 (padding) and rows beyond the table (not appended yet: `grow_to` initialises them) are
-        skipped. With `optimizer`, the per-row state of the weight (AdamW's exp_avg / exp_avg_sq, any
-        state tensor shaped like the weight) is zeroed for those rows too; scalar state (AdamW's step) is
-        shared by the whole table and left alone.
+        skipped. With `optimizer`, the state of those rows restarts too: a row-wise optimizer
+        (`RowStateOwner`) is told; for a torch optimizer every state tensor shaped like the weight
+        (AdamW's exp_avg / exp_avg_sq) is zeroed at those rows, and scalar state (AdamW's step) is left alone.
         """
-        idx = sorted({r for r in rows if 0 < r < self.num})
+        idx = sorted({r for r in rows if 0 < r < self._num})
         if not idx:
             return 0
         t = torch.tensor(idx, dtype=torch.long, device=self.weight.device)
         self.weight.index_copy_(0, t, self._init_rows(len(idx)))
-        if optimizer is not None:
+        if isinstance(optimizer, torch.optim.Optimizer):
             for v in optimizer.state.get(self.weight, {}).values():
                 if isinstance(v, Tensor) and v.shape == self.weight.shape:
                     v.index_fill_(0, t.to(v.device), 0)
+        elif optimizer is not None:
+            optimizer.reset_rows(self, t)
         return len(idx)
 
 
@@ -143,7 +191,7 @@ class FeatureEmbedder(nn.Module):
         """The embedding table of a vocabulary."""
         return self.tables[_key(vocab_name)]  # type: ignore[return-value]
 
-    def sync(self, optimizer: torch.optim.Optimizer | None = None,
+    def sync(self, optimizer: torch.optim.Optimizer | RowStateOwner | None = None,
              recycled: dict[str, list[int]] | None = None) -> bool:
         """Bring every table in line with its vocabulary; returns whether any table changed shape.
 
@@ -167,6 +215,22 @@ class FeatureEmbedder(nn.Module):
         """E(b_t) for every position: (U, T, behaviour_dim); padded positions are not zeroed here."""
         return torch.cat([self.table("item")(users.hist_item), self.table("category")(users.hist_cat),
                           self.type_table(users.hist_type)], dim=-1)
+
+    def behaviour_hidden(self, users: UserSide, nets: Sequence[nn.Module]) -> list[Tensor]:
+        """net(E(b_t)) for every position and each net: a list of (U, T, out) tensors.
+
+        A behaviour's input is its (item, category, type) alone, and a batch holds far fewer distinct
+        triples than positions (U x T), so each net runs once per distinct triple and the results are
+        gathered back to the positions: the same values as net(behaviours(users)), for a fraction of the
+        work (see docs/benchmarks/train-throughput.md). Padded positions are the (PAD, PAD, PAD) triple.
+        """
+        n_cat, n_type = self.table("category").capacity, self.type_table.capacity
+        key = (users.hist_item * n_cat + users.hist_cat) * n_type + users.hist_type
+        uniq, inverse = torch.unique(key, return_inverse=True)
+        rest = torch.div(uniq, n_type, rounding_mode="floor")
+        e = torch.cat([self.table("item")(torch.div(rest, n_cat, rounding_mode="floor")),
+                       self.table("category")(rest % n_cat), self.type_table(uniq % n_type)], dim=-1)
+        return [F.embedding(inverse, net(e)) for net in nets]
 
     def items(self, items: ItemSide) -> Tensor:
         """E(v) for every candidate: (N, item_dim)."""

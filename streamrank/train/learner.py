@@ -2,6 +2,13 @@
 
 No Kafka here: the online trainer feeds decoded samples in, and checkpoints `state()`. Everything a
 restart needs (weights, optimizer, vocabularies, window, counters) is in that state.
+
+A micro-batch goes through two stages: `prepare` (dedupe, RawExample conversion, vocabulary expiry and
+growth, tensorisation: Python feature code, which owns the vocabularies) and `apply` (embedding-table sync,
+the prediction and the training step: tensor work, which owns the weights). `learn` runs both in turn;
+`learn_stream` overlaps the prepare of the next batch with the apply of the current one in a background
+thread. A prepared batch carries what its stage changed in the vocabularies (rows handed out again), so the
+weights follow the vocabularies batch by batch even while the next batch is being prepared.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ import copy
 import logging
 import zlib
 from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +26,14 @@ import numpy as np
 import torch
 
 from streamrank.config import Settings
-from streamrank.features.raw import RawExample
+from streamrank.features.batch import Batch
 from streamrank.features.spec import FeatureSpec
 from streamrank.features.tensorize import Tensorizer
 from streamrank.features.vocab import advance_clock, expire_all, vocab_stats
 from streamrank.models.factory import Ranker, build_model, is_scenario_preset, model_from_config, same_architecture
-from streamrank.train.offline import pick_device, train_step
+from streamrank.models.layers import drain_recycled
+from streamrank.train.offline import pick_device, train_step_with_output
+from streamrank.train.optim import ModelOptimizer
 from streamrank.train.prequential import PrequentialWindow
 from streamrank.v1 import features_pb2
 
@@ -44,6 +55,19 @@ class StepReport:
     predictions: tuple[list[str], list[int], np.ndarray, np.ndarray] | None = None
 
 
+@dataclass
+class PreparedBatch:
+    """A micro-batch after `prepare`: the fresh samples and their tensors, ready for `apply`."""
+
+    received: int  # samples handed in (duplicates included)
+    fresh: list[features_pb2.TrainingSample]
+    stamps: list[int]  # impression times of the fresh samples
+    now: int  # newest impression time of the batch
+    batch: Batch | None
+    recycled: dict[str, list[int]]  # per vocabulary, rows this batch's encoding handed to new ids
+    generation: int  # the learner's vocabulary generation it was encoded against (a restore starts a new one)
+
+
 def _crc(sample_id: str) -> int:
     return zlib.crc32(sample_id.encode())
 
@@ -63,6 +87,7 @@ class OnlineLearner:
         self.model = model.to(self.device)
         self.tensorizer = Tensorizer(self.model.spec)
         self.optimizer = self._new_optimizer()
+        self.generation = 0
         self.window = PrequentialWindow(settings.prequential_window)
         self.steps = 0
         self.learned = 0
@@ -81,21 +106,12 @@ class OnlineLearner:
         self.mark_good()
 
     # -- optimizer and the last good state ----------------------------------------------------------
-    def _adamw(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=self.settings.train_lr,
-                                 weight_decay=self.settings.train_weight_decay)
-
-    def _new_optimizer(self) -> torch.optim.Optimizer:
-        opt = self._adamw()
-        old = getattr(self, "optimizer", None)
-        if old is not None:
-            # Keep the moments of parameters whose shape did not change (grown tables restart theirs).
-            old_state = {id(p): st for p, st in old.state.items()}
-            for param in self.model.parameters():
-                st = old_state.get(id(param))
-                if st is not None and all(v.shape == param.shape for k, v in st.items() if k != "step"):
-                    opt.state[param] = st
-        return opt
+    def _new_optimizer(self) -> ModelOptimizer:
+        """Row-wise optimizer for the tables, AdamW for the dense layers: built once per model object
+        (tables grow under it without a rebuild)."""
+        s = self.settings
+        return ModelOptimizer(self.model, s.train_lr, s.train_weight_decay, s.train_row_optimizer,  # type: ignore[arg-type]
+                              s.train_row_lr or None)
 
     def mark_good(self) -> None:
         """Remembers vocabularies, weights and optimizer as the state to return to after a failure."""
@@ -103,8 +119,8 @@ class OnlineLearner:
                       "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
     def weights_finite(self) -> bool:
-        """True when every weight is a finite number."""
-        return all(torch.isfinite(p).all() for p in self.model.parameters())
+        """True when every weight is a finite number (one device sync for all parameters)."""
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
 
     def restore_good(self) -> None:
         """Returns to the last good vocabularies, weights and optimizer state (after non-finite weights).
@@ -118,8 +134,9 @@ class OnlineLearner:
         model.load_state_dict(self._good["model"])
         self.model = model
         self.tensorizer = Tensorizer(spec)
-        self.optimizer = self._adamw()
+        self.optimizer = self._new_optimizer()
         self.optimizer.load_state_dict(self._good["optimizer"])
+        self.generation += 1  # batches prepared against the discarded vocabularies must be encoded again
         self.restores += 1
 
     # -- learning -----------------------------------------------------------------------------------
@@ -139,49 +156,99 @@ class OnlineLearner:
 
     def learn(self, samples: list[features_pb2.TrainingSample]) -> StepReport:
         """Scores the batch with the current model (prequential), then learns from it."""
+        return self.apply(self.prepare(samples))
+
+    def learn_stream(self, batches: Iterable[list[features_pb2.TrainingSample]],
+                     pipeline: bool | None = None) -> Iterator[StepReport]:
+        """`learn` over consecutive micro-batches, preparing batch k+1 in a background thread while batch k
+        trains (`settings.train_pipeline`, or `pipeline`); yields one report per batch, in order.
+
+        While the generator is suspended the next batch may be being prepared: call nothing that reads
+        the vocabularies (`state`, `mark_good`) until it is exhausted or closed.
+        """
+        use_thread = self.settings.train_pipeline if pipeline is None else pipeline
+        if not use_thread:
+            for samples in batches:
+                yield self.learn(samples)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
+            pending: Future[PreparedBatch] | None = None
+            for samples in batches:
+                ahead = pool.submit(self.prepare, samples)
+                if pending is not None:
+                    yield self.apply(pending.result())  # trains while `ahead` is prepared
+                pending = ahead
+            if pending is not None:
+                yield self.apply(pending.result())
+
+    def prepare(self, samples: list[features_pb2.TrainingSample]) -> PreparedBatch:
+        """Stage 1: drop duplicates, expire and grow the vocabularies, tensorise. Calls must not overlap
+        each other (they own the vocabularies); they may overlap `apply` of the previous batch."""
         fresh = self._dedupe(samples)
         if not fresh:
-            return StepReport(0, len(samples), False, False, float("nan"))
-        examples = [RawExample.from_sample(s) for s in fresh]
-        now = max(e.ts_ms for e in examples)
-        self._maybe_expire(now)
-        advance_clock(self.model.spec, now)
-        batch = self.tensorizer.encode(examples, grow=True)
-        if self.model.sync_vocab(self.optimizer):
-            self.optimizer = self._new_optimizer()
-        batch = batch.to(self.device)
-        self.model.eval()
-        with torch.no_grad(), self._autocast():
-            probs = torch.sigmoid(self.model(batch).logits).float().cpu().numpy()
+            return PreparedBatch(len(samples), [], [], 0, None, {}, self.generation)
+        stamps = [s.impression_ts_ms for s in fresh]
+        now = max(stamps)
+        return self._encode(len(samples), fresh, stamps, now)
+
+    def _encode(self, received: int, fresh: list[features_pb2.TrainingSample], stamps: list[int],
+                now: int) -> PreparedBatch:
+        generation = self.generation  # read before the tensorizer: a restore replaces it, then counts
+        tensorizer = self.tensorizer
+        spec = tensorizer.spec
+        self._maybe_expire(now, spec)
+        advance_clock(spec, now)
+        batch = tensorizer.encode_samples(fresh, grow=True)
+        return PreparedBatch(received, fresh, stamps, now, batch, drain_recycled(spec), generation)
+
+    def apply(self, prepared: PreparedBatch) -> StepReport:
+        """Stage 2: bring the tables in line, predict (test), then learn (train) from a prepared batch."""
+        p = prepared
+        if p.batch is None:
+            return StepReport(0, p.received, False, False, float("nan"))
+        if p.generation != self.generation:  # encoded against vocabularies a restore discarded
+            p = self._encode(p.received, p.fresh, p.stamps, p.now)
+        assert p.batch is not None
+        self.model.sync_vocab(self.optimizer, p.recycled)
+        batch = p.batch.to(self.device)
+        fused = self.model.train_eval_identical
+        if not fused:  # the model predicts differently in eval mode: a separate no-grad forward
+            self.model.eval()
+            with torch.no_grad(), self._autocast():
+                probs = torch.sigmoid(self.model(batch).logits).float().cpu().numpy()
+        with self._autocast():
+            logs, logits = train_step_with_output(self.model, batch, self.optimizer)
+        if fused:
+            probs = torch.sigmoid(logits).float().cpu().numpy()
         assert batch.labels is not None
         labels = batch.labels.float().cpu().numpy()
         self.window.add(probs, labels)
-        predictions = ([s.sample_id for s in fresh], [e.ts_ms for e in examples], labels, probs)
-        with self._autocast():
-            logs = train_step(self.model, batch, self.optimizer)
+        ids = [s.sample_id for s in p.fresh]
+        predictions = (ids, p.stamps, labels, probs)
+        duplicates = p.received - len(p.fresh)
         skipped = bool(logs.get("skipped_non_finite"))
-        restored = False
         if skipped:
             self.non_finite_batches += 1
-            log.warning("non-finite loss or gradients: batch of %d samples skipped", len(fresh))
+            log.warning("non-finite loss or gradients: batch of %d samples skipped", len(p.fresh))
         if skipped or not self.weights_finite():
             # The batch never reached the weights; if they are bad anyway, go back to the last good state.
+            restored = False
             if not self.weights_finite():
                 self.restore_good()
                 restored = True
-            return StepReport(0, len(samples) - len(fresh), True, restored, float("nan"), predictions)
+            return StepReport(0, duplicates, True, restored, float("nan"), predictions)
         self.steps += 1
-        self.learned += len(fresh)
-        self.learned_hash = (self.learned_hash + sum(_crc(s.sample_id) for s in fresh)) % (1 << 64)
-        self.trained_through_ms = max(self.trained_through_ms, now)
-        return StepReport(len(fresh), len(samples) - len(fresh), False, False, logs["loss_rank"], predictions)
+        self.learned += len(p.fresh)
+        self.learned_hash = (self.learned_hash + sum(_crc(i) for i in ids)) % (1 << 64)
+        self.trained_through_ms = max(self.trained_through_ms, p.now)
+        return StepReport(len(p.fresh), duplicates, False, False, logs["loss_rank"], predictions)
 
     def _autocast(self) -> torch.autocast:
         """bf16 mixed precision on CUDA (no loss scaling needed); a disabled no-op on CPU."""
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                               enabled=self.device.type == "cuda")
 
-    def _maybe_expire(self, now: int) -> None:
+    def _maybe_expire(self, now: int, spec: FeatureSpec) -> None:
         s = self.settings
         if not self.last_expiry_ms:
             self.last_expiry_ms = now
@@ -189,7 +256,7 @@ class OnlineLearner:
         if now - self.last_expiry_ms < s.vocab_expire_every_ms:
             return
         self.last_expiry_ms = now
-        freed = expire_all(self.model.spec, now - s.vocab_ttl_ms)
+        freed = expire_all(spec, now - s.vocab_ttl_ms)
         self.expired_ids += sum(len(v) for v in freed.values())
 
     # -- checkpoint state ---------------------------------------------------------------------------

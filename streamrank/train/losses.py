@@ -56,11 +56,15 @@ def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, valid: Tensor 
 
 
 def contrastive_loss(model: RankingModel, batch: Batch, gate: Tensor, user_keys: Tensor,
-                     generator: torch.Generator | None = None) -> Tensor:
-    """AW-MoE's L_cl for a training batch (one user row per candidate) given its gate vectors g (B, K)."""
+                     generator: torch.Generator | None = None, h_gate: Tensor | None = None) -> Tensor:
+    """AW-MoE's L_cl for a training batch (one user row per candidate) given its gate vectors g (B, K).
+
+    `h_gate`: the gate's behaviour vectors from the forward pass (`RankingOutput.gate_hidden`); the masked
+    view differs only in which behaviours are present, so it reuses them instead of recomputing them.
+    """
     cfg = model.cfg
     view = batch.users.with_mask(mask_behaviours(batch.users.hist_mask, cfg.cl_mask_prob, generator))
-    g_pos = model.gate_vectors(Batch(view, batch.items, batch.owner))
+    g_pos = model.gate_vectors(Batch(view, batch.items, batch.owner), h_gate)
     assert g_pos is not None
     idx, valid = sample_negatives(user_keys, cfg.cl_negatives, generator)
     g_neg = gate.index_select(0, idx.reshape(-1)).reshape(*idx.shape, gate.shape[-1])

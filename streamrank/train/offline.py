@@ -1,4 +1,5 @@
-"""Offline training of the ranking models: AdamW, early stopping on a validation split, seeds, device.
+"""Offline training of the ranking models: AdamW (row-wise for embedding tables, `train.optim`), early
+stopping on a validation split, seeds, device.
 
 Data comes as `ExampleSource`s (anything that produces `RawExample`s for index arrays), so examples are
 materialised and tensorised per mini-batch through the one feature path instead of being held in memory
@@ -26,6 +27,7 @@ from streamrank.models.ranking.moe import RankingModel
 from streamrank.models.scenario import ScenarioModel
 from streamrank.train.losses import contrastive_loss, ranking_loss
 from streamrank.train.metrics import evaluate
+from streamrank.train.optim import ModelOptimizer, RowOptimizer
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
@@ -93,6 +95,8 @@ class TrainConfig:
     device: str | None = None
     progress: bool = True
     max_steps_per_epoch: int | None = None
+    row_optimizer: RowOptimizer = "adam"  # embedding tables: row-wise "adam" or "adagrad" (train.optim)
+    row_lr: float | None = None  # their learning rate (default: lr)
 
     def to_dict(self) -> dict:
         """Plain dict for reports."""
@@ -140,22 +144,50 @@ def _user_keys(examples: Sequence[RawExample], device: torch.device) -> torch.Te
     return torch.tensor([ids.setdefault(e.user_id, len(ids)) for e in examples], device=device)
 
 
-def train_step(model: Ranker, batch: Batch, optimizer: torch.optim.Optimizer,
-               user_keys: torch.Tensor | None = None,
+class Optimizer(Protocol):
+    """What `train_step` steps: a torch optimizer, or `ModelOptimizer` (row-wise tables + AdamW)."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every gradient."""
+        ...
+
+    def step(self) -> None:
+        """One update."""
+        ...
+
+
+def _gradients(model: torch.nn.Module, optimizer: Optimizer) -> list[torch.Tensor]:
+    """Every gradient of the last backward pass; sparse table gradients as their values."""
+    grads = getattr(optimizer, "grads", None)
+    if callable(grads):
+        return grads()
+    return [p.grad._values() if p.grad.is_sparse else p.grad for p in model.parameters() if p.grad is not None]
+
+
+def train_step(model: Ranker, batch: Batch, optimizer: Optimizer, user_keys: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> dict[str, float]:
+    """One optimisation step on an encoded mini-batch; returns the losses (see `train_step_with_output`)."""
+    return train_step_with_output(model, batch, optimizer, user_keys, generator)[0]
+
+
+def train_step_with_output(model: Ranker, batch: Batch, optimizer: Optimizer,
+                           user_keys: torch.Tensor | None = None,
+                           generator: torch.Generator | None = None) -> tuple[dict[str, float], torch.Tensor]:
     """One optimisation step on an encoded mini-batch (one user row per candidate, labels set).
 
+    Returns the losses and the batch's logits from the step's own forward pass, detached: computed with the
+    weights before the update, so for a model without train/eval differences (`train_eval_identical`) they
+    are the test-then-train prediction and no second forward is needed.
     Loss: BCE, plus the auxiliary head's BCE (weight aux_weight) when the model has one (SAML), plus
     lambda * L_cl when the model's config enables contrastive learning; `user_keys` (B,)
     identify users so that CL negatives come from other users (default: the encoded user ids). A batch
     whose loss or gradients are not finite is skipped before the optimizer step (logs carry
-    "skipped_non_finite"), so the weights never see it. The online trainer calls this too: it encodes
-    with grow=True and, when `model.sync_vocab()` reports new
-    rows, rebuilds its optimizer before the step.
+    "skipped_non_finite"), so the weights never see it.
     """
     assert batch.labels is not None and batch.one_user_per_row
     model.train()
     out = model(batch)
+    logits = out.logits.detach()
     loss_rank = ranking_loss(out.logits, batch.labels)
     loss = loss_rank
     logs = {"loss_rank": float(loss_rank.detach())}
@@ -165,22 +197,22 @@ def train_step(model: Ranker, batch: Batch, optimizer: torch.optim.Optimizer,
         logs["loss_aux"] = float(loss_aux.detach())
     if isinstance(model, RankingModel) and model.cfg.cl_weight > 0 and out.gate is not None:
         keys = batch.users.user if user_keys is None else user_keys
-        loss_cl = contrastive_loss(model, batch, out.gate, keys, generator)
+        loss_cl = contrastive_loss(model, batch, out.gate, keys, generator, out.gate_hidden)
         loss = loss + model.cfg.cl_weight * loss_cl
         logs["loss_cl"] = float(loss_cl.detach())
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(loss):
         # A non-finite loss must not reach the weights: skip the batch (the online trainer counts it).
         logs["skipped_non_finite"] = 1.0
-        return logs
+        return logs, logits
     loss.backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if grads and not all(torch.isfinite(g).all() for g in grads):
+    grads = _gradients(model, optimizer)
+    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
         optimizer.zero_grad(set_to_none=True)
         logs["skipped_non_finite"] = 1.0
-        return logs
+        return logs, logits
     optimizer.step()
-    return logs
+    return logs, logits
 
 
 @torch.no_grad()
@@ -217,7 +249,7 @@ def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: Exam
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = ModelOptimizer(model, cfg.lr, cfg.weight_decay, cfg.row_optimizer, cfg.row_lr)
     stopper = EarlyStopping(cfg.patience)
     stop = False
     result = FitResult(best_epoch=-1, best_valid=float("nan"))

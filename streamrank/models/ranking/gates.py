@@ -40,9 +40,14 @@ class BehaviourGate(nn.Module):
         """Whether the gate differs between candidates of one request (target-item context)."""
         return self.cfg.gate_context == "target" and (self.cfg.gate_unit or self.cfg.activation_unit)
 
-    def forward(self, embed: FeatureEmbedder, users: UserSide, items: ItemSide, owner: Tensor) -> Tensor:
-        """Gate vectors: (N, K) if `per_candidate`, else (U, K) (one per user row / request)."""
-        h = self.mlp_b(embed.behaviours(users))  # (U, T, d), once per user row
+    def forward(self, embed: FeatureEmbedder, users: UserSide, items: ItemSide, owner: Tensor,
+                h: Tensor | None = None) -> Tensor:
+        """Gate vectors: (N, K) if `per_candidate`, else (U, K) (one per user row / request).
+
+        `h`: h'_t (U, T, d) when the caller computed them already (`RankingModel.behaviour_hidden`).
+        """
+        if h is None:
+            h = embed.behaviour_hidden(users, [self.mlp_b])[0]  # (U, T, d), once per distinct behaviour
         mask = users.hist_mask.unsqueeze(-1).to(h.dtype)
         if self.mlp_c is None:  # Base: no context at all
             return (self.unit(h) * mask).sum(1)

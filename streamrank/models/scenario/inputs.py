@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from streamrank.features.batch import Batch, UserSide
 from streamrank.features.spec import FeatureSpec
-from streamrank.models.layers import FeatureEmbedder, drain_recycled
+from streamrank.models.layers import FeatureEmbedder, RowStateOwner, drain_recycled
 from streamrank.models.scenario.attention import SequenceAttention
 from streamrank.models.scenario.config import ScenarioConfig
 
@@ -144,9 +144,11 @@ class ScenarioInputs(nn.Module):
             logit = logit + self.wide_dense(batch.items.dense).squeeze(-1)
         return logit
 
-    def sync(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
-        """Grow / reset every embedder's rows to the vocabularies (recycled rows drained once for all)."""
-        recycled = drain_recycled(self.spec)
+    def sync(self, optimizer: torch.optim.Optimizer | RowStateOwner | None = None,
+             recycled: dict[str, list[int]] | None = None) -> bool:
+        """Grow / reset every embedder's rows to the vocabularies (recycled rows drained once for all,
+        unless the caller drained them already and passes them)."""
+        recycled = drain_recycled(self.spec) if recycled is None else recycled
         grew = False
         for embedder in (self.embed, self.specific, self.wide):
             if embedder is not None:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from streamrank.features.batch import Batch
 from streamrank.features.spec import FeatureSpec
-from streamrank.models.layers import eval_probabilities, mlp
+from streamrank.models.layers import RowStateOwner, eval_probabilities, mlp
 from streamrank.models.ranking.moe import RankingOutput
 from streamrank.models.scenario.config import ScenarioConfig
 from streamrank.models.scenario.heads import BranchNetwork, CrossNetwork, MMoEHead, fm_logit
@@ -33,6 +33,10 @@ from streamrank.models.scenario.inputs import ScenarioInputs
 
 class ScenarioModel(nn.Module):
     """The multi-scenario family; see the module docstring and `ScenarioConfig` for the flags."""
+
+    # Training mode counts branch traffic and routes rare branches differently from eval mode, so the
+    # online trainer's prediction needs its own eval forward (see RankingModel.train_eval_identical).
+    train_eval_identical = False
 
     def __init__(self, spec: FeatureSpec, cfg: ScenarioConfig) -> None:
         super().__init__()
@@ -134,9 +138,10 @@ class ScenarioModel(nn.Module):
         behaviour sequence goes through the transformer once per user row, not once per candidate."""
         return eval_probabilities(self, batch)
 
-    def sync_vocab(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
+    def sync_vocab(self, optimizer: torch.optim.Optimizer | RowStateOwner | None = None,
+                   recycled: dict[str, list[int]] | None = None) -> bool:
         """Bring every embedding table in line with the spec's vocabularies (see `RankingModel.sync_vocab`)."""
-        return self.inputs.sync(optimizer)
+        return self.inputs.sync(optimizer, recycled)
 
     def describe(self) -> dict:
         """Parameter count, config and branch traffic, for reports."""
