@@ -77,12 +77,15 @@ class Settings:
     train_batch_within_s: float = 1.0
     train_lr: float = 1e-3
     train_weight_decay: float = 1e-2
-    # Embedding tables: row-wise "adam" (lazy Adam, per-row moments and steps) or "adagrad" (one accumulator
-    # per row); only the rows a batch touches are updated (streamrank/train/optim.py). 0: train_lr.
-    train_row_optimizer: str = "adam"
-    train_row_lr: float = 0.0
-    # Decode and tensorise the next micro-batch in a background thread while the current one trains.
-    train_pipeline: bool = True
+    # Embedding tables: row-wise "adagrad" (one accumulator per row) or "adam" (lazy Adam, per-row moments
+    # and steps), with their own learning rate (0: train_lr); only the rows a batch touches are updated
+    # (streamrank/train/optim.py). Chosen on measurements: docs/online-training.md, "The optimizer".
+    train_row_optimizer: str = "adagrad"
+    train_row_lr: float = 0.2
+    # OnlineLearner.learn_stream: prepare (decode, tensorise) the next micro-batch in a background thread
+    # while the current one trains. Off: on 2 cores the thread is slower than running the stages in turn
+    # (both need the GIL; docs/benchmarks/train-throughput.md).
+    train_pipeline: bool = False
     # A private checkpoint (weights, optimizer, offsets) every this many steps or seconds, whichever first;
     # Kafka offsets are committed only after the checkpoint that covers them.
     checkpoint_every_steps: int = 200

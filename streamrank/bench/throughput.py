@@ -6,7 +6,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -57,16 +57,17 @@ def movielens_samples(settings: Settings, dataset: str, ratings: int | None) -> 
 class StageClock:
     """Accumulates where learn() spends its time, with hooks on one learner (no global patching).
 
-    tensorize: Tensorizer.encode; score_forward: the prequential forward pass (model in eval mode);
-    train_forward: the forward pass of the train step; the rest of learn() (backward, optimizer step,
-    contrastive loss, dedupe, RawExample conversion, the prequential window) is total minus those.
+    tensorize: Tensorizer.encode_samples; score_forward: a separate prequential forward pass (eval mode; only
+    models with train/eval differences need one, the others predict from the train forward); train_forward:
+    the forward pass of the train step; the rest of learn() (backward, optimizer step, contrastive loss,
+    dedupe, the prequential window) is total minus those.
     """
 
     def __init__(self, learner: Any) -> None:
         self.seconds = dict.fromkeys(PARTS[:-1], 0.0)
         self._cuda = learner.device.type == "cuda"
         self._started = 0.0
-        encode = learner.tensorizer.encode
+        encode = learner.tensorizer.encode_samples
 
         def timed_encode(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
@@ -75,7 +76,7 @@ class StageClock:
             finally:
                 self.seconds["tensorize"] += time.perf_counter() - t0
 
-        learner.tensorizer.encode = timed_encode
+        learner.tensorizer.encode_samples = timed_encode
         learner.model.register_forward_pre_hook(self._pre)
         learner.model.register_forward_hook(self._post)
 
@@ -97,6 +98,10 @@ class StageClock:
         self.seconds = dict.fromkeys(self.seconds, 0.0)
 
 
+def _sync_for(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def time_model(settings: Settings, preset: str, batches: list[list[features_pb2.TrainingSample]],
                warmup: int, device: torch.device) -> dict[str, Any]:
     """A fresh learner learns `warmup` batches untimed, then the rest timed; returns samples/s and parts."""
@@ -108,7 +113,7 @@ def time_model(settings: Settings, preset: str, batches: list[list[features_pb2.
         learner.learn(batch)
     clock.reset()
     total, samples = 0.0, 0
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = _sync_for(device)
     for batch in batches[warmup:]:
         sync()
         t0 = time.perf_counter()
@@ -124,6 +129,46 @@ def time_model(settings: Settings, preset: str, batches: list[list[features_pb2.
     parts_ms["rest"] = 1000 * total / timed - sum(parts_ms.values())
     return {"samples_per_s": samples / total, "ms_per_batch": 1000 * total / timed, "parts_ms": parts_ms,
             "prequential_auc": learner.window.metrics().get("auc", float("nan"))}
+
+
+def time_pipelined(settings: Settings, preset: str, batches: list[list[features_pb2.TrainingSample]],
+                   warmup: int, device: torch.device) -> float:
+    """samples/s of `OnlineLearner.learn_stream` with the background prepare thread (same batches)."""
+    from streamrank.train.learner import OnlineLearner
+
+    learner = OnlineLearner(settings, preset, device=device)
+    for batch in batches[:warmup]:
+        learner.learn(batch)
+    sync = _sync_for(device)
+    sync()
+    t0 = time.perf_counter()
+    learned = sum(r.learned for r in learner.learn_stream(batches[warmup:], pipeline=True))
+    sync()
+    return learned / (time.perf_counter() - t0)
+
+
+def time_bare(settings: Settings, preset: str, batches: list[list[features_pb2.TrainingSample]],
+              warmup: int, device: torch.device) -> float:
+    """The physical limit of the same model: samples/s of forward + backward + optimizer step alone, on the
+    same batches tensorised beforehand and already on the device, in a tight loop (no decode, no
+    vocabularies, no prediction bookkeeping), with the trainer's own optimizer."""
+    from streamrank.train.learner import OnlineLearner
+    from streamrank.train.offline import train_step
+
+    learner = OnlineLearner(settings, preset, device=device)
+    prepared = [learner.prepare(b) for b in batches]
+    for p in prepared:
+        learner.model.sync_vocab(learner.optimizer, p.recycled)
+    tensors = [p.batch.to(device) for p in prepared if p.batch is not None]
+    for batch in tensors[:warmup]:
+        train_step(learner.model, batch, learner.optimizer)
+    sync = _sync_for(device)
+    sync()
+    t0 = time.perf_counter()
+    for batch in tensors[warmup:]:
+        train_step(learner.model, batch, learner.optimizer)
+    sync()
+    return sum(len(b) for b in tensors[warmup:]) / (time.perf_counter() - t0)
 
 
 def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", ratings: int | None = None,
@@ -166,19 +211,28 @@ def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", rat
                     samples.append(sample)
                 parse_rates.append(len(samples) / (time.perf_counter() - t0))
                 chunks = [samples[i:i + size] for i in range(0, need, size)]
-                for model in models:
+                for model in models:  # side by side: trainer, bare loop, pipelined trainer
                     row = time_model(settings, model, chunks, warmup_batches, dev)
+                    row["bare"] = time_bare(settings, model, chunks, warmup_batches, dev)
+                    row["pipelined"] = time_pipelined(settings, model, chunks, warmup_batches, dev)
                     rows[model].append(row)
                     if progress:
                         print(f"rep {rep + 1}/{reps} {model}: {row['samples_per_s']:,.0f} samples/s "
-                              f"({row['ms_per_batch']:.1f} ms/batch)", flush=True)
+                              f"({row['ms_per_batch']:.1f} ms/batch), bare {row['bare']:,.0f}, "
+                              f"pipelined {row['pipelined']:,.0f}", flush=True)
             timed = samples[warmup_batches * size:]
             history = statistics.mean(len(s.behaviors.item_ids) for s in timed)
         result_models = {}
         for model, runs in rows.items():
+            median = statistics.median(r["samples_per_s"] for r in runs)
+            bare = statistics.median(r["bare"] for r in runs)
             result_models[model] = {
                 "runs": [r["samples_per_s"] for r in runs],
-                "median": statistics.median(r["samples_per_s"] for r in runs),
+                "median": median,
+                "bare": bare,
+                "ratio_to_bare": statistics.median(r["samples_per_s"] / r["bare"] for r in runs),
+                "bare_runs": [r["bare"] for r in runs],
+                "pipelined": statistics.median(r["pipelined"] for r in runs),
                 "ms_per_batch": statistics.median(r["ms_per_batch"] for r in runs),
                 "parts_ms": {k: statistics.median(r["parts_ms"][k] for r in runs) for k in PARTS},
                 "prequential_auc_last_rep": runs[-1]["prequential_auc"],
@@ -195,10 +249,14 @@ def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", rat
         torch.set_num_threads(previous_threads)
 
 
-def write_throughput(result: dict, command: str, out_dir: Path = DOCS) -> Path:
-    """Writes train-throughput.md and .json into out_dir; returns the markdown path."""
+def write_throughput(result: dict, command: str, out_dir: Path = DOCS, before: dict | None = None) -> Path:
+    """Writes train-throughput.md and .json into out_dir; returns the markdown path. `before`: the result
+    of the same benchmark on the previous code, measured beside this run, shown as its own columns."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "train-throughput.json").write_text(json.dumps({**result, "command": command}, indent=1) + "\n")
+    payload = {**result, "command": command}
+    if before is not None:
+        payload["before"] = {m: r["median"] for m, r in before["models"].items()}
+    (out_dir / "train-throughput.json").write_text(json.dumps(payload, indent=1) + "\n")
     m = result["machine"]
     if result["device"].startswith("cuda"):
         device = f"GPU {result['device_name']}"
@@ -206,6 +264,7 @@ def write_throughput(result: dict, command: str, out_dir: Path = DOCS) -> Path:
         device = f"CPU ({m['cpus']} CPUs), torch threads: {result['threads']}"
         if not result["cuda_available"]:
             device += "; no CUDA device was available to this run, so there are no GPU figures"
+    head_before = " before | x before |" if before else ""
     lines = [
         "# Online training throughput",
         "",
@@ -216,34 +275,43 @@ def write_throughput(result: dict, command: str, out_dir: Path = DOCS) -> Path:
         f"(mean behaviour sequence {result['mean_history']:.1f}).  ",
         f"Device: {device}. Python {m['python']}, torch {m['torch']}, {result['date']}.",
         "",
-        f"Samples per second inside `OnlineLearner.learn()` (test-then-train: score the batch, then one AdamW "
-        f"step) on micro-batches of {result['batch_size']}: a fresh learner per model and repetition learns "
-        f"warm-up batches untimed ({result['warmup_batches']}), then timed ones ({result['batches']}). Models run "
-        f"round-robin within each repetition; medians over repetitions ({result['reps']}).",
+        f"Samples per second inside `OnlineLearner.learn()` (test-then-train: predict the batch, then one "
+        f"optimizer step) on micro-batches of {result['batch_size']}: a fresh learner per model and repetition "
+        f"learns warm-up batches untimed ({result['warmup_batches']}), then timed ones ({result['batches']}). "
+        f"Models run round-robin within each repetition; medians over repetitions ({result['reps']}). "
+        "`bare` is the same model's forward + backward + optimizer step alone on the same batches, tensorised "
+        "beforehand (the physical limit of this model on this machine); `pipelined` is `learn_stream`, which "
+        "prepares the next batch in a background thread." + (
+            " `before` is the code before the fast trainer, run by the same command in the same hour." if before
+            else ""),
         "",
-        "| model | samples/s (median) | runs | ms / batch | tensorize | score forward | train forward "
-        "| backward + step + rest |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        f"| model | samples/s (median) | runs | bare | ratio to bare | pipelined |{head_before} ms / batch "
+        "| tensorize | score forward | train forward | backward + step + rest |",
+        "|---|---:|---|---:|---:|---:|" + ("---:|---:|" if before else "") + "---:|---:|---:|---:|---:|",
     ]
     for model, r in result["models"].items():
         p = r["parts_ms"]
         runs = ", ".join(f"{v:,.0f}" for v in r["runs"])
-        lines.append(f"| {DISPLAY_NAMES.get(model, model)} | **{r['median']:,.0f}** | {runs} | "
-                     f"{r['ms_per_batch']:.1f} | {p['tensorize']:.1f} | {p['score_forward']:.1f} | "
-                     f"{p['train_forward']:.1f} | {p['rest']:.1f} |")
+        cells_before = ""
+        if before:
+            b = before["models"].get(model, {}).get("median")
+            cells_before = f" {b:,.0f} | {r['median'] / b:.2f} |" if b else " - | - |"
+        lines.append(f"| {DISPLAY_NAMES.get(model, model)} | **{r['median']:,.0f}** | {runs} | {r['bare']:,.0f} | "
+                     f"{r['ratio_to_bare']:.2f} | {r['pipelined']:,.0f} |{cells_before} {r['ms_per_batch']:.1f} | "
+                     f"{p['tensorize']:.1f} | {p['score_forward']:.1f} | {p['train_forward']:.1f} | {p['rest']:.1f} |")
     lines += [
         "",
-        "The breakdown columns are milliseconds per batch (medians): `tensorize` is Tensorizer.encode (ids to "
-        "rows, vocabulary growth), `score forward` the prequential forward pass without gradients, `train "
-        "forward` the train step's forward pass; the last column is the rest of learn(): backward pass, "
-        "optimizer step, contrastive loss (AW-MoE & CL), RawExample conversion, dedupe and the prequential window.",
+        "The breakdown columns are milliseconds per batch (medians): `tensorize` is Tensorizer.encode_samples "
+        "(ids to rows, vocabulary growth), `score forward` a separate prequential forward pass (zero for models "
+        "that predict from the train forward: every model of the AW-MoE family), `train forward` the train "
+        "step's forward pass; the last column is the rest of learn(): backward pass, optimizer step, "
+        "contrastive loss (AW-MoE & CL), dedupe and the prequential window.",
         "",
         f"Not included above: decoding the samples from bytes (`TrainingSample.ParseFromString`, done by the "
-        f"trainer before learn()), {result['parse_per_s']:,.0f} samples/s on one thread.",
+        f"trainer before learn()), {result['parse_per_s']:,.0f} samples/s on one thread. Analysis: "
+        "docs/online-training.md, 'Trainer speed'.",
         "",
     ]
     path = out_dir / "train-throughput.md"
     path.write_text("\n".join(lines))
     return path
-
-

@@ -95,8 +95,8 @@ class TrainConfig:
     device: str | None = None
     progress: bool = True
     max_steps_per_epoch: int | None = None
-    row_optimizer: RowOptimizer = "adam"  # embedding tables: row-wise "adam" or "adagrad" (train.optim)
-    row_lr: float | None = None  # their learning rate (default: lr)
+    row_optimizer: RowOptimizer = "adagrad"  # embedding tables: row-wise "adagrad" or "adam" (train.optim)
+    row_lr: float | None = 0.2  # their learning rate (None: lr); docs/online-training.md, "The optimizer"
 
     def to_dict(self) -> dict:
         """Plain dict for reports."""

@@ -3,11 +3,14 @@
 Embedding tables (`GrowableEmbedding`) get sparse gradients and a row-wise optimizer that updates only the
 rows a batch looked up, the way production trainers do (TorchRec's fused row-wise optimizers, Monolith's
 per-key state):
-- "adam" (default): lazy Adam. Each row keeps its own first and second moments *and its own step count*,
-  so a row's bias correction counts the steps that row took part in; decoupled weight decay applies to the
-  touched rows only. A row touched at every step follows torch.optim.AdamW exactly.
-- "adagrad": row-wise Adagrad (TorchRec's ROWWISE_ADAGRAD): one accumulator per row, the mean of the
-  squared gradient over the row; a quarter of Adam's memory per table (one float per row instead of 2 x dim).
+- "adam": lazy Adam. Each row keeps its own first and second moments *and its own step count*,
+  so a row's bias correction counts the steps that row took part in. AdamW's decoupled weight decay is
+  applied lazily: when a row is updated it first gets the decay of every step since its last update (what
+  dense AdamW would have applied to it meanwhile), so idle rows cost nothing; the forward passes in between
+  see the row without the owed decay. A row touched at every step follows torch.optim.AdamW exactly.
+- "adagrad" (the default, on the measurements in docs/online-training.md): row-wise Adagrad (TorchRec's
+  ROWWISE_ADAGRAD): one accumulator per row, the mean of the squared gradient over the row; one float per
+  row instead of Adam's 2 x dim. The same lazy weight decay.
 The state is keyed by the table's module path and stored per row, so it survives what an online trainer does
 to tables: growth (state is padded along with the table's capacity; the Parameter may be replaced), recycled
 rows (`reset_rows` zeroes their state; `FeatureEmbedder.sync` calls it), checkpoints (`state_dict` holds the
@@ -34,7 +37,7 @@ def embedding_tables(model: nn.Module) -> dict[str, GrowableEmbedding]:
 class RowWiseOptimizer:
     """Row-wise Adam or Adagrad over a model's embedding tables (see the module docstring)."""
 
-    def __init__(self, tables: dict[str, GrowableEmbedding], kind: RowOptimizer = "adam", lr: float = 1e-3,
+    def __init__(self, tables: dict[str, GrowableEmbedding], kind: RowOptimizer = "adagrad", lr: float = 0.2,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         if kind not in ("adam", "adagrad"):
             raise ValueError(f"row optimizer must be 'adam' or 'adagrad', not {kind!r}")
@@ -42,15 +45,19 @@ class RowWiseOptimizer:
         self.weight_decay = weight_decay
         self._names = {id(t): n for n, t in tables.items()}
         self.state: dict[str, dict[str, Tensor]] = {}
+        self.steps = 0  # completed step() calls: the clock of the lazily applied weight decay
         for table in tables.values():
             table.sparse = True
 
     # -- state --------------------------------------------------------------------------------------
     def _fresh(self, rows: int, dim: int, device: torch.device) -> dict[str, Tensor]:
+        # "since": the step from which a row's weight decay is owed (its last update, or when it was new)
+        since = torch.full((rows,), float(self.steps), device=device)
         if self.kind == "adam":
             return {"exp_avg": torch.zeros(rows, dim, device=device),
-                    "exp_avg_sq": torch.zeros(rows, dim, device=device), "step": torch.zeros(rows, device=device)}
-        return {"sum": torch.zeros(rows, device=device)}
+                    "exp_avg_sq": torch.zeros(rows, dim, device=device), "step": torch.zeros(rows, device=device),
+                    "since": since}
+        return {"sum": torch.zeros(rows, device=device), "since": since}
 
     def _state_of(self, name: str, table: GrowableEmbedding) -> dict[str, Tensor]:
         """The table's state, padded with zeros to its capacity (tables grow between steps)."""
@@ -71,8 +78,8 @@ class RowWiseOptimizer:
         if name is None or name not in self.state:
             return
         st = self._state_of(name, table)
-        for v in st.values():
-            v.index_fill_(0, rows.to(v.device), 0)
+        for key, v in st.items():
+            v.index_fill_(0, rows.to(v.device), float(self.steps) if key == "since" else 0.0)
 
     def state_dict(self) -> dict[str, Any]:
         """Per table, the state of its used rows (CPU tensors), plus the hyper-parameters."""
@@ -80,13 +87,14 @@ class RowWiseOptimizer:
         for name, st in self.state.items():
             used = self.tables[name].num if name in self.tables else next(iter(st.values())).shape[0]
             out[name] = {k: v[:used].detach().cpu().clone() for k, v in st.items()}
-        return {"kind": self.kind, "tables": out}
+        return {"kind": self.kind, "steps": self.steps, "tables": out}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of `state_dict`; tables are matched by name, and padded to their capacity on first use."""
         if state.get("kind") != self.kind:
             raise ValueError(f"row optimizer state is {state.get('kind')!r}, this optimizer is {self.kind!r}")
         self.state = {}
+        self.steps = int(state.get("steps", 0))
         for name, st in state["tables"].items():
             table = self.tables.get(name)
             if table is None:
@@ -126,10 +134,18 @@ class RowWiseOptimizer:
             rows, values = rows[keep], values[keep].to(torch.float32)
             if len(rows):
                 self._update(self._state_of(name, table), table.weight, rows, values)
+        self.steps += 1
 
     def _update(self, st: dict[str, Tensor], w: Tensor, rows: Tensor, g: Tensor) -> None:
         lr = self.lr
         p = w.index_select(0, rows)
+        if self.weight_decay:
+            # AdamW's decoupled decay, owed for every step since the row's last update, applied now: the
+            # row ends where dense AdamW's decay alone would have put it, without touching idle rows.
+            now = self.steps + 1  # this step's number
+            owed = now - st["since"].index_select(0, rows)
+            p.mul_(torch.pow(1 - lr * self.weight_decay, owed).unsqueeze(1))
+            st["since"].index_fill_(0, rows, float(now))
         if self.kind == "adagrad":
             acc = st["sum"].index_select(0, rows) + g.pow(2).mean(1)
             st["sum"].index_copy_(0, rows, acc)
@@ -142,8 +158,6 @@ class RowWiseOptimizer:
             st["step"].index_copy_(0, rows, step)
             st["exp_avg"].index_copy_(0, rows, m)
             st["exp_avg_sq"].index_copy_(0, rows, v)
-            if self.weight_decay:
-                p.mul_(1 - lr * self.weight_decay)
             bc1 = (1 - b1 ** step).unsqueeze(1)
             bc2_sqrt = (1 - b2 ** step).sqrt().unsqueeze(1)
             denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
@@ -158,7 +172,7 @@ class ModelOptimizer:
     in it. So nothing is rebuilt when vocabularies grow.
     """
 
-    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, row_optimizer: RowOptimizer = "adam",
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, row_optimizer: RowOptimizer = "adagrad",
                  row_lr: float | None = None, row_weight_decay: float | None = None) -> None:
         tables = embedding_tables(model)
         table_params = {id(t.weight) for t in tables.values()}
