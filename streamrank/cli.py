@@ -182,6 +182,7 @@ BENCHMARKS = {
     "ranking": "streamrank.bench.ranking",    # the AW-MoE family on MovieLens
     "online": "streamrank.bench.online",      # online learning over a replay vs an offline model
     "train": "streamrank.bench.train",        # trainer samples/s per model; freshness
+    "keepup": "streamrank.bench.keepup",      # the trainer's lag behind the worker on the ML-1M stream
     "retrieval": "streamrank.bench.retrieval",  # two-tower models and MicRec CL on MovieLens (HIT@K)
     "index": "streamrank.bench.index",        # FAISS index kinds: build time, latency, recall vs exact
     "serve": "streamrank.bench.serve",        # the gRPC scorer under load vs the bare forward

@@ -35,6 +35,7 @@ from streamrank.features import Tensorizer
 from streamrank.models.ranking import DISPLAY_NAMES, build_model
 from streamrank.train.metrics import evaluate, paired_test, session_metrics
 from streamrank.train.offline import TrainConfig, fit, pick_device, predict, set_seed
+from streamrank.train.tensor_data import TensorDataset
 
 FULL_SIZES = {"emb_dim": 16, "hidden_dim": 32, "input_mlp_hidden": (64,), "expert_hidden": (200, 80),
               "au_hidden": (80, 40), "gate_unit_hidden": (80, 40), "category_gate_hidden": (80,)}
@@ -107,18 +108,31 @@ def _build_world(ml: MovieLens, args: argparse.Namespace) -> None:
         kept = sessions[cli.sample_rows(len(sessions), args.max_valid_sessions, args.data_seed + 1)]
         p.valid = p.valid.subset(np.flatnonzero(np.isin(p.valid.sessions, kept)))
     masks, threshold = _subsets(p, args.longtail_quantile, args.elderly_age)
-    _WORLD["chronological"] = {"protocol": p, "tz": Tensorizer(p.make_spec(args.max_seq_len, args.min_item_count)),
-                               "masks": masks, "threshold": threshold,
-                               "capped": p.test.with_history_cap(args.simulated_history)}
+    tz = Tensorizer(p.make_spec(args.max_seq_len, args.min_item_count))
+    capped = p.test.with_history_cap(args.simulated_history)
+    _WORLD["chronological"] = {"protocol": p, "tz": tz, "masks": masks, "threshold": threshold, "capped": capped,
+                               "tensors": _tensorise(tz, train=p.train, valid=p.valid, test=p.test, capped=capped)}
     if args.recbole_models:
         rb = recbole_protocol(ml, seed=args.data_seed, max_hist=args.max_seq_len)
-        _WORLD["recbole"] = {"protocol": rb, "tz": Tensorizer(rb.make_spec(args.max_seq_len, 1))}
+        rtz = Tensorizer(rb.make_spec(args.max_seq_len, 1))
+        _WORLD["recbole"] = {"protocol": rb, "tz": rtz,
+                             "tensors": _tensorise(rtz, train=rb.train, valid=rb.valid, test=rb.test)}
+
+
+def _tensorise(tz: Tensorizer, **splits: ExampleSet) -> dict[str, TensorDataset]:
+    """Every split tensorised once, before the fits fork (each fit's epochs are then tensor work only)."""
+    t0 = time.perf_counter()
+    out = {name: TensorDataset.build(split, tz) for name, split in splits.items()}
+    gib = sum(d.nbytes for d in out.values()) / 2**30
+    print(f"tensorised {', '.join(f'{k} {len(v):,}' for k, v in out.items())} rows "
+          f"({gib:.2f} GiB) in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
 
 
 def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> dict:
     """Trains one fit and returns its test predictions (and, for protocol (a), the capped-history ones)."""
     world = _WORLD[job.protocol]
-    p, tz = world["protocol"], world["tz"]
+    p, tz, data = world["protocol"], world["tz"], world["tensors"]
     set_seed(job.seed)
     # MovieLens has no query: the gate pairs behaviours with the target item (the paper's Amazon setting)
     ctx = {"gate_context": "target"} | args.overrides | dict(job.overrides)
@@ -126,11 +140,11 @@ def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> dict:
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="session_auc" if p.valid.sessions is not None else "auc",
                       progress=False, device=args.device, max_steps_per_epoch=args.max_steps_per_epoch)
-    res = fit(model, tz, p.train, p.valid, cfg)
+    res = fit(model, tz, data["train"], data["valid"], cfg)
     dev = pick_device(args.device)
-    probs = {"test": predict(model, tz, p.test, device=dev)}
+    probs = {"test": predict(model, tz, data["test"], device=dev)}
     if job.protocol == "chronological":
-        probs["capped"] = predict(model, tz, world["capped"], device=dev)
+        probs["capped"] = predict(model, tz, data["capped"], device=dev)
     info = {"seed": job.seed, "best_epoch": res.best_epoch, "best_valid": res.best_valid,
             "epochs": len(res.history), "seconds": round(res.seconds, 1), "params": model.describe()["params"]}
     return {"probs": probs, "info": info}

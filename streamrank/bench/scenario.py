@@ -27,12 +27,13 @@ from streamrank.bench import movielens_cli as cli
 from streamrank.bench.parallel import run_jobs
 from streamrank.bench.scenario_report import render
 from streamrank.data.movielens import load_movielens
-from streamrank.data.protocols import ExampleSet, RankingProtocol, recbole_protocol
+from streamrank.data.protocols import ExampleSet, recbole_protocol
 from streamrank.features import Tensorizer
 from streamrank.models.factory import PRESETS, build_model, is_scenario_preset
 from streamrank.models.scenario import ScenarioModel
 from streamrank.train.metrics import auc, delong_test, log_loss
 from streamrank.train.offline import TrainConfig, fit, predict, set_seed
+from streamrank.train.tensor_data import TensorDataset
 
 MAIN = ("wide_deep", "deepfm", "dcn", "din", "mmoe", "bst", "saml")
 ABLATION = ("saml", "saml_no_gate", "saml_no_aux", "saml_no_gate_mutual")
@@ -64,22 +65,29 @@ def _build_world(args: argparse.Namespace) -> dict:
         p.train = p.train.subset(cli.sample_rows(len(p.train), args.max_train_examples, args.data_seed))
     codes = {name: p.scenario_codes(split, scenarios) for name, split in
              (("train", p.train), ("valid", p.valid), ("test", p.test))}
-    return {"protocol": p, "scenarios": scenarios, "codes": codes}
+    # one spec (and its tensorised splits, made once before the fits fork) with scenario branches, one without
+    specs = {routed: p.make_spec(args.max_seq_len, 1, scenarios=scenarios if routed else ())
+             for routed in (True, False)}
+    tensors = {routed: {name: TensorDataset.build(split, Tensorizer(spec)) for name, split in
+                        (("train", p.train), ("valid", p.valid), ("test", p.test))}
+               for routed, spec in specs.items()}
+    return {"protocol": p, "scenarios": scenarios, "codes": codes, "specs": specs, "tensors": tensors}
 
 
-def _split(p: RankingProtocol, codes: dict[str, np.ndarray], job: Job) -> tuple[ExampleSet, ExampleSet, ExampleSet]:
+def _split(data: dict[str, TensorDataset], codes: dict[str, np.ndarray],
+           job: Job) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
     if job.scenario < 0:
-        return p.train, p.valid, p.test
-    return tuple(s.subset(codes[n] == job.scenario) for n, s in  # type: ignore[return-value]
-                 (("train", p.train), ("valid", p.valid), ("test", p.test)))
+        return data["train"], data["valid"], data["test"]
+    return tuple(data[n].subset(codes[n] == job.scenario)  # type: ignore[return-value]
+                 for n in ("train", "valid", "test"))
 
 
 def run_job(job: Job, args: argparse.Namespace) -> dict:
     """Trains one (model, seed[, scenario]) and returns its test predictions and fit record."""
     torch.set_num_threads(args.threads_per_worker)
-    p, scenarios, codes = _WORLD["protocol"], _WORLD["scenarios"], _WORLD["codes"]
-    train, valid, test = _split(p, codes, job)
-    spec = p.make_spec(args.max_seq_len, 1, scenarios=scenarios if is_scenario_preset(job.model) else ())
+    routed = is_scenario_preset(job.model)
+    spec, codes = _WORLD["specs"][routed], _WORLD["codes"]
+    train, valid, test = _split(_WORLD["tensors"][routed], codes, job)
     tz = Tensorizer(spec)
     set_seed(job.seed)
     sizes = (QUICK_SIZES if args.quick else SIZES) if is_scenario_preset(job.model) else DIN_SIZES

@@ -1,9 +1,9 @@
 """Offline training of the ranking models: AdamW (row-wise for embedding tables, `train.optim`), early
 stopping on a validation split, seeds, device.
 
-Data comes as `ExampleSource`s (anything that produces `RawExample`s for index arrays), so examples are
-materialised and tensorised per mini-batch through the one feature path instead of being held in memory
-as padded tensors. `train_step` is the unit the online trainer reuses.
+Data comes as `ExampleSource`s (anything that produces `RawExample`s for index arrays), tensorised per
+mini-batch through the one feature path, or as a `TensorisedSource` (`train.tensor_data.TensorDataset`:
+the same tensors made once, so that an epoch is tensor work only). `train_step` is the unit the online trainer reuses.
 """
 
 from __future__ import annotations
@@ -58,6 +58,28 @@ class ExampleSource(Protocol):
     def examples(self, idx: Sequence[int] | np.ndarray) -> list[RawExample]:
         """The examples at positions `idx`, in that order."""
         ...
+
+
+class TensorisedSource(ExampleSource, Protocol):
+    """A split that hands out ready tensors (`streamrank.train.tensor_data.TensorDataset`)."""
+
+    def batch(self, idx: Sequence[int] | np.ndarray, device: torch.device | str = "cpu") -> Batch:
+        """Rows `idx` in the training layout."""
+        ...
+
+    def keys(self, idx: Sequence[int] | np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Small integer user ids of rows `idx`."""
+        ...
+
+
+def encoded_batch(source: ExampleSource, tensorizer: Tensorizer, idx: np.ndarray,
+                  device: torch.device) -> tuple[Batch, torch.Tensor]:
+    """Rows `idx` of a split as a device batch with its user keys: gathered from a tensorised split, or
+    tensorised now (frozen vocabularies) from the examples of any other."""
+    if hasattr(source, "batch") and hasattr(source, "keys"):
+        return source.batch(idx, device), source.keys(idx, device)  # type: ignore[attr-defined]
+    examples = source.examples(idx)
+    return tensorizer.encode(examples).to(device), _user_keys(examples, device)
 
 
 @dataclass
@@ -225,7 +247,7 @@ def predict(model: Ranker, tensorizer: Tensorizer, source: ExampleSource, batch_
     starts = range(0, len(source), batch_size)
     for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
         idx = np.arange(s, min(s + batch_size, len(source)))
-        batch = tensorizer.encode(source.examples(idx), grow=False).to(device)
+        batch = encoded_batch(source, tensorizer, idx, device)[0]
         out[idx] = torch.sigmoid(model(batch).logits).float().cpu().numpy()
     return out
 
@@ -260,9 +282,8 @@ def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: Exam
         bar = tqdm(starts, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
         sums: dict[str, float] = {}
         for s in bar:
-            examples = train.examples(order[s:s + cfg.batch_size])
-            batch = tensorizer.encode(examples).to(device)
-            logs = train_step(model, batch, optimizer, _user_keys(examples, device), gen)
+            batch, keys = encoded_batch(train, tensorizer, order[s:s + cfg.batch_size], device)
+            logs = train_step(model, batch, optimizer, keys, gen)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{logs['loss_rank']:.4f}")

@@ -23,6 +23,7 @@ from streamrank.models.retrieval.model import TwoTowerModel
 from streamrank.train.offline import EarlyStopping, FitResult, pick_device, set_seed
 from streamrank.train.retrieval_eval import KS, RetrievalEval, evaluate_scores
 from streamrank.train.retrieval_losses import CLSamplers, StepInputs, step_losses
+from streamrank.train.tensor_data import TensorContexts
 
 
 @dataclass
@@ -54,16 +55,25 @@ def encode_corpus(proto: RetrievalProtocol, tz: Tensorizer) -> ItemSide:
     return tz.encode_candidates(cands, [0] * len(cands), grow=False)
 
 
+def split_contexts(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer, split: TargetSet) -> TensorContexts:
+    """The user side of a split for this model's behaviour length, tensorised once (frozen vocabularies)."""
+    maxb = model.cfg.max_behaviours
+    return TensorContexts.build(lambda rows: tz.encode_contexts(proto.contexts(split, rows, maxb), grow=False),
+                                len(split))
+
+
 @torch.no_grad()
 def evaluate_model(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer, split: TargetSet,
-                   corpus: ItemSide, ks: tuple[int, ...] = KS) -> RetrievalEval:
-    """HIT@K / coverage@K of the model on a split by exact search over the whole corpus."""
+                   corpus: ItemSide, ks: tuple[int, ...] = KS, contexts: TensorContexts | None = None
+                   ) -> RetrievalEval:
+    """HIT@K / coverage@K of the model on a split by exact search over the whole corpus (`contexts`: the
+    split's user side tensorised already, as `split_contexts` makes it)."""
     model.eval()
     dev = model.device
     items = model.item_vectors(corpus.to(dev))
+    contexts = contexts or split_contexts(model, proto, tz, split)
     chunks = [np.arange(s, min(s + 4096, len(split))) for s in range(0, len(split), 4096)]
-    users = torch.cat([model.user_vectors(tz.encode_contexts(proto.contexts(split, rows, model.cfg.max_behaviours))
-                                          .to(dev)) for rows in chunks])
+    users = torch.cat([model.user_vectors(contexts.rows(rows, dev)) for rows in chunks])
     return evaluate_scores(lambda rows: users[torch.from_numpy(rows).to(dev)] @ items.T, split.item, proto.n_items,
                            proto.seen_items(split), ks)
 
@@ -91,6 +101,7 @@ def fit_retrieval(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer
     valid = proto.valid
     if cfg.eval_users and cfg.eval_users < len(valid):
         valid = valid.subset(np.sort(np.random.default_rng(0).choice(len(valid), cfg.eval_users, replace=False)))
+    train_users, valid_users = split_contexts(model, proto, tz, train), split_contexts(model, proto, tz, valid)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     stopper = EarlyStopping(cfg.patience)
     result = RetrievalFit(best_epoch=-1, best_valid=float("nan"))
@@ -103,7 +114,7 @@ def fit_retrieval(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer
         sums: dict[str, float] = {}
         for s in bar:
             rows = order[s:s + cfg.batch_size]
-            users = tz.encode_contexts(proto.contexts(train, rows, model.cfg.max_behaviours), grow=False)
+            users = train_users.rows(rows)
             pool = rng.integers(0, proto.n_items, model.cfg.n_negatives)
             losses = step_losses(model, corpus, StepInputs(users, train.item[rows], pool), samplers, rng, gen)
             optimizer.zero_grad(set_to_none=True)
@@ -113,7 +124,7 @@ def fit_retrieval(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{float(losses['match'].detach()):.3f}")
         record = {"epoch": epoch, **{f"loss_{k}": v / max(len(starts), 1) for k, v in sums.items()}}
-        metrics = evaluate_model(model, proto, tz, valid, corpus)
+        metrics = evaluate_model(model, proto, tz, valid, corpus, contexts=valid_users)
         value = metrics.mean_hit()
         record.update({f"valid_{k}": v for k, v in metrics.summary().items()})
         record["seconds"] = round(time.perf_counter() - t0, 1)
