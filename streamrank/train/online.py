@@ -1,6 +1,7 @@
 """`streamrank train`: learns from the samples topic in micro-batches and publishes versions.
 
-Per micro-batch (size or time, whichever first): decode -> score (prequential) -> learn. Every
+Per micro-batch (size or time, whichever first; read with librdkafka, which fetches ahead: `train.feed`):
+decode -> score (prequential) -> learn. Every
 `checkpoint_every_steps` steps or `checkpoint_every_s` seconds: the private checkpoint (weights, optimizer,
 vocabularies, window, the next offset of every partition) is written atomically, and only then are the
 offsets committed to Kafka. On start the consumer is positioned from the checkpoint, so a kill -9 replays
@@ -27,6 +28,7 @@ from streamrank.config import Settings
 from streamrank.models.factory import Ranker
 from streamrank.models.ranking.artifact import model_files
 from streamrank.train.checkpoint import load_checkpoint, save_checkpoint
+from streamrank.train.feed import SampleFeed
 from streamrank.train.learner import OnlineLearner
 from streamrank.v1 import features_pb2
 
@@ -74,54 +76,26 @@ class OnlineTrainer:
     # -- the loop -----------------------------------------------------------------------------------
     def run(self, max_samples: int | None = None, idle_exit_s: float | None = None) -> dict[str, Any]:
         """Trains until stopped (stop_event / SIGTERM), idle for idle_exit_s, or max_samples learned."""
-        from kafka import KafkaConsumer, TopicPartition
-
         s = self.settings
-        topic = s.topic("samples")
-        consumer = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, group_id=f"trainer-{self.preset}",
-                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                 max_poll_records=s.train_batch_size, fetch_max_bytes=32 * 1024 * 1024)
+        feed = SampleFeed(s, f"trainer-{self.preset}", self.offsets)
         try:
-            parts = sorted(consumer.partitions_for_topic(topic) or [])
-            if not parts:
-                raise RuntimeError(f"topic {topic} does not exist (start the worker, or ensure_topics)")
-            tps = [TopicPartition(topic, p) for p in parts]
-            consumer.assign(tps)
-            for tp in tps:  # positions come from the checkpoint, never from Kafka's commits
-                if tp.partition in self.offsets:
-                    consumer.seek(tp, self.offsets[tp.partition])
-                else:
-                    consumer.seek_to_beginning(tp)
             idle_since = time.monotonic()
             while not self.stop_event.is_set():
-                records = self._collect(consumer)
+                records = feed.next_batch(timeout_s=s.train_batch_within_s)
                 if not records:
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
-                    self._maybe_checkpoint(consumer)
+                    self._maybe_checkpoint(feed)
                     continue
                 idle_since = time.monotonic()
                 self._learn(records)
-                self._maybe_checkpoint(consumer)
+                self._maybe_checkpoint(feed)
                 if max_samples is not None and self.learner.learned >= max_samples:
                     break
-            self.checkpoint(consumer)
+            self.checkpoint(feed)
         finally:
-            consumer.close(autocommit=False)
+            feed.close()
         return self.status()
-
-    def _collect(self, consumer: Any) -> list[Any]:
-        s = self.settings
-        out: list[Any] = []
-        deadline = time.monotonic() + s.train_batch_within_s
-        while len(out) < s.train_batch_size and not self.stop_event.is_set():
-            timeout = max(0.0, deadline - time.monotonic())
-            polled = consumer.poll(timeout_ms=int(timeout * 1000), max_records=s.train_batch_size - len(out))
-            for records in polled.values():
-                out.extend(records)
-            if time.monotonic() >= deadline:
-                break
-        return out
 
     def _learn(self, records: list[Any]) -> None:
         samples = []
@@ -147,18 +121,15 @@ class OnlineTrainer:
             fh.writelines(f"{i}\t{t}\t{int(y)}\t{p:.6f}\n" for i, t, y, p in rows)
 
     # -- checkpoint and publication -----------------------------------------------------------------
-    def _maybe_checkpoint(self, consumer: Any) -> None:
+    def _maybe_checkpoint(self, feed: SampleFeed) -> None:
         s = self.settings
         due_steps = self.learner.steps - self._steps_at_checkpoint >= s.checkpoint_every_steps
         due_time = time.monotonic() - self._last_checkpoint >= s.checkpoint_every_s
         if (due_steps or due_time) and self.learner.steps > self._steps_at_checkpoint:
-            self.checkpoint(consumer)
+            self.checkpoint(feed)
 
-    def checkpoint(self, consumer: Any | None = None) -> None:
+    def checkpoint(self, feed: SampleFeed | None = None) -> None:
         """Writes the checkpoint, then commits the offsets it covers, then maybe publishes."""
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
         self.learner.window.record(wall_s=time.time())
         state = {**self.learner.state(), "offsets": dict(self.offsets)}
         save_checkpoint(self.checkpoint_path, state)
@@ -166,13 +137,8 @@ class OnlineTrainer:
         self.checkpoints += 1
         self._last_checkpoint = time.monotonic()
         self._steps_at_checkpoint = self.learner.steps
-        if consumer is not None and self.offsets:
-            topic = self.settings.topic("samples")
-            try:
-                consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "", -1)
-                                 for p, o in self.offsets.items()})
-            except Exception as exc:  # informational only: positions come from the checkpoint
-                log.warning("offset commit failed (%s); the checkpoint holds the positions", exc)
+        if feed is not None and self.offsets:
+            feed.commit(self.offsets)  # informational only: positions come from the checkpoint
         self._maybe_publish()
         self.write_status()
 
