@@ -162,3 +162,32 @@ def test_checkpoint_round_trip_keeps_row_state(tmp_path) -> None:
             assert torch.equal(a[name][key][:rows], b[name][key][:rows])
     report = restored.learn(samples[800:1000])  # and it goes on learning from where it was
     assert report.learned == 200 and restored.steps == learner.steps + 1
+
+
+def test_rowwise_adagrad_on_one_dimensional_rows_is_torch_adagrad() -> None:
+    # with one value per row the row's mean squared gradient is the element's: torch's Adagrad is the reference,
+    # and an untouched row is left alone by both (zero gradient: no accumulation, no step)
+    table = GrowableEmbedding(7, 1)
+    ref = torch.nn.Parameter(table.weight.detach().clone())
+    opt = RowWiseOptimizer({"t": table}, "adagrad", lr=LR, eps=1e-10)
+    ref_opt = torch.optim.Adagrad([ref], lr=LR, eps=1e-10)
+    for step, idx in enumerate(_batches(25, 7, seed=5)):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        _loss(table(idx), step).backward()
+        _loss(torch.nn.functional.embedding(idx, ref), step).backward()
+        opt.step()
+        ref_opt.step()
+    assert torch.allclose(table.weight.detach()[1:], ref.detach()[1:], atol=1e-6)
+
+
+def test_a_checkpoint_of_another_optimizer_resumes_with_fresh_optimizer_state(tmp_path) -> None:
+    samples = make_samples(400, seed=3)
+    learner = OnlineLearner(Settings(data_dir=str(tmp_path), train_row_optimizer="adam"), "din")
+    learner.learn(samples[:200])
+    state = learner.state()
+    resumed = OnlineLearner.from_state(Settings(data_dir=str(tmp_path)), state)  # adagrad now: state restarts
+    assert resumed.learned == 200 and resumed.optimizer.rows.kind == "adagrad" and not resumed.optimizer.rows.state
+    for (n, p), (_, q) in zip(learner.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(p, q), n
+    assert resumed.learn(samples[200:]).learned == 200

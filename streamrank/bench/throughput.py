@@ -249,9 +249,11 @@ def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", rat
         torch.set_num_threads(previous_threads)
 
 
-def write_throughput(result: dict, command: str, out_dir: Path = DOCS, before: dict | None = None) -> Path:
+def write_throughput(result: dict, command: str, out_dir: Path = DOCS, before: dict | None = None,
+                     notes: str = "") -> Path:
     """Writes train-throughput.md and .json into out_dir; returns the markdown path. `before`: the result
-    of the same benchmark on the previous code, measured beside this run, shown as its own columns."""
+    of the same benchmark on the previous code, measured beside this run, shown as its own columns;
+    `notes`: markdown appended (e.g. the before/after quality check)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {**result, "command": command}
     if before is not None:
@@ -312,6 +314,8 @@ def write_throughput(result: dict, command: str, out_dir: Path = DOCS, before: d
         "docs/online-training.md, 'Trainer speed'.",
         "",
     ]
+    if notes:
+        lines += [notes.rstrip(), ""]
     path = out_dir / "train-throughput.md"
     path.write_text("\n".join(lines))
     return path

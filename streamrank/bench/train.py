@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--threads", type=int, help="torch threads (default: torch's own default)")
     g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     g.add_argument("--before", type=Path, help="train-throughput.json of the previous code, run beside this one")
+    g.add_argument("--notes", type=Path, help="a markdown file appended to train-throughput.md")
     g = parser.add_argument_group("freshness")
     g.add_argument("--model", default="din", help="the model the trainer learns")
     g.add_argument("--runs", type=int, default=3)
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({m: round(r["median"]) for m, r in result["models"].items()}, indent=1))
         if not args.no_write:
             before = json.loads(args.before.read_text()) if args.before else None
-            print(f"wrote {write_throughput(result, command, args.out, before)}")
+            notes = args.notes.read_text() if args.notes else ""
+            print(f"wrote {write_throughput(result, command, args.out, before, notes)}")
     if args.only in (None, "freshness"):
         result = run_freshness(args.model, args.runs, args.rate, args.warmup, args.duration, args.drain,
                                args.guardrail_margin)

@@ -291,7 +291,11 @@ class OnlineLearner:
         model = model_from_config(spec, state["config"])
         model.load_state_dict(state["model"])
         learner = cls(settings, state["preset"], model=model, device=device)
-        learner.optimizer.load_state_dict(state["optimizer"])
+        try:
+            learner.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError) as exc:  # an older trainer's checkpoint, or another row optimizer set
+            log.warning("the checkpoint's optimizer state does not fit this optimizer (%s): it restarts; "
+                        "weights, vocabularies and offsets are resumed", exc)
         learner.window = PrequentialWindow.from_state(state["window"])
         for key, value in state["counters"].items():
             setattr(learner, key, value)
