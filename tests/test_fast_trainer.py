@@ -22,8 +22,9 @@ torch.set_num_threads(1)
 def _samples_with_shared_and_odd_sequences() -> list:
     samples = make_samples(300, seed=4)
     for k, s in enumerate(samples):
-        if k % 3 == 1:  # the impressions of one request share the user's sequence
+        if k % 3 == 1:  # the impressions of one request share the user and the user's sequence
             s.behaviors.CopyFrom(samples[k - 1].behaviors)
+            s.user_id, s.scenario = samples[k - 1].user_id, samples[k - 1].scenario
         if k % 7 == 0:  # a sequence without types or categories (defaults: CLICK, no category)
             del s.behaviors.types[:]
             del s.behaviors.categories[:]
@@ -92,3 +93,24 @@ def test_pipelined_stream_learns_the_same_as_learn(tmp_path) -> None:
     assert plain.learned_hash == piped.learned_hash and plain.expired_ids == piped.expired_ids > 0
     # new rows are drawn in another order (the vocabularies run a batch ahead), so losses agree closely only
     assert [r.loss for r in a] == pytest.approx([r.loss for r in b], abs=5e-3, nan_ok=True)
+
+
+@pytest.mark.parametrize("preset", ["aw_moe", "aw_moe_cl"])
+def test_grouped_user_rows_give_the_same_logits_and_train(preset: str) -> None:
+    samples = _samples_with_shared_and_odd_sequences()
+    spec = FeatureSpec(max_seq_len=16)
+    tz = Tensorizer(spec)
+    flat = tz.encode_samples(samples, grow=True)
+    grouped = tz.encode_samples(samples, grow=False, group_users=True)
+    assert len(grouped.users) < len(flat.users) == len(grouped.items) == len(samples)
+    assert torch.equal(grouped.users.hist_item.index_select(0, grouped.owner), flat.users.hist_item)
+    model = build_model(preset, spec)
+    assert model.groups_user_rows and not build_model("din", spec).groups_user_rows
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(grouped).logits, model(flat).logits, atol=1e-6)
+    from streamrank.train.offline import train_step
+    from streamrank.train.optim import ModelOptimizer
+
+    logs = train_step(model, grouped, ModelOptimizer(model, lr=1e-3))
+    assert all(v == v for v in logs.values()) and ("loss_cl" in logs) == (preset == "aw_moe_cl")

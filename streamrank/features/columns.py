@@ -53,12 +53,19 @@ class ItemColumns:
     history_lens: list[int]
 
 
-def sample_columns(samples: Sequence[TrainingSample], spec: FeatureSpec) -> tuple[UserColumns, ItemColumns]:
+def sample_columns(samples: Sequence[TrainingSample], spec: FeatureSpec,
+                   group_users: bool = False) -> tuple[UserColumns, ItemColumns, list[int]]:
     """Columns of TrainingSample messages, with the values `RawExample.from_sample` would give (absent
-    columns of a sequence get CLICK / no category; the protobuf has no user, item-field or tag values)."""
+    columns of a sequence get CLICK / no category; the protobuf has no user, item-field or tag values), and
+    each sample's user row. Without `group_users` there is one user row per sample; with it, samples with
+    the same user side (user, query, scenario, behaviour sequence: a request's impressions) share one row,
+    so the model's per-user work is done once for them (the layout the scorer uses for a request)."""
     t_max = spec.max_seq_len
     seen: dict[bytes, int] = {}
+    rows: dict[tuple[str, str, str, int], int] = {}
     history_of: list[int] = []
+    owner: list[int] = []
+    user_rows: list[TrainingSample] = []
     items: list[Sequence[str]] = []
     cats: list[Sequence[str]] = []
     types: list[Sequence[int]] = []
@@ -75,21 +82,30 @@ def sample_columns(samples: Sequence[TrainingSample], spec: FeatureSpec) -> tupl
             items.append(seq.item_ids[start:])
             cats.append(seq.categories[start:] if len(seq.categories) == n else [""] * (n - start))
             types.append(seq.types[start:] if len(seq.types) == n else [CLICK] * (n - start))
-        history_of.append(idx)
+        if group_users:
+            row = rows.setdefault((s.user_id, s.query, s.scenario, idx), len(user_rows))
+            if row == len(user_rows):
+                user_rows.append(s)
+                history_of.append(idx)
+            owner.append(row)
+        else:
+            owner.append(len(user_rows))
+            user_rows.append(s)
+            history_of.append(idx)
     n_rows = len(samples)
-    empty = [""] * n_rows
+    empty = [""] * len(user_rows)
     users = UserColumns(
-        user_ids=[s.user_id for s in samples], queries=[s.query for s in samples],
-        scenarios=[s.scenario for s in samples], user_fields=[empty for _ in spec.user_fields],
+        user_ids=[s.user_id for s in user_rows], queries=[s.query for s in user_rows],
+        scenarios=[s.scenario for s in user_rows], user_fields=[empty for _ in spec.user_fields],
         items=items, categories=cats, types=types, history_of=history_of)
     its = [s.item for s in samples]
     cs = [s.counts for s in samples]
     item_cols = ItemColumns(
         item_ids=[s.item_id for s in samples], categories=[i.category for i in its],
         brands=[i.brand for i in its], shops=[i.shop for i in its],
-        item_fields=[empty for _ in spec.item_fields], tags=None,
+        item_fields=[[""] * n_rows for _ in spec.item_fields], tags=None,
         counts=[(c.item_impressions, c.item_clicks, c.item_purchases, c.user_item_clicks, c.user_category_clicks)
                 for c in cs],
         prices=[i.price if i.HasField("price") else math.nan for i in its],
         history_lens=history_lens)
-    return users, item_cols
+    return users, item_cols, owner

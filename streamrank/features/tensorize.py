@@ -153,13 +153,16 @@ class Tensorizer:
                                        [len(ex.behaviors) for ex in examples], grow)
         return Batch(users, items, torch.arange(len(examples)), self.labels(examples))
 
-    def encode_samples(self, samples: Sequence[TrainingSample], grow: bool = False) -> Batch:
+    def encode_samples(self, samples: Sequence[TrainingSample], grow: bool = False,
+                       group_users: bool = False) -> Batch:
         """Encode TrainingSample messages directly, exactly as `encode([RawExample.from_sample(s) ...])`
-        would (a test holds them equal), without building the dataclasses: the online trainer's path."""
-        users, items = sample_columns(samples, self.spec)
+        would (a test holds them equal), without building the dataclasses: the online trainer's path.
+        With `group_users`, samples with the same user side share a user row (`owner` maps them)."""
+        users, items, owner = sample_columns(samples, self.spec, group_users)
         name = self.spec.label
         labels = torch.tensor([float(getattr(s.labels, name)) for s in samples], dtype=torch.float32)
-        return Batch(self._users(users, grow), self._items(items, grow), torch.arange(len(samples)), labels)
+        return Batch(self._users(users, grow), self._items(items, grow), torch.tensor(owner, dtype=torch.long),
+                     labels)
     def encode_requests(self, requests: Sequence[tuple[RequestContext, Sequence[Candidate]]],
                         grow: bool = False) -> Batch:
         """Encode several requests: one user row per request, candidates joined by `owner`."""

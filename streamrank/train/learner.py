@@ -198,7 +198,7 @@ class OnlineLearner:
         spec = tensorizer.spec
         self._maybe_expire(now, spec)
         advance_clock(spec, now)
-        batch = tensorizer.encode_samples(fresh, grow=True)
+        batch = tensorizer.encode_samples(fresh, grow=True, group_users=getattr(self.model, "groups_user_rows", False))
         return PreparedBatch(received, fresh, stamps, now, batch, drain_recycled(spec), generation)
 
     def apply(self, prepared: PreparedBatch) -> StepReport:

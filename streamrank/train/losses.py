@@ -57,7 +57,8 @@ def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, valid: Tensor 
 
 def contrastive_loss(model: RankingModel, batch: Batch, gate: Tensor, user_keys: Tensor,
                      generator: torch.Generator | None = None, h_gate: Tensor | None = None) -> Tensor:
-    """AW-MoE's L_cl for a training batch (one user row per candidate) given its gate vectors g (B, K).
+    """AW-MoE's L_cl for a training batch given its gate vectors g (N, K), one per candidate; candidates that
+    share a user row share its masked view. `user_keys` (N,) identify each candidate's user.
 
     `h_gate`: the gate's behaviour vectors from the forward pass (`RankingOutput.gate_hidden`); the masked
     view differs only in which behaviours are present, so it reuses them instead of recomputing them.

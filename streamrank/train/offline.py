@@ -195,18 +195,18 @@ def train_step(model: Ranker, batch: Batch, optimizer: Optimizer, user_keys: tor
 def train_step_with_output(model: Ranker, batch: Batch, optimizer: Optimizer,
                            user_keys: torch.Tensor | None = None,
                            generator: torch.Generator | None = None) -> tuple[dict[str, float], torch.Tensor]:
-    """One optimisation step on an encoded mini-batch (one user row per candidate, labels set).
+    """One optimisation step on an encoded mini-batch (labels set; candidates may share user rows).
 
     Returns the losses and the batch's logits from the step's own forward pass, detached: computed with the
     weights before the update, so for a model without train/eval differences (`train_eval_identical`) they
     are the test-then-train prediction and no second forward is needed.
     Loss: BCE, plus the auxiliary head's BCE (weight aux_weight) when the model has one (SAML), plus
-    lambda * L_cl when the model's config enables contrastive learning; `user_keys` (B,)
-    identify users so that CL negatives come from other users (default: the encoded user ids). A batch
+    lambda * L_cl when the model's config enables contrastive learning; `user_keys` (N,), one per
+    candidate, identify users so that CL negatives come from other users (default: the encoded user ids). A batch
     whose loss or gradients are not finite is skipped before the optimizer step (logs carry
     "skipped_non_finite"), so the weights never see it.
     """
-    assert batch.labels is not None and batch.one_user_per_row
+    assert batch.labels is not None
     model.train()
     out = model(batch)
     logits = out.logits.detach()
@@ -218,7 +218,7 @@ def train_step_with_output(model: Ranker, batch: Batch, optimizer: Optimizer,
         loss = loss + model.cfg.aux_weight * loss_aux
         logs["loss_aux"] = float(loss_aux.detach())
     if isinstance(model, RankingModel) and model.cfg.cl_weight > 0 and out.gate is not None:
-        keys = batch.users.user if user_keys is None else user_keys
+        keys = batch.users.user.index_select(0, batch.owner) if user_keys is None else user_keys
         loss_cl = contrastive_loss(model, batch, out.gate, keys, generator, out.gate_hidden)
         loss = loss + model.cfg.cl_weight * loss_cl
         logs["loss_cl"] = float(loss_cl.detach())

@@ -63,6 +63,13 @@ class RankingModel(nn.Module):
         else:
             self.gate = None
 
+    @property
+    def groups_user_rows(self) -> bool:
+        """Whether training batches should share user rows between a request's samples: true when the
+        model does per-user work beyond the behaviour MLPs (a behaviour gate with the query as context,
+        computed once per user row); otherwise the gather to candidates would cost more than it saves."""
+        return isinstance(self.gate, BehaviourGate) and not self.gate.per_candidate
+
     # ------------------------------------------------------------------------------------------ parts
     def behaviour_hidden(self, users: UserSide) -> tuple[Tensor, Tensor | None]:
         """h_t of the input network and h'_t of the behaviour gate (None without one): (U, T, d) each,
