@@ -82,10 +82,6 @@ class Settings:
     # (streamrank/train/optim.py). Chosen on measurements: docs/online-training.md, "The optimizer".
     train_row_optimizer: str = "adagrad"
     train_row_lr: float = 0.2
-    # OnlineLearner.learn_stream: prepare (decode, tensorise) the next micro-batch in a background thread
-    # while the current one trains. Off: on 2 cores the thread is slower than running the stages in turn
-    # (both need the GIL; docs/benchmarks/train-throughput.md).
-    train_pipeline: bool = False
     # A private checkpoint (weights, optimizer, offsets) every this many steps or seconds, whichever first;
     # Kafka offsets are committed only after the checkpoint that covers them.
     checkpoint_every_steps: int = 200

@@ -88,7 +88,7 @@ def test_pipelined_stream_learns_the_same_as_learn(tmp_path) -> None:
     chunks.insert(3, chunks[2])  # a replayed batch: all duplicates
     plain, piped = OnlineLearner(settings, "din", seed=1), OnlineLearner(settings, "din", seed=1)
     a = [plain.learn(c) for c in chunks]
-    b = list(piped.learn_stream(chunks, pipeline=True))
+    b = list(piped.learn_stream(chunks))
     assert [r.learned for r in a] == [r.learned for r in b] and b[3].learned == 0 and b[3].duplicates == 250
     assert plain.learned_hash == piped.learned_hash and plain.expired_ids == piped.expired_ids > 0
     # new rows are drawn in another order (the vocabularies run a batch ahead), so losses agree closely only

@@ -142,7 +142,7 @@ def time_pipelined(settings: Settings, preset: str, batches: list[list[features_
     sync = _sync_for(device)
     sync()
     t0 = time.perf_counter()
-    learned = sum(r.learned for r in learner.learn_stream(batches[warmup:], pipeline=True))
+    learned = sum(r.learned for r in learner.learn_stream(batches[warmup:]))
     sync()
     return learned / (time.perf_counter() - t0)
 

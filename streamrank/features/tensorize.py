@@ -26,9 +26,6 @@ from streamrank.features.vocab import OOV
 if TYPE_CHECKING:
     from streamrank.v1.features_pb2 import TrainingSample
 
-# Behaviour types index the closed type table: PAD 0, OOV 1, EventType t -> t + 2.
-
-
 def _ids(values: list[int]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64)
 
@@ -63,6 +60,7 @@ class Tensorizer:
             out[0][rows, cols] = v["item"].lookup_many(list(chain.from_iterable(items)), grow)
             out[1][rows, cols] = v["category"].lookup_many(list(chain.from_iterable(cats)), grow)
             t = np.fromiter(chain.from_iterable(types), dtype=np.int64, count=total)
+            # the closed type table: PAD 0, OOV 1, EventType t -> t + 2
             out[2][rows, cols] = np.where((t >= 0) & (t < NUM_TYPE_ROWS - 2), t + 2, OOV)
             mask[rows, cols] = True
         return out[0], out[1], out[2], mask
@@ -163,6 +161,7 @@ class Tensorizer:
         labels = torch.tensor([float(getattr(s.labels, name)) for s in samples], dtype=torch.float32)
         return Batch(self._users(users, grow), self._items(items, grow), torch.tensor(owner, dtype=torch.long),
                      labels)
+
     def encode_requests(self, requests: Sequence[tuple[RequestContext, Sequence[Candidate]]],
                         grow: bool = False) -> Batch:
         """Encode several requests: one user row per request, candidates joined by `owner`."""

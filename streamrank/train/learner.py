@@ -3,8 +3,8 @@
 No Kafka here: the online trainer feeds decoded samples in, and checkpoints `state()`. Everything a
 restart needs (weights, optimizer, vocabularies, window, counters) is in that state.
 
-A micro-batch goes through two stages: `prepare` (dedupe, RawExample conversion, vocabulary expiry and
-growth, tensorisation: Python feature code, which owns the vocabularies) and `apply` (embedding-table sync,
+A micro-batch goes through two stages: `prepare` (dedupe, vocabulary expiry and growth, tensorisation of
+the TrainingSamples: Python feature code, which owns the vocabularies) and `apply` (embedding-table sync,
 the prediction and the training step: tensor work, which owns the weights). `learn` runs both in turn;
 `learn_stream` overlaps the prepare of the next batch with the apply of the current one in a background
 thread. A prepared batch carries what its stage changed in the vocabularies (rows handed out again), so the
@@ -158,19 +158,15 @@ class OnlineLearner:
         """Scores the batch with the current model (prequential), then learns from it."""
         return self.apply(self.prepare(samples))
 
-    def learn_stream(self, batches: Iterable[list[features_pb2.TrainingSample]],
-                     pipeline: bool | None = None) -> Iterator[StepReport]:
+    def learn_stream(self, batches: Iterable[list[features_pb2.TrainingSample]]) -> Iterator[StepReport]:
         """`learn` over consecutive micro-batches, preparing batch k+1 in a background thread while batch k
-        trains (`settings.train_pipeline`, or `pipeline`); yields one report per batch, in order.
+        trains; yields one report per batch, in order. On 2 cores it is no faster than `learn` in turn (both
+        stages need the GIL: docs/online-training.md, "Trainer speed"), so the trainer does not use it; the
+        throughput benchmark measures it.
 
         While the generator is suspended the next batch may be being prepared: call nothing that reads
         the vocabularies (`state`, `mark_good`) until it is exhausted or closed.
         """
-        use_thread = self.settings.train_pipeline if pipeline is None else pipeline
-        if not use_thread:
-            for samples in batches:
-                yield self.learn(samples)
-            return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
             pending: Future[PreparedBatch] | None = None
             for samples in batches:

@@ -124,12 +124,9 @@ class RowWiseOptimizer:
             g = table.weight.grad
             if g is None:
                 continue
-            if g.is_sparse:
-                g = g.coalesce()
-                rows, values = g.indices()[0], g.values()
-            else:  # a table used without sparse gradients: every row with a non-zero gradient
-                rows = g.abs().sum(1).nonzero().squeeze(1)
-                values = g.index_select(0, rows)
+            # a table switched back to dense gradients: its rows with a non-zero gradient
+            g = (g if g.is_sparse else g.to_sparse(1)).coalesce()
+            rows, values = g.indices()[0], g.values()
             keep = rows > 0
             rows, values = rows[keep], values[keep].to(torch.float32)
             if len(rows):
@@ -176,7 +173,6 @@ class ModelOptimizer:
                  row_lr: float | None = None, row_weight_decay: float | None = None) -> None:
         tables = embedding_tables(model)
         table_params = {id(t.weight) for t in tables.values()}
-        self._model = model
         self.dense_params = [p for p in model.parameters() if id(p) not in table_params]
         # (a model of tables only, e.g. a bare FeatureEmbedder, still gets a valid dense optimizer)
         self.dense = torch.optim.AdamW(self.dense_params or [nn.Parameter(torch.zeros(0))], lr=lr,
