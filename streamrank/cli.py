@@ -181,6 +181,8 @@ BENCHMARKS = {
     "stream": "streamrank.bench.stream",      # worker throughput vs the raw consumer ceiling
     "ranking": "streamrank.bench.ranking",    # the AW-MoE family on MovieLens
     "online": "streamrank.bench.online",      # online learning over a replay vs an offline model
+    "online-vs-batch": "streamrank.bench.online_vs_batch",  # online vs scheduled retrains, slice by slice
+    "online-decomposition": "streamrank.bench.online_decomposition",  # the online/offline gap, cause by cause
     "train": "streamrank.bench.train",        # trainer samples/s per model; freshness
     "keepup": "streamrank.bench.keepup",      # the trainer's lag behind the worker on the ML-1M stream
     "retrieval": "streamrank.bench.retrieval",  # two-tower models and MicRec CL on MovieLens (HIT@K)

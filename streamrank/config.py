@@ -82,6 +82,13 @@ class Settings:
     # (streamrank/train/optim.py). Chosen on measurements: docs/online-training.md, "The optimizer".
     train_row_optimizer: str = "adagrad"
     train_row_lr: float = 0.2
+    # Remedies for one pass over a correlated stream (streamrank/train/replay.py): each fresh micro-batch is
+    # learned `train_passes` times, then followed by a step on `train_replay_ratio` x its size samples
+    # drawn from the newest `train_replay_buffer` learned ones (0: no replay). Defaults chosen on
+    # measurements: docs/online-training.md, "Online against batch".
+    train_passes: int = 1
+    train_replay_buffer: int = 0
+    train_replay_ratio: float = 1.0
     # A private checkpoint (weights, optimizer, offsets) every this many steps or seconds, whichever first;
     # Kafka offsets are committed only after the checkpoint that covers them.
     checkpoint_every_steps: int = 200
@@ -93,6 +100,10 @@ class Settings:
     prequential_window: int = 20_000
     # A version whose prequential AUC is more than this below the live version's is not published.
     guardrail_margin: float = 0.02
+    # ... and only when the evidence says so: at least this many positives and negatives in its window, and
+    # the shortfall significant at this level (one-sided z-test; registry/guardrail.py). Less publishes.
+    guardrail_min_per_class: int = 50
+    guardrail_alpha: float = 0.05
     # Ids unseen for this long (event time) leave the vocabularies; checked this often (event time).
     vocab_ttl_ms: int = 30 * DAY_MS
     vocab_expire_every_ms: int = DAY_MS
@@ -175,7 +186,7 @@ class Settings:
             "user_cache_size", "click_retention_ms", "add_to_cart_retention_ms", "purchase_retention_ms",
             "max_future_skew_ms", "train_batch_size", "checkpoint_every_steps", "prequential_window",
             "vocab_ttl_ms", "vocab_expire_every_ms", "train_lr", "checkpoint_every_s",
-            "train_batch_within_s", "serve_poll_s", "serve_torch_threads", "serve_max_inflight",
+            "train_batch_within_s", "train_passes", "serve_poll_s", "serve_torch_threads", "serve_max_inflight",
             "serve_timeout_s", "serve_max_candidates", "serve_max_k", "serve_max_behaviors",
             "serve_max_query_chars",
         ]
@@ -183,11 +194,14 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("registry_keep", "min_samples_to_publish", "guardrail_margin", "publish_every_s",
+                     "train_replay_buffer", "train_replay_ratio", "guardrail_min_per_class",
                      "serve_port", "serve_metrics_port", "serve_grace_s", "serve_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.train_row_optimizer not in ("adam", "adagrad"):
             raise ConfigError(f"train_row_optimizer must be adam or adagrad, got {self.train_row_optimizer!r}")
+        if not 0 < self.guardrail_alpha < 1:
+            raise ConfigError(f"guardrail_alpha must be in (0, 1), got {self.guardrail_alpha!r}")
         if self.train_row_lr < 0:
             raise ConfigError(f"train_row_lr must be >= 0, got {self.train_row_lr!r}")
         if self.stats_grace_ms < 0:

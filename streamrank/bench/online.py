@@ -80,11 +80,13 @@ def read_prediction_log(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return np.array(ts), np.array(ys, dtype=np.float32), np.array(ps, dtype=np.float32), ids
 
 
-def run_pipeline(settings: Settings, dataset: str, ratings: int | None, model: str, work: Path) -> dict:
-    """Broker-side part: publish, wait for the worker and the trainer; returns timings."""
+def run_pipeline(settings: Settings, dataset: str, ratings: int | None, model: str, work: Path,
+                 idle_exit_s: float = 45.0) -> dict:
+    """Broker-side part: publish, wait for the worker and the trainer (which exits after `idle_exit_s`
+    without samples); returns timings."""
     ensure_topics(settings)
     worker = start_worker(settings, work / "worker.log")
-    trainer = start_trainer(settings, model, work / "trainer.log", ["--idle-exit", "45"])
+    trainer = start_trainer(settings, model, work / "trainer.log", ["--idle-exit", str(idle_exit_s)])
     t0 = time.monotonic()
     try:
         ml = load_movielens(dataset)  # type: ignore[arg-type]

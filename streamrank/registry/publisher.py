@@ -1,9 +1,9 @@
 """Publication policy: the guardrail, retention and the announcement on the models topic.
 
 The trainer offers a version (files + metadata); this decides whether it goes live. A version whose
-prequential AUC is more than `guardrail_margin` below the live version's is refused (logged, counted), as
-is one without a finite AUC. A published version is announced on the compacted models topic, and old
-versions are pruned down to the live one plus `registry_keep`.
+prequential AUC is significantly more than `guardrail_margin` below the live version's is refused (logged,
+counted); too little evidence publishes (registry/guardrail.py). A published version is announced on the
+compacted models topic, and old versions are pruned down to the live one plus `registry_keep`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from streamrank.config import Settings
+from streamrank.registry.guardrail import Evidence, reference, refusal
 from streamrank.registry.store import Registry, VersionInfo
 from streamrank.v1 import registry_pb2
 
@@ -45,23 +46,22 @@ class RegistryPublisher:
 
     def __call__(self, files: dict[str, bytes], meta: dict[str, Any]) -> bool:
         """Publishes the version unless the guardrail refuses it; returns whether it went live."""
-        candidate = float(meta.get("metrics", {}).get("prequential_auc", float("nan")))
         live = self.registry.current()
-        reason = None
-        if not math.isfinite(candidate):
-            reason = "prequential AUC is not finite"
-        elif live is not None:
-            live_auc = float(live.meta.get("metrics", {}).get("prequential_auc", float("nan")))
-            if math.isfinite(live_auc) and candidate < live_auc - self.settings.guardrail_margin:
-                reason = (f"prequential AUC {candidate:.4f} is more than {self.settings.guardrail_margin} below "
-                          f"the live v{live.version}'s {live_auc:.4f}")
+        s = self.settings
+        candidate = Evidence.from_metrics(meta.get("metrics", {}))
+        bar = None if live is None else Evidence.from_metrics(
+            live.meta.get("guardrail_reference") or live.meta.get("metrics", {}))
+        reason = refusal(candidate, bar, s.guardrail_margin, s.guardrail_min_per_class, s.guardrail_alpha)
         if reason is not None:
             self.blocked.append({"reason": reason, "steps": meta.get("steps")})
             log.warning("guardrail: %s not published: %s", self.registry.model, reason)
             return False
+        passed_on = reference(candidate, bar, s.guardrail_min_per_class)
+        if passed_on is not None:
+            meta = {**meta, "guardrail_reference": passed_on.to_metrics()}
         info = self.registry.publish(files, meta)
         self.registry.prune(self.settings.registry_keep)
-        log.info("published %s v%d (prequential AUC %.4f)", info.model, info.version, candidate)
+        log.info("published %s v%d (prequential AUC %.4f)", info.model, info.version, candidate.auc)
         if self.announce:
             self.send(announcement(info))
         return True

@@ -19,7 +19,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from streamrank.models.layers import drain_recycled
 from streamrank.train.offline import pick_device, train_step_with_output
 from streamrank.train.optim import ModelOptimizer
 from streamrank.train.prequential import PrequentialWindow
+from streamrank.train.replay import ReplayBuffer
 from streamrank.v1 import features_pb2
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class PreparedBatch:
     batch: Batch | None
     recycled: dict[str, list[int]]  # per vocabulary, rows this batch's encoding handed to new ids
     generation: int  # the learner's vocabulary generation it was encoded against (a restore starts a new one)
+    replayed: list[features_pb2.TrainingSample] = field(default_factory=list)  # drawn from the replay buffer
+    replay_batch: Batch | None = None
 
 
 def _crc(sample_id: str) -> int:
@@ -88,6 +91,8 @@ class OnlineLearner:
         self.tensorizer = Tensorizer(self.model.spec)
         self.optimizer = self._new_optimizer()
         self.generation = 0
+        self.replay: ReplayBuffer[features_pb2.TrainingSample] = ReplayBuffer(settings.train_replay_buffer, seed)
+        self.replayed = 0  # samples learned again from the replay buffer (not in `learned`)
         self.window = PrequentialWindow(settings.prequential_window)
         self.steps = 0
         self.learned = 0
@@ -185,17 +190,23 @@ class OnlineLearner:
             return PreparedBatch(len(samples), [], [], 0, None, {}, self.generation)
         stamps = [s.impression_ts_ms for s in fresh]
         now = max(stamps)
-        return self._encode(len(samples), fresh, stamps, now)
+        # Replay draws from samples learned before this batch, then the batch joins the buffer.
+        replayed = self.replay.draw(round(self.settings.train_replay_ratio * len(fresh)))
+        self.replay.add(fresh)
+        return self._encode(len(samples), fresh, stamps, now, replayed)
 
     def _encode(self, received: int, fresh: list[features_pb2.TrainingSample], stamps: list[int],
-                now: int) -> PreparedBatch:
+                now: int, replayed: list[features_pb2.TrainingSample]) -> PreparedBatch:
         generation = self.generation  # read before the tensorizer: a restore replaces it, then counts
         tensorizer = self.tensorizer
         spec = tensorizer.spec
         self._maybe_expire(now, spec)
         advance_clock(spec, now)
-        batch = tensorizer.encode_samples(fresh, grow=True, group_users=getattr(self.model, "groups_user_rows", False))
-        return PreparedBatch(received, fresh, stamps, now, batch, drain_recycled(spec), generation)
+        group = getattr(self.model, "groups_user_rows", False)
+        batch = tensorizer.encode_samples(fresh, grow=True, group_users=group)
+        replay_batch = tensorizer.encode_samples(replayed, grow=True, group_users=group) if replayed else None
+        return PreparedBatch(received, fresh, stamps, now, batch, drain_recycled(spec), generation, replayed,
+                             replay_batch)
 
     def apply(self, prepared: PreparedBatch) -> StepReport:
         """Stage 2: bring the tables in line, predict (test), then learn (train) from a prepared batch."""
@@ -203,7 +214,7 @@ class OnlineLearner:
         if p.batch is None:
             return StepReport(0, p.received, False, False, float("nan"))
         if p.generation != self.generation:  # encoded against vocabularies a restore discarded
-            p = self._encode(p.received, p.fresh, p.stamps, p.now)
+            p = self._encode(p.received, p.fresh, p.stamps, p.now, p.replayed)
         assert p.batch is not None
         self.model.sync_vocab(self.optimizer, p.recycled)
         batch = p.batch.to(self.device)
@@ -216,6 +227,8 @@ class OnlineLearner:
             logs, logits = train_step_with_output(self.model, batch, self.optimizer)
         if fused:
             probs = torch.sigmoid(logits).float().cpu().numpy()
+        if not logs.get("skipped_non_finite"):
+            self._extra_steps(batch, p.replay_batch)
         assert batch.labels is not None
         labels = batch.labels.float().cpu().numpy()
         self.window.add(probs, labels)
@@ -238,6 +251,21 @@ class OnlineLearner:
         self.learned_hash = (self.learned_hash + sum(_crc(i) for i in ids)) % (1 << 64)
         self.trained_through_ms = max(self.trained_through_ms, p.now)
         return StepReport(len(p.fresh), duplicates, False, False, logs["loss_rank"], predictions)
+
+    def _extra_steps(self, batch: Batch, replay_batch: Batch | None) -> None:
+        """The remedies after the fresh step: more passes over the batch, then one step on replayed samples.
+        An extra step with a non-finite loss is skipped (counted) like a fresh one; the fresh step stands."""
+        steps = [batch] * (self.settings.train_passes - 1)
+        if replay_batch is not None:
+            steps.append(replay_batch.to(self.device))
+        for extra in steps:
+            with self._autocast():
+                extra_logs, _ = train_step_with_output(self.model, extra, self.optimizer)
+            if extra_logs.get("skipped_non_finite"):
+                self.non_finite_batches += 1
+                log.warning("non-finite loss or gradients in a replay/extra pass: step skipped")
+        if replay_batch is not None:
+            self.replayed += len(replay_batch.items)
 
     def _autocast(self) -> torch.autocast:
         """bf16 mixed precision on CUDA (no loss scaling needed); a disabled no-op on CPU."""
@@ -262,7 +290,8 @@ class OnlineLearner:
         return {**{f"prequential_{k}": v for k, v in self.window.metrics().items()}, **vocab,
                 "samples_learned": float(self.learned), "steps": float(self.steps),
                 "duplicates": float(self.duplicates), "non_finite_batches": float(self.non_finite_batches),
-                "restores": float(self.restores), "expired_ids": float(self.expired_ids)}
+                "restores": float(self.restores), "expired_ids": float(self.expired_ids),
+                "replayed": float(self.replayed)}
 
     def state(self) -> dict[str, Any]:
         """Everything needed to resume exactly here."""
@@ -276,7 +305,8 @@ class OnlineLearner:
             "counters": {"steps": self.steps, "learned": self.learned, "learned_hash": self.learned_hash,
                          "duplicates": self.duplicates, "non_finite_batches": self.non_finite_batches,
                          "restores": self.restores, "trained_through_ms": self.trained_through_ms,
-                         "last_expiry_ms": self.last_expiry_ms, "expired_ids": self.expired_ids},
+                         "last_expiry_ms": self.last_expiry_ms, "expired_ids": self.expired_ids,
+                         "replayed": self.replayed},
         }
 
     @classmethod

@@ -117,6 +117,7 @@ class TrainConfig:
     device: str | None = None
     progress: bool = True
     max_steps_per_epoch: int | None = None
+    shuffle: bool = True  # False: each epoch in the split's own order (e.g. stream order)
     row_optimizer: RowOptimizer = "adagrad"  # embedding tables: row-wise "adagrad" or "adam" (train.optim)
     row_lr: float | None = 0.2  # their learning rate (None: lr); docs/online-training.md, "The optimizer"
 
@@ -277,7 +278,7 @@ def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: Exam
     result = FitResult(best_epoch=-1, best_valid=float("nan"))
     t0 = time.perf_counter()
     for epoch in range(cfg.max_epochs):
-        order = rng.permutation(len(train))
+        order = rng.permutation(len(train)) if cfg.shuffle else np.arange(len(train))
         starts = list(range(0, len(order), cfg.batch_size))[: cfg.max_steps_per_epoch]
         bar = tqdm(starts, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
         sums: dict[str, float] = {}

@@ -157,8 +157,10 @@ class OnlineTrainer:
         self._last_publish = time.monotonic()
         self._seen_at_publish = self.learner.window.seen
         recent = self.learner.window.metrics(last=fresh)
+        positives = round(recent["positive_rate"] * recent["window"]) if recent["window"] else 0
         metrics = {**self.learner.metrics(), "prequential_auc": recent["auc"], "prequential_logloss": recent["logloss"],
-                   "prequential_samples": recent["window"]}
+                   "prequential_samples": recent["window"], "prequential_positives": float(positives),
+                   "prequential_negatives": float(recent["window"] - positives)}
         meta = {
             "preset": self.preset, "metrics": metrics, "offsets": dict(self.offsets),
             "samples_learned": self.learner.learned, "steps": self.learner.steps,

@@ -1,0 +1,241 @@
+"""Where the online model loses AUC to a batch model: one row per suspected cause, on the same samples.
+
+The samples are a MovieLens request stream made by the worker's processor in-process (the order the worker
+emits them), cached in a file so that every row, and a resumed run, sees the same bytes. The held-out set is
+the last 10% by impression time, as in `bench online`. Rows:
+  offline  the preset fitted on the samples before the split (`fit`, the same optimizer as the online
+           trainer): one epoch in stream order, one epoch shuffled, and the best of up to `--max-epochs`
+           with early stopping on the last 10% of the training part (patience 2);
+  online   `OnlineLearner` over the whole stream in order, test-then-train, its predictions on the
+           held-out set; first with the defaults, then with one setting changed per row (a cause removed,
+           or a remedy added).
+Each finished row is appended to a partial JSON, so an interrupted run resumes where it stopped.
+
+    python -m streamrank.bench.online_decomposition --dataset ml-1m --ratings 250000 --model din
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import struct
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamrank.bench.trainbench_common import DOCS, machine
+from streamrank.config import Settings, load_settings
+from streamrank.features.raw import RawExample
+from streamrank.features.spec import FeatureSpec
+from streamrank.features.tensorize import Tensorizer
+from streamrank.models.factory import build_model
+from streamrank.train.learner import OnlineLearner
+from streamrank.train.metrics import auc, log_loss
+from streamrank.train.offline import ListSource, TrainConfig, fit, predict
+from streamrank.train.tensor_data import TensorDataset
+from streamrank.v1 import features_pb2
+
+YEAR_MS = 365 * 24 * 3600 * 1000
+# (key, what the row changes, settings overrides); "order" is not a setting: the stream is shuffled in blocks.
+ONLINE_ROWS: list[tuple[str, str, dict[str, Any]]] = [
+    ("online", "online, defaults", {}),
+    ("online_adam_tables", "tables on lazy Adam at the dense lr (the optimizer family before issue 15)",
+     {"train_row_optimizer": "adam", "train_row_lr": 0.0}),
+    ("online_no_decay", "no weight decay", {"train_weight_decay": 0.0}),
+    ("online_no_expiry", "no vocabulary expiry", {"vocab_ttl_ms": 10 * YEAR_MS}),
+    ("online_lr_x3", "dense learning rate x3 (3e-3)", {"train_lr": 3e-3}),
+    ("online_row_lr_half", "table learning rate / 2 (0.1)", {"train_row_lr": 0.1}),
+    ("online_batch_256", "micro-batch 256", {"train_batch_size": 256}),
+    ("online_block_shuffled", "stream shuffled within blocks of 20,000 samples (a user's session spread out)",
+     {"order": "block_shuffle"}),
+    ("online_passes_2", "remedy: 2 passes over each micro-batch", {"train_passes": 2}),
+    ("online_replay_1", "remedy: replay 1:1 from the last 100,000 samples",
+     {"train_replay_buffer": 100_000, "train_replay_ratio": 1.0}),
+    ("online_replay_2", "remedy: replay 2:1 from the last 100,000 samples",
+     {"train_replay_buffer": 100_000, "train_replay_ratio": 2.0}),
+]
+OFFLINE_ROWS = [("offline_stream_order", "offline, 1 epoch in stream order"),
+                ("offline_shuffled", "offline, 1 epoch shuffled"),
+                ("offline_best", "offline, best epoch (early stopping)")]
+
+
+def write_cache(path: Path, samples: list[bytes]) -> None:
+    """Length-prefixed serialized TrainingSamples."""
+    with open(path, "wb") as fh:
+        for b in samples:
+            fh.write(struct.pack("<I", len(b)))
+            fh.write(b)
+
+
+def read_cache(path: Path) -> list[features_pb2.TrainingSample]:
+    """Inverse of `write_cache`, parsed."""
+    data = path.read_bytes()
+    out, pos = [], 0
+    while pos < len(data):
+        (n,) = struct.unpack_from("<I", data, pos)
+        s = features_pb2.TrainingSample()
+        s.ParseFromString(data[pos + 4:pos + 4 + n])
+        out.append(s)
+        pos += 4 + n
+    return out
+
+
+def stream_samples(settings: Settings, dataset: str, ratings: int | None,
+                   cache: Path) -> list[features_pb2.TrainingSample]:
+    """The request stream's samples in worker order, made once and cached."""
+    if not cache.exists():
+        from streamrank.bench.throughput import movielens_samples
+
+        print(f"making the samples of {dataset} ({ratings or 'all'} ratings) in-process", flush=True)
+        write_cache(cache, movielens_samples(settings, dataset, ratings))
+    return read_cache(cache)
+
+
+def online_row(settings: Settings, preset: str, samples: list[features_pb2.TrainingSample], test: set[str],
+               overrides: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One pass of OnlineLearner over the stream; AUC of its predictions on the held-out ids."""
+    overrides = dict(overrides)
+    order = overrides.pop("order", None)
+    s = dataclasses.replace(settings, **overrides)
+    s.validate()
+    stream = samples
+    if order == "block_shuffle":
+        rng = np.random.default_rng(seed)
+        idx = np.concatenate([rng.permutation(np.arange(b, min(b + 20_000, len(samples))))
+                              for b in range(0, len(samples), 20_000)])
+        stream = [samples[int(i)] for i in idx]
+    learner = OnlineLearner(s, preset, seed=seed)
+    ys, ps, all_y, all_p = [], [], [], []
+    t0 = time.perf_counter()
+    for start in range(0, len(stream), s.train_batch_size):
+        report = learner.learn(stream[start:start + s.train_batch_size])
+        assert report.predictions is not None
+        ids, _, labels, probs = report.predictions
+        all_y.append(labels)
+        all_p.append(probs)
+        keep = np.array([i in test for i in ids])
+        ys.append(labels[keep])
+        ps.append(probs[keep])
+    y, p = np.concatenate(ys), np.concatenate(ps)
+    ay, ap = np.concatenate(all_y), np.concatenate(all_p)
+    return {"auc": auc(p, y), "logloss": log_loss(p, y), "prequential_auc_all": auc(ap, ay),
+            "test_examples": len(y), "seconds": time.perf_counter() - t0, "replayed": learner.replayed,
+            "settings": overrides | ({"order": order} if order else {})}
+
+
+def offline_rows(settings: Settings, preset: str, samples: list[features_pb2.TrainingSample], split_ts: int,
+                 max_epochs: int, seed: int, todo: list[str], save: Any) -> None:
+    """The offline rows named in `todo`, each saved as it finishes."""
+    train = [RawExample.from_sample(s) for s in samples if s.impression_ts_ms < split_ts]  # stream order
+    test = [RawExample.from_sample(s) for s in samples if s.impression_ts_ms >= split_ts]
+    spec = FeatureSpec().fit(train)
+    tz = Tensorizer(spec)
+    print(f"tensorising {len(train):,} training and {len(test):,} held-out samples", flush=True)
+    train_ds = TensorDataset.build(ListSource(train), tz, progress=True)
+    test_ds = TensorDataset.build(ListSource(test), tz, progress=True)
+    n_valid = max(1, len(train) // 10)
+    fit_ds = train_ds.subset(np.arange(len(train) - n_valid))
+    valid_ds = train_ds.subset(np.arange(len(train) - n_valid, len(train)))
+    plans = {"offline_stream_order": (train_ds, None, 1, False), "offline_shuffled": (train_ds, None, 1, True),
+             "offline_best": (fit_ds, valid_ds, max_epochs, True)}
+    for key in todo:
+        part, valid, epochs, shuffle = plans[key]
+        torch.manual_seed(seed)
+        model = build_model(preset, spec)
+        cfg = TrainConfig(lr=settings.train_lr, weight_decay=settings.train_weight_decay,
+                          batch_size=settings.train_batch_size, max_epochs=epochs, patience=2, seed=seed,
+                          valid_metric="auc", shuffle=shuffle, progress=True,
+                          row_optimizer=settings.train_row_optimizer,  # type: ignore[arg-type]
+                          row_lr=settings.train_row_lr or None)
+        result = fit(model, tz, part, valid, cfg)
+        probs = predict(model, tz, test_ds)
+        labels = np.asarray(test_ds.labels, dtype=np.float32)
+        save(key, {"auc": auc(probs, labels), "logloss": log_loss(probs, labels), "train_examples": len(part),
+                   "best_epoch": result.best_epoch, "epochs_run": len(result.history), "seconds": result.seconds,
+                   "test_examples": len(test)})
+
+
+def report(result: dict[str, Any]) -> list[str]:
+    """The markdown table of the decomposition."""
+    rows = result["rows"]
+    base = rows.get("online", {}).get("auc", float("nan"))
+    best = rows.get("offline_best", {}).get("auc", float("nan"))
+    lines = ["| row | what it changes | held-out AUC | vs online defaults | vs offline best | log-loss | seconds |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for key, what in [(k, w) for k, w in OFFLINE_ROWS] + [(k, w) for k, w, _ in ONLINE_ROWS]:
+        r = rows.get(key)
+        if r is None:
+            lines.append(f"| {key} | {what} | not run | | | | |")
+            continue
+        extra = f" (best epoch {r['best_epoch'] + 1} of {r['epochs_run']})" if "best_epoch" in r else ""
+        lines.append(f"| {key} | {what}{extra} | {r['auc']:.4f} | {r['auc'] - base:+.4f} | {r['auc'] - best:+.4f} | "
+                     f"{r['logloss']:.4f} | {r['seconds']:.0f} |")
+    lines.append("| guardrail | the guardrail | = online | 0 by construction | | | |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: run the rows not yet in the partial JSON, then write the report."""
+    parser = argparse.ArgumentParser(prog="python -m streamrank.bench.online_decomposition", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml-1m", choices=["ml-100k", "ml-1m"])
+    parser.add_argument("--ratings", type=int, default=250_000, help="first N ratings by time (0 = all)")
+    parser.add_argument("--model", default="din")
+    parser.add_argument("--max-epochs", type=int, default=8, help="offline best: most epochs")
+    parser.add_argument("--rows", default="", help="comma-separated row keys to run (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", default="", help="sample cache file (default: <out>/../.cache/...)")
+    parser.add_argument("--out", default=str(DOCS))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"online-decomposition-{args.dataset}-{args.model}"
+    cache = Path(args.cache or f"/tmp/streamrank-{args.dataset}-{args.ratings}.samples")
+    with TemporaryDirectory() as tmp:
+        settings = load_settings(data_dir=tmp)
+        samples = stream_samples(settings, args.dataset, args.ratings or None, cache)
+    stamps = np.array([s.impression_ts_ms for s in samples])
+    split_ts = int(np.quantile(stamps, 0.9))
+    test = {s.sample_id for s in samples if s.impression_ts_ms >= split_ts}
+    partial = out / f"{name}.partial.json"
+    result: dict[str, Any] = json.loads(partial.read_text()) if partial.exists() else {"rows": {}}
+    wanted = set(filter(None, args.rows.split(","))) or {k for k, _ in OFFLINE_ROWS} | {k for k, _, _ in ONLINE_ROWS}
+
+    def save(key: str, row: dict[str, Any]) -> None:
+        result["rows"][key] = row
+        partial.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"{key}: held-out AUC {row['auc']:.4f} ({row['seconds']:.0f}s)", flush=True)
+
+    todo = [k for k, _ in OFFLINE_ROWS if k in wanted and k not in result["rows"]]
+    if todo:
+        offline_rows(settings, args.model, samples, split_ts, args.max_epochs, args.seed, todo, save)
+    for key, _, overrides in ONLINE_ROWS:
+        if key in wanted and key not in result["rows"]:
+            save(key, online_row(settings, args.model, samples, test, overrides, args.seed))
+    result.update({"dataset": args.dataset, "ratings": args.ratings, "model": args.model, "samples": len(samples),
+                   "test_examples": len(test), "split_ts": split_ts, "machine": machine() | {"threads": args.threads},
+                   "command": "python -m streamrank.bench.online_decomposition "
+                              + " ".join(argv if argv is not None else sys.argv[1:]),
+                   "date": time.strftime("%Y-%m-%d")})
+    partial.write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"# Online against offline on {args.dataset} ({args.model}): the gap, cause by cause", "",
+             f"Command: `{result['command']}` ({result['date']})  ",
+             f"{len(samples):,} samples (first {args.ratings:,} ratings), held-out: the last 10% by impression "
+             f"time ({len(test):,}); defaults: batch {settings.train_batch_size}, dense AdamW lr {settings.train_lr}, "
+             f"tables {settings.train_row_optimizer} lr {settings.train_row_lr}.", "", *report(result), ""]
+    (out / f"{name}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
