@@ -85,6 +85,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.scenarios is not None:
         settings = settings.with_overrides(train_scenarios=args.scenarios)
     tune_allocator()
+    if settings.train_torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.train_torch_threads)
     if args.model not in PRESETS:
         print(f"unknown model {args.model!r}; presets: {', '.join(sorted(PRESETS))}", file=sys.stderr)
         return 2

@@ -75,20 +75,23 @@ class Settings:
     registry_keep: int = 5
     train_batch_size: int = 1024
     train_batch_within_s: float = 1.0
-    train_lr: float = 1e-3
+    train_lr: float = 3e-3
     train_weight_decay: float = 1e-2
     # Embedding tables: row-wise "adagrad" (one accumulator per row) or "adam" (lazy Adam, per-row moments
     # and steps), with their own learning rate (0: train_lr); only the rows a batch touches are updated
     # (streamrank/train/optim.py). Chosen on measurements: docs/online-training.md, "The optimizer".
     train_row_optimizer: str = "adagrad"
-    train_row_lr: float = 0.2
+    train_row_lr: float = 0.4
     # Remedies for one pass over a correlated stream (streamrank/train/replay.py): each fresh micro-batch is
     # learned `train_passes` times, then followed by a step on `train_replay_ratio` x its size samples
     # drawn from the newest `train_replay_buffer` learned ones (0: no replay). Defaults chosen on
     # measurements: docs/online-training.md, "Online against batch".
     train_passes: int = 1
-    train_replay_buffer: int = 0
-    train_replay_ratio: float = 1.0
+    train_replay_buffer: int = 100_000
+    train_replay_ratio: float = 2.0
+    # Threads torch uses in `streamrank train` (0: torch's default, one per core). On a machine the trainer
+    # shares with the worker and the broker, fewer threads than cores avoid oversubscription.
+    train_torch_threads: int = 0
     # A private checkpoint (weights, optimizer, offsets) every this many steps or seconds, whichever first;
     # Kafka offsets are committed only after the checkpoint that covers them.
     checkpoint_every_steps: int = 200
@@ -194,7 +197,7 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("registry_keep", "min_samples_to_publish", "guardrail_margin", "publish_every_s",
-                     "train_replay_buffer", "train_replay_ratio", "guardrail_min_per_class",
+                     "train_replay_buffer", "train_replay_ratio", "guardrail_min_per_class", "train_torch_threads",
                      "serve_port", "serve_metrics_port", "serve_grace_s", "serve_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")

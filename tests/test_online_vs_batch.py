@@ -3,6 +3,7 @@ small ML-100K prefix: a smoke test of the mechanics and the JSON contract, not o
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrank.bench.online_vs_batch import main, slice_bounds
+from streamrank.bench.online_slices import slice_bounds
+from streamrank.bench.online_vs_batch import main
 
 WEEK = 7 * 24 * 3600 * 1000
 
@@ -22,7 +24,7 @@ def test_slices_are_weeks_merged_until_big_enough() -> None:
     bounds = slice_bounds(stamps, min_share=0.1)
     second = stamps[stamps >= np.median(stamps)]
     assert bounds[0][0] == int(np.median(stamps)) and bounds[-1][1] == int(stamps.max()) + 1
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False)), "consecutive"
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds)), "consecutive"
     counts = [int(((second >= lo) & (second < hi)).sum()) for lo, hi in bounds]
     assert sum(counts) == len(second)
     assert min(counts) >= 0.1 * len(second), counts

@@ -101,3 +101,12 @@ def test_settings_refuse_bad_remedies(tmp_path: Path) -> None:
     for bad in ({"train_passes": 0}, {"train_replay_buffer": -1}, {"train_replay_ratio": -0.5}):
         with pytest.raises(ConfigError):
             Settings(data_dir=str(tmp_path), **bad).validate()
+
+
+def test_the_decomposition_row_of_the_defaults_is_the_defaults(tmp_path: Path) -> None:
+    """docs/online-training.md quotes the `online_tuned` row as the defaults' figure: keep them equal."""
+    from streamrank.bench.online_decomposition import BASE, ONLINE_ROWS
+
+    tuned = BASE | next(o for key, _, o in ONLINE_ROWS if key == "online_tuned")
+    defaults = Settings(data_dir=str(tmp_path))
+    assert {k: getattr(defaults, k) for k in tuned} == tuned

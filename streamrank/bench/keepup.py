@@ -24,7 +24,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from streamrank.bench.trainbench_common import DOCS, machine
+from streamrank.bench.trainbench_common import DOCS, machine, parse_overrides
 from streamrank.broker import EmbeddedBroker
 from streamrank.config import Settings, load_settings
 from streamrank.data.movielens import load_movielens
@@ -49,12 +49,13 @@ def _worker_done(settings: Settings, targets: dict[int, int]) -> bool:
     return all(done.get(p, -1) + 1 >= end for p, end in targets.items() if end > 0)
 
 
-def run_keepup(dataset: str, ratings: int | None, model: str, interval_s: float, timeout_s: float) -> dict[str, Any]:
-    """One run; returns the time series and the summary written to the JSON file."""
+def run_keepup(dataset: str, ratings: int | None, model: str, interval_s: float, timeout_s: float,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One run (with `extra` settings for worker and trainer); returns the time series and the summary."""
     events = list(movielens_events(load_movielens(dataset), limit=ratings))  # type: ignore[arg-type]
     with TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         overrides: dict[str, Any] = {"bootstrap_servers": broker.bootstrap_servers, "data_dir": tmp,
-                                     "checkpoint_every_s": interval_s}
+                                     "checkpoint_every_s": interval_s, **(extra or {})}
         settings = load_settings(**overrides)
         ensure_topics(settings)
         produce_events(settings, events, progress=False, strict=True)
@@ -94,7 +95,7 @@ def run_keepup(dataset: str, ratings: int | None, model: str, interval_s: float,
                     if last["t_s"] > first_trained["t_s"] else float("nan"))
     return {
         "dataset": dataset, "ratings": ratings, "events": len(events), "model": model,
-        "interval_s": interval_s, "series": series,
+        "interval_s": interval_s, "series": series, "settings": extra or {},
         "samples": last["emitted"], "worker_done_s": worker_done_s,
         "worker_samples_per_s": (at_worker_end["emitted"] / worker_done_s) if worker_done_s else float("nan"),
         "trainer_samples_per_s": trainer_rate,
@@ -136,7 +137,7 @@ def write_keepup(result: dict, command: str, out_dir: Path = DOCS) -> Path:
         f"Data: {result['dataset']} request stream ({result['events']:,} events, {result['samples']:,} samples), "
         f"published before the worker starts; embedded broker, `streamrank worker` and `streamrank train --model "
         f"{result['model']}` as processes on {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, "
-        f"{result['date']}.", "",
+        f"{result['date']}." + (f" Settings: {result['settings']}." if result.get("settings") else ""), "",
         "| figure | value |", "|---|---:|",
         f"| worker: samples/s while it ran | {result['worker_samples_per_s']:,.0f} |",
         f"| trainer: samples/s (first to last consumed sample) | {result['trainer_samples_per_s']:,.0f} |",
@@ -169,10 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="longest run in seconds")
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for worker and trainer (e.g. train_torch_threads=1); repeatable")
     args = parser.parse_args(argv)
     if args.ratings < 1 or args.interval <= 0 or args.timeout <= 0:
         parser.error("--ratings must be >= 1, --interval and --timeout > 0")
-    result = run_keepup(args.dataset, args.ratings, args.model, args.interval, args.timeout)
+    result = run_keepup(args.dataset, args.ratings, args.model, args.interval, args.timeout,
+                        parse_overrides(args.set))
     summary = {k: result[k] for k in ("worker_samples_per_s", "trainer_samples_per_s", "lag_at_worker_end",
                                       "max_lag", "final_lag", "drained", "kept_up")}
     print(json.dumps(summary, indent=1))

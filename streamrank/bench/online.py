@@ -187,29 +187,49 @@ def main(argv: list[str] | None = None) -> int:
                            "prequential_window": settings.prequential_window},
               "command": "python -m streamrank.bench.online " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d")}
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    replayed = f"first {args.ratings:,} ratings" if args.ratings else "all ratings"
-    title = f"{DISPLAY_NAMES.get(args.model, args.model)} online on {args.dataset} ({replayed})"
-    plot(curve, offline["auc"], online["auc"], title, out / f"{name}.png")
+    write_report(out, name, result)
+    return 0
+
+
+def write_report(out: Path, name: str, result: dict) -> None:
+    """Writes <name>.{json,md,png}; the figures of a previous report of the same name are kept beside the new
+    ones (`previous`), so a re-run on new defaults shows what it replaced."""
+    path = out / f"{name}.json"
+    if path.exists() and "previous" not in result:
+        old = json.loads(path.read_text())
+        result["previous"] = {k: old.get(k) for k in ("ratings", "online", "offline", "settings", "command", "date")}
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    online, offline, timings, s = result["online"], result["offline"], result["timings"], result["settings"]
+    ratings = result["ratings"]
+    replayed = f"first {ratings:,} ratings" if ratings else "all ratings"
+    model = DISPLAY_NAMES.get(result["model"], result["model"])
+    plot(result["curve"], offline["auc"], online["auc"], f"{model} online on {result['dataset']} ({replayed})",
+         out / f"{name}.png")
+    settings_text = ", ".join(f"{k} {v}" for k, v in s.items())
     lines = [
-        f"# Online learning on {args.dataset}: {DISPLAY_NAMES.get(args.model, args.model)}", "",
+        f"# Online learning on {result['dataset']}: {model}", "",
         f"Command: `{result['command']}` ({result['date']}, CPU, 2 cores, no GPU lent)", "",
-        f"{timings['events']:,} events replayed through the embedded broker, the worker and `streamrank train` "
-        f"(batch {settings.train_batch_size}, AdamW lr {settings.train_lr}); held-out set: the last 10% of "
-        f"samples by impression time ({online['test_examples']:,} samples).", "",
+        f"{timings['events']:,} events ({replayed}) replayed through the embedded broker, the worker and "
+        f"`streamrank train` ({settings_text}); held-out set: the last 10% of samples by impression time "
+        f"({online['test_examples']:,} samples).", "",
         "| | AUC on the held-out samples | log-loss | trained on |",
         "|---|---:|---:|---|",
         f"| online (prequential: predicted before learning) | {online['auc']:.4f} | {online['logloss']:.4f} | "
         f"one pass over the stream, {online['samples_learned']:,} samples |",
-        f"| offline (AdamW, early stopping, best epoch {offline['best_epoch'] + 1}) | {offline['auc']:.4f} | "
+        f"| offline (early stopping, best epoch {offline['best_epoch'] + 1}) | {offline['auc']:.4f} | "
         f"{offline['logloss']:.4f} | {offline['train_examples']:,} samples before the split |",
         "", f"Online / offline AUC gap: {online['auc'] - offline['auc']:+.4f}.", "",
         f"![prequential AUC]({name}.png)", "",
         f"Pipeline wall time {timings['total_s']:.0f}s (worker caught up after {timings['worker_s']:.0f}s).", "",
     ]
+    prev = result.get("previous")
+    if prev and prev.get("online"):
+        p_ratings = f"first {prev['ratings']:,} ratings" if prev.get("ratings") else "all ratings"
+        lines += ["The report this one replaced (" + f"{prev.get('date')}, {p_ratings}, `{prev.get('command')}`, "
+                  f"settings {prev.get('settings')}): online {prev['online']['auc']:.4f}, offline "
+                  f"{prev['offline']['auc']:.4f}, gap {prev['online']['auc'] - prev['offline']['auc']:+.4f}.", ""]
     (out / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

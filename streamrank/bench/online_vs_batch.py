@@ -32,20 +32,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 from streamrank.bench.online_decomposition import read_cache, write_cache
-from streamrank.bench.trainbench_common import DOCS, machine
+from streamrank.bench.online_slices import plot, report, slice_bounds, summarise
+from streamrank.bench.trainbench_common import DOCS, machine, parse_overrides
 from streamrank.features.raw import RawExample
 from streamrank.features.spec import FeatureSpec
 from streamrank.features.tensorize import Tensorizer
 from streamrank.models.factory import build_model
-from streamrank.train.metrics import auc, session_metrics
+from streamrank.train.metrics import auc
 from streamrank.train.offline import TrainConfig, fit, predict
 from streamrank.train.tensor_data import TensorDataset
 from streamrank.v1 import features_pb2
-
-WEEK_MS = 7 * 24 * 3600 * 1000
 
 
 class StreamSource:
@@ -87,41 +85,6 @@ class Rows:
     def keys(self, idx: Any, device: torch.device | str = "cpu") -> torch.Tensor:
         """User keys of the selected rows."""
         return self.data.keys(self.rows[np.asarray(idx)], device)
-
-
-def slice_bounds(stamps: np.ndarray, min_share: float, slice_ms: int = WEEK_MS) -> list[tuple[int, int]]:
-    """[start, end) event-time slices from the median stamp on: `slice_ms` each, merged forward until one
-    holds at least `min_share` of the second half's samples (a short last slice joins the one before)."""
-    start = int(np.median(stamps))
-    second = np.sort(stamps[stamps >= start])
-    need = max(1, int(np.ceil(min_share * len(second))))
-    bounds: list[tuple[int, int]] = []
-    lo = start
-    last = int(second[-1]) + 1
-    while lo < last:
-        hi = lo + slice_ms
-        while hi < last and np.searchsorted(second, hi) - np.searchsorted(second, lo) < need:
-            hi += slice_ms
-        hi = min(hi, last)
-        bounds.append((lo, hi))
-        lo = hi
-    if len(bounds) > 1 and np.searchsorted(second, bounds[-1][1]) - np.searchsorted(second, bounds[-1][0]) < need:
-        bounds[-2:] = [(bounds[-2][0], bounds[-1][1])]
-    return bounds
-
-
-def slice_metrics(probs: np.ndarray, labels: np.ndarray, sessions: np.ndarray) -> dict[str, float]:
-    """AUC and request AUC of one slice's predictions."""
-    return {"auc": auc(probs, labels), "session_auc": session_metrics(probs, labels, sessions).means()["session_auc"],
-            "samples": len(labels), "positive_rate": float(labels.mean())}
-
-
-def paired(a: list[float], b: list[float]) -> dict[str, float]:
-    """Mean difference a - b across slices and the paired t-test's two-sided p (scipy)."""
-    diff = np.asarray(a) - np.asarray(b)
-    p = float(stats.ttest_rel(a, b).pvalue) if len(diff) > 1 and np.std(diff) > 0 else float("nan")
-    return {"mean_diff": float(diff.mean()), "p": p, "slices": len(diff),
-            "wins": int((diff > 0).sum())}
 
 
 def fit_batch_model(preset: str, spec: FeatureSpec, tz: Tensorizer, train: Rows, cfg: TrainConfig,
@@ -172,8 +135,8 @@ def stream_order(work: Path) -> tuple[list[features_pb2.TrainingSample], np.ndar
         first.setdefault(i, k)
     keep = np.array(sorted(k for i, k in first.items() if i in by_id))
     if len(keep) < len(by_id):
-        raise RuntimeError(f"the trainer learned {len(keep):,} of the {len(by_id):,} samples (it stopped early; "
-                           f"see the logs), so the comparison would not be on the whole stream: remove {work} and rerun")
+        raise RuntimeError(f"the trainer learned {len(keep):,} of the {len(by_id):,} samples (it stopped early; see "
+                           f"the logs), so the comparison would not be on the whole stream: remove {work}, rerun")
     return [by_id[ids[k]] for k in keep], ts[keep], ys[keep], ps[keep]
 
 
@@ -220,106 +183,10 @@ def batch_predictions(args: argparse.Namespace, work: Path, samples: list[featur
     return out
 
 
-def plot(per_slice: list[dict[str, Any]], title: str, path: Path) -> None:
-    """The three AUC curves over the slices."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    x = np.arange(1, len(per_slice) + 1)
-    for key, label in (("online", "online (prequential)"), ("retrained", "retrained at each slice start"),
-                       ("static", "static (first half)")):
-        ax.plot(x, [s[key]["auc"] for s in per_slice], marker="o", label=label)
-    ax.set_xlabel("slice of event time")
-    ax.set_ylabel("AUC")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def summarise(args: argparse.Namespace, samples: list[features_pb2.TrainingSample], stamps: np.ndarray,
-              ys: np.ndarray, ps: np.ndarray, bounds: list[tuple[int, int]], batch: dict[str, Any]) -> dict[str, Any]:
-    """Per-slice metrics of the three models, means, paired tests, the last-10% protocol."""
-    sessions = batch["sessions"]
-    second = np.flatnonzero(stamps >= bounds[0][0])
-    static_at = {int(r): k for k, r in enumerate(second)}
-    per_slice = []
-    for k, (lo, hi) in enumerate(bounds):
-        rows = np.flatnonzero((stamps >= lo) & (stamps < hi))
-        y, sess = ys[rows], sessions[rows]
-        static = batch["static"][[static_at[int(r)] for r in rows]]
-        per_slice.append({"start_ms": lo, "end_ms": hi, "online": slice_metrics(ps[rows], y, sess),
-                          "retrained": slice_metrics(batch["retrained"][k], y, sess),
-                          "static": slice_metrics(static, y, sess)})
-    best = batch["offline_best"]
-    test = best["test"]
-    mean = {m: {key: float(np.mean([s[m][key] for s in per_slice])) for key in ("auc", "session_auc")}
-            for m in ("online", "retrained", "static")}
-    tests = {f"{a}_vs_{b}_{metric}": paired([s[a][metric] for s in per_slice], [s[b][metric] for s in per_slice])
-             for a, b in (("online", "retrained"), ("online", "static"), ("retrained", "static"))
-             for metric in ("auc", "session_auc")}
-    return {
-        "online_auc": mean["online"]["auc"], "retrained_auc": mean["retrained"]["auc"],
-        "static_auc": mean["static"]["auc"], "online_session_auc": mean["online"]["session_auc"],
-        "retrained_session_auc": mean["retrained"]["session_auc"], "static_session_auc": mean["static"]["session_auc"],
-        "p_online_vs_retrained": tests["online_vs_retrained_auc"]["p"],
-        "offline_best_auc": auc(best["probs"], ys[test]), "online_last10_auc": auc(ps[test], ys[test]),
-        "offline_best_fit": {k: v for k, v in best.items() if k not in ("probs", "test")},
-        "tests": tests, "slices": per_slice, "fits": batch["fits"], "samples": len(samples),
-        "second_half_samples": len(second), "last10_examples": len(test),
-    }
-
-
 def decomposition(dataset: str, model: str, docs: Path) -> dict[str, Any] | None:
     """The decomposition bench's rows for this stream, when it has been run (docs/benchmarks)."""
     path = docs / f"online-decomposition-{dataset}-{model}.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def report(result: dict[str, Any]) -> list[str]:
-    """Markdown for the result."""
-    r = result
-    fmt = lambda ms: time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))  # noqa: E731
-    lines = ["| slice | from | to | samples | online AUC | retrained AUC | static AUC | online req. AUC | "
-             "retrained req. AUC | static req. AUC |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for k, s in enumerate(r["slices"]):
-        lines.append(f"| {k + 1} | {fmt(s['start_ms'])} | {fmt(s['end_ms'])} | {s['online']['samples']:,} | "
-                     + " | ".join(f"{s[m][metric]:.4f}" for metric in ("auc", "session_auc")
-                                  for m in ("online", "retrained", "static")) + " |")
-    lines.append(f"| mean | | | | {r['online_auc']:.4f} | {r['retrained_auc']:.4f} | {r['static_auc']:.4f} | "
-                 f"{r['online_session_auc']:.4f} | {r['retrained_session_auc']:.4f} | {r['static_session_auc']:.4f} |")
-    lines += ["", "| paired t-test across slices | mean difference | p | slices won |", "|---|---:|---:|---:|"]
-    for name, t in r["tests"].items():
-        lines.append(f"| {name.replace('_', ' ')} | {t['mean_diff']:+.4f} | {t['p']:.2g} | "
-                     f"{t['wins']} of {t['slices']} |")
-    fit = r["offline_best_fit"]
-    lines += ["", "Last-10% protocol on the same stream (held-out: the last 10% of samples by impression time, "
-              f"{r['last10_examples']:,}):", "",
-              "| | AUC |", "|---|---:|",
-              f"| online, prequential (`online_last10_auc`) | {r['online_last10_auc']:.4f} |",
-              f"| offline best, early stopping: best epoch {fit['best_epoch'] + 1} of {fit['epochs_run']} "
-              f"(`offline_best_auc`) | {r['offline_best_auc']:.4f} |",
-              f"| online - offline best | {r['online_last10_auc'] - r['offline_best_auc']:+.4f} |"]
-    return lines
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` settings for the trainer (values parsed as JSON where they parse, else kept as text)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set wants key=value, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                       max_epochs=args.retrain_epochs, patience=2, valid_metric="auc", progress=True,
                       row_optimizer=s["train_row_optimizer"], row_lr=s["train_row_lr"] or None)
     batch = batch_predictions(args, work, samples, stamps, bounds, cfg)
-    result = summarise(args, samples, stamps, ys, ps, bounds, batch)
+    result = summarise(stamps, ys, ps, bounds, batch)
     result["decomposition"] = decomposition(args.dataset, args.model, DOCS)
     result.update({"dataset": args.dataset, "ratings": args.ratings, "model": args.model, "pipeline": timings,
                    "retrain_epochs": args.retrain_epochs, "min_slice": args.min_slice,
@@ -387,7 +254,29 @@ def main(argv: list[str] | None = None) -> int:
              f"![AUC per slice]({name}.png)", "", *report(result), ""]
     (out / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
+    if not args.quick:
+        write_last10_report(out, result, ys, ps)
     return 0
+
+
+def write_last10_report(out: Path, result: dict[str, Any], ys: np.ndarray, ps: np.ndarray) -> None:
+    """The `bench online` report (online-<dataset>-<model>) from this run's last-10% protocol."""
+    from streamrank.bench.online import write_report
+
+    fit = result["offline_best_fit"]
+    pipe = result["pipeline"]
+    curve = [{"samples": float(min(i + 20_000, len(ps))), "auc": auc(ps[i:i + 20_000], ys[i:i + 20_000])}
+             for i in range(0, len(ps), 20_000)]
+    write_report(out, f"online-{result['dataset']}-{result['model']}", {
+        "dataset": result["dataset"], "ratings": result["ratings"], "model": result["model"],
+        "timings": {k: pipe[k] for k in ("events", "worker_s", "total_s")},
+        "online": {"auc": result["online_last10_auc"], "logloss": result["online_last10_logloss"],
+                   "test_examples": result["last10_examples"], "samples_learned": result["samples"]},
+        "offline": {"auc": result["offline_best_auc"], "logloss": result["offline_best_logloss"],
+                    "train_examples": fit["train_examples"], "test_examples": result["last10_examples"],
+                    "best_epoch": fit["best_epoch"], "epochs_run": fit["epochs_run"], "seconds": fit["seconds"]},
+        "curve": curve, "settings": pipe["settings"],
+        "command": result["command"] + " (its last-10% part)", "date": result["date"]})
 
 
 if __name__ == "__main__":
