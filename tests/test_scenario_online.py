@@ -27,7 +27,8 @@ WORLD = ("app", "web", "mini")  # "mini" is not listed in train_scenarios: the s
 
 
 def _settings(settings: Settings) -> Settings:
-    return settings.with_overrides(train_batch_size=256, train_batch_within_s=0.2, train_lr=1e-2,
+    # No replay: a replayed sample passes through its branch again, and the test counts each sample once.
+    return settings.with_overrides(train_batch_size=256, train_batch_within_s=0.2, train_lr=1e-2, train_replay_buffer=0,
                                    prequential_window=3000, checkpoint_every_steps=10, checkpoint_every_s=60.0,
                                    publish_every_s=0.0, min_samples_to_publish=1000, train_scenarios="app, web",
                                    serve_port=0, serve_metrics_port=0, serve_models=MODEL, serve_retrieval="",

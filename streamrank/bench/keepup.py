@@ -24,7 +24,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from streamrank.bench.trainbench_common import DOCS, machine, parse_overrides
+from streamrank.bench.movielens_cli import parse_overrides
+from streamrank.bench.trainbench_common import DOCS, machine
 from streamrank.broker import EmbeddedBroker
 from streamrank.config import Settings, load_settings
 from streamrank.data.movielens import load_movielens

@@ -24,6 +24,7 @@ from tempfile import TemporaryDirectory
 import numpy as np
 import torch
 
+from streamrank.bench.trainbench_common import finish_plot
 from streamrank.broker import EmbeddedBroker
 from streamrank.config import Settings, load_settings
 from streamrank.data.movielens import load_movielens
@@ -137,14 +138,7 @@ def plot(curve: list[dict], offline_auc: float, online_auc: float, title: str, p
     ax.plot([c["samples"] for c in curve], [c["auc"] for c in curve], label="online, prequential AUC per chunk")
     ax.axhline(offline_auc, color="tab:red", linestyle="--", label=f"offline model, held-out AUC {offline_auc:.4f}")
     ax.axhline(online_auc, color="tab:green", linestyle=":", label=f"online, same held-out samples {online_auc:.4f}")
-    ax.set_xlabel("samples learned")
-    ax.set_ylabel("AUC")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_plot(fig, ax, "samples learned", "AUC", title, path)
 
 
 def main(argv: list[str] | None = None) -> int:

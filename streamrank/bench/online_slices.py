@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from streamrank.bench.trainbench_common import finish_plot
 from streamrank.train.metrics import auc, log_loss, session_metrics
 
 WEEK_MS = 7 * 24 * 3600 * 1000
@@ -62,14 +63,7 @@ def plot(per_slice: list[dict[str, Any]], title: str, path: Path) -> None:
     for key, label in (("online", "online (prequential)"), ("retrained", "retrained at each slice start"),
                        ("static", "static (first half)")):
         ax.plot(x, [s[key]["auc"] for s in per_slice], marker="o", label=label)
-    ax.set_xlabel("slice of event time")
-    ax.set_ylabel("AUC")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_plot(fig, ax, "slice of event time", "AUC", title, path)
 
 
 def summarise(stamps: np.ndarray, ys: np.ndarray, ps: np.ndarray, bounds: list[tuple[int, int]],

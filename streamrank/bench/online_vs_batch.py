@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamrank.bench.movielens_cli import parse_overrides
 from streamrank.bench.online_decomposition import read_cache, write_cache
 from streamrank.bench.online_slices import plot, report, slice_bounds, summarise
-from streamrank.bench.trainbench_common import DOCS, machine, parse_overrides
+from streamrank.bench.trainbench_common import DOCS, machine
 from streamrank.features.raw import RawExample
 from streamrank.features.spec import FeatureSpec
 from streamrank.features.tensorize import Tensorizer
