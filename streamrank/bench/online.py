@@ -44,15 +44,17 @@ from streamrank.v1 import features_pb2
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 
 
-def read_samples(settings: Settings) -> list[features_pb2.TrainingSample]:
-    """Every TrainingSample in the samples topic (deduplicated by sample id)."""
+def read_sample_bytes(settings: Settings) -> list[bytes]:
+    """Every serialized TrainingSample in the samples topic, the first copy of each sample id, unparsed (a
+    parsed sample takes several times its bytes: the full ML-1M stream would not fit in memory parsed)."""
     from kafka import KafkaConsumer, TopicPartition
 
     topic = settings.topic("samples")
     ends = end_offsets(settings, topic)
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                              max_poll_records=20_000, fetch_max_bytes=32 * 1024 * 1024)
-    out: dict[str, features_pb2.TrainingSample] = {}
+    out: dict[str, bytes] = {}
+    probe = features_pb2.TrainingSample()
     try:
         tps = [TopicPartition(topic, p) for p in ends]
         consumer.assign(tps)
@@ -60,12 +62,21 @@ def read_samples(settings: Settings) -> list[features_pb2.TrainingSample]:
         while any(consumer.position(tp) < ends[tp.partition] for tp in tps):
             for records in consumer.poll(timeout_ms=1000).values():
                 for rec in records:
-                    s = features_pb2.TrainingSample()
-                    s.ParseFromString(rec.value)
-                    out.setdefault(s.sample_id, s)
+                    probe.ParseFromString(rec.value)
+                    out.setdefault(probe.sample_id, rec.value)
     finally:
         consumer.close()
     return list(out.values())
+
+
+def read_samples(settings: Settings) -> list[features_pb2.TrainingSample]:
+    """Every TrainingSample in the samples topic (deduplicated by sample id)."""
+    out = []
+    for blob in read_sample_bytes(settings):
+        s = features_pb2.TrainingSample()
+        s.ParseFromString(blob)
+        out.append(s)
+    return out
 
 
 def read_prediction_log(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:

@@ -91,17 +91,26 @@ def write_cache(path: Path, samples: list[bytes]) -> None:
             fh.write(b)
 
 
+def read_cache_bytes(path: Path) -> list[bytes]:
+    """Inverse of `write_cache`: the serialized samples (a parsed sample takes several times its bytes)."""
+    out: list[bytes] = []
+    with open(path, "rb") as fh:
+        while head := fh.read(4):
+            (n,) = struct.unpack("<I", head)
+            out.append(fh.read(n))
+    return out
+
+
+def parse(blob: bytes) -> features_pb2.TrainingSample:
+    """One serialized TrainingSample."""
+    s = features_pb2.TrainingSample()
+    s.ParseFromString(blob)
+    return s
+
+
 def read_cache(path: Path) -> list[features_pb2.TrainingSample]:
     """Inverse of `write_cache`, parsed."""
-    data = path.read_bytes()
-    out, pos = [], 0
-    while pos < len(data):
-        (n,) = struct.unpack_from("<I", data, pos)
-        s = features_pb2.TrainingSample()
-        s.ParseFromString(data[pos + 4:pos + 4 + n])
-        out.append(s)
-        pos += 4 + n
-    return out
+    return [parse(b) for b in read_cache_bytes(path)]
 
 
 def stream_samples(settings: Settings, dataset: str, ratings: int | None,

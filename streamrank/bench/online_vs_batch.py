@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from streamrank.bench.movielens_cli import parse_overrides
-from streamrank.bench.online_decomposition import read_cache, write_cache
+from streamrank.bench.online_decomposition import parse, read_cache_bytes, write_cache
 from streamrank.bench.online_slices import plot, report, slice_bounds, summarise
 from streamrank.bench.trainbench_common import DOCS, machine
 from streamrank.features.raw import RawExample
@@ -48,20 +48,29 @@ from streamrank.v1 import features_pb2
 
 
 class StreamSource:
-    """An ExampleSource over TrainingSamples, materialising RawExamples on demand (the stream is large)."""
+    """An ExampleSource over serialized TrainingSamples, parsed on demand: two million parsed samples do not
+    fit in this machine's memory, their bytes do."""
 
-    def __init__(self, samples: list[features_pb2.TrainingSample]) -> None:
-        self.samples = samples
-        self.labels = np.array([float(s.labels.click) for s in samples], dtype=np.float32)
-        requests: dict[str, int] = {}
-        self.sessions = np.array([requests.setdefault(s.request_id, len(requests)) for s in samples])
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blobs = blobs
+        labels, sessions, requests = [], [], {}
+        for blob in blobs:
+            s = parse(blob)
+            labels.append(float(s.labels.click))
+            sessions.append(requests.setdefault(s.request_id, len(requests)))
+        self.labels = np.array(labels, dtype=np.float32)
+        self.sessions = np.array(sessions)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.blobs)
+
+    def samples(self, start: int, stop: int) -> list[features_pb2.TrainingSample]:
+        """The parsed samples start..stop."""
+        return [parse(b) for b in self.blobs[start:stop]]
 
     def examples(self, idx: Any) -> list[RawExample]:
         """RawExamples of the samples at idx."""
-        return [RawExample.from_sample(self.samples[int(i)]) for i in idx]
+        return [RawExample.from_sample(parse(self.blobs[int(i)])) for i in idx]
 
 
 class Rows:
@@ -105,9 +114,10 @@ def run_stream(args: argparse.Namespace, work: Path, overrides: dict[str, Any]) 
         return json.loads(done.read_text())
     from tempfile import TemporaryDirectory
 
-    from streamrank.bench.online import read_samples, run_pipeline
+    from streamrank.bench.online import read_sample_bytes, run_pipeline
     from streamrank.broker import EmbeddedBroker
     from streamrank.config import load_settings
+    from streamrank.train.online import trainer_dir
 
     log_file = work / "predictions.tsv"
     log_file.unlink(missing_ok=True)
@@ -117,7 +127,9 @@ def run_stream(args: argparse.Namespace, work: Path, overrides: dict[str, Any]) 
                                  **overrides)
         timings = run_pipeline(settings, args.dataset, args.ratings or None, args.model, Path(tmp),
                                idle_exit_s=20.0 if args.quick else 45.0)
-        write_cache(work / "samples.bin", [s.SerializeToString() for s in read_samples(settings)])
+        write_cache(work / "samples.bin", read_sample_bytes(settings))
+        status = json.loads((trainer_dir(settings, args.model) / "status.json").read_text())
+        timings["trainer"] = {k: status[k] for k in ("publications", "blocked")}
     timings["settings"] = {k: getattr(settings, k) for k in (
         "train_batch_size", "train_lr", "train_row_optimizer", "train_row_lr", "train_weight_decay",
         "train_passes", "train_replay_buffer", "train_replay_ratio")}
@@ -125,12 +137,14 @@ def run_stream(args: argparse.Namespace, work: Path, overrides: dict[str, Any]) 
     return timings
 
 
-def stream_order(work: Path) -> tuple[list[features_pb2.TrainingSample], np.ndarray, np.ndarray, np.ndarray]:
-    """The samples in the order the trainer learned them, with its prequential labels and predictions."""
+def stream_order(work: Path) -> tuple[list[bytes], np.ndarray, np.ndarray, np.ndarray]:
+    """The serialized samples in the order the trainer learned them, with its prequential labels and
+    predictions."""
     from streamrank.bench.online import read_prediction_log
 
     ts, ys, ps, ids = read_prediction_log(work / "predictions.tsv")
-    by_id = {s.sample_id: s for s in read_cache(work / "samples.bin")}
+    blobs = read_cache_bytes(work / "samples.bin")
+    by_id = {parse(b).sample_id: k for k, b in enumerate(blobs)}
     first: dict[str, int] = {}
     for k, i in enumerate(ids):
         first.setdefault(i, k)
@@ -138,17 +152,17 @@ def stream_order(work: Path) -> tuple[list[features_pb2.TrainingSample], np.ndar
     if len(keep) < len(by_id):
         raise RuntimeError(f"the trainer learned {len(keep):,} of the {len(by_id):,} samples (it stopped early; see "
                            f"the logs), so the comparison would not be on the whole stream: remove {work}, rerun")
-    return [by_id[ids[k]] for k in keep], ts[keep], ys[keep], ps[keep]
+    return [blobs[by_id[ids[k]]] for k in keep], ts[keep], ys[keep], ps[keep]
 
 
-def batch_predictions(args: argparse.Namespace, work: Path, samples: list[features_pb2.TrainingSample],
+def batch_predictions(args: argparse.Namespace, work: Path, samples: list[bytes],
                       stamps: np.ndarray, bounds: list[tuple[int, int]], cfg: TrainConfig) -> dict[str, Any]:
     """Stage 2 (resumable): the retrained model of every slice, the static model, the offline best."""
     source = StreamSource(samples)
     spec = FeatureSpec()
     tz = Tensorizer(spec)
     for start in range(0, len(samples), 16_384):  # vocabularies in stream order (see the module docstring)
-        tz.encode_samples(samples[start:start + 16_384], grow=True)
+        tz.encode_samples(source.samples(start, start + 16_384), grow=True)
     print(f"tensorising {len(samples):,} samples", flush=True)
     data = TensorDataset.build(source, tz, progress=True)
     out: dict[str, Any] = {"retrained": [], "fits": {}}
