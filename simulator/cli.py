@@ -5,6 +5,7 @@
         --publish --bootstrap-servers 127.0.0.1:9092 --rate 200 --out var/sim/online
     python -m simulator replay movielens:ml-100k --arms a=random b=popularity --shadow --limit 20000
     python -m simulator ab-check --seeds 20
+    python -m simulator shoplog --out var/shop          # a small synthetic orders log (docs/your-own-data.md)
 
 Kafka settings (bootstrap servers, topic prefix...) come from the usual streamrank settings (`--config`,
 STREAMRANK_* variables); the scorer target from `--scorer` or STREAMRANK_SIMULATOR_SCORER.
@@ -57,8 +58,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--id-prefix", default="", help="request id prefix (default sim<seed>)")
     p = sub.add_parser("replay", help="replay an event log through the scorer and the arms")
     _common(p)
-    p.add_argument("source", help="movielens:ml-100k | movielens:ml-1m | path to a .jsonl/.csv event log")
-    p.add_argument("--items-file", help="catalog (.jsonl/.csv) of an event log (candidates, attributes)")
+    p.add_argument("source", nargs="?", help="movielens:ml-100k | movielens:ml-1m | path to a .jsonl/.csv event log")
+    p.add_argument("--dataset", help="the same as the positional source (ml-100k, ml-1m or a path)")
+    p.add_argument("--items-file", "--items", dest="items_file",
+                   help="catalog (.jsonl/.csv) of an event log (candidates, attributes)")
+    p.add_argument("--order", default="sort", choices=["sort", "refuse"],
+                   help="an event log not in time order: sort it (with a warning) or refuse it")
+    p.add_argument("--skip", type=int, default=0, help="skip the first N interactions (the warm-up already published)")
+    p.add_argument("--request-prefix", default="replay",
+                   help="request-id prefix (give each replay into the same topics its own)")
+    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                   help="Retrieve leaves out the user's items (default: on for MovieLens, off for an event log, "
+                        "where repeat purchases are real)")
+    p.add_argument("--progress-every", type=int, default=1000, help="a progress line every N interactions (0 = off)")
+    p.add_argument("--lag-every", type=int, default=500,
+                   help="with --publish: read each model arm's training lag every N requests")
+    p.add_argument("--pace-to-trainers", type=int, metavar="SAMPLES",
+                   help="with --publish: hold the replay while a model arm's trainer is more than SAMPLES behind")
     p.add_argument("--candidates", choices=["sampled", "retrieve"], default="sampled")
     p.add_argument("--retrieve-k", type=int, default=100)
     p.add_argument("--negatives", type=int, default=99)
@@ -66,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shadow", action="store_true", help="every arm ranks every request (paired comparison)")
     p.add_argument("--limit", type=int, help="replay only the first N interactions")
     p.add_argument("--speedup", type=float, help="event-time ms per wall ms (e.g. 3600: an hour per second)")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("shoplog", help="write a small synthetic shop's orders log and catalog (CSV)")
+    p.add_argument("--out", default="var/shop", help="folder for orders.csv and items.csv")
+    p.add_argument("--orders", type=int, default=3000)
+    p.add_argument("--users", type=int, default=300)
+    p.add_argument("--items", type=int, default=240)
+    p.add_argument("--click-rate", type=float, default=0.0, help="share of orders preceded by a click")
+    p.add_argument("--grouped-by-user", action="store_true", help="write the events grouped by user, not by time")
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("ab-check", help="the many-seed oracle/popularity/A-A evidence (simulator.ab_check)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -121,48 +145,64 @@ def cmd_online(args: argparse.Namespace) -> int:
     return 0
 
 
-def _catalog(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+def _catalog(data: Any) -> tuple[list[str], dict[str, Any]]:
+    """Candidate universe and item attributes of a log (its catalog file's, or the items its events name)."""
     from streamrank.v1 import events_pb2
 
-    if args.source.startswith("movielens:"):
-        from streamrank.data.movielens import load_movielens
+    attrs = {i: events_pb2.ItemAttributes(category=it.main_category, brand=it.brand, price=it.price)
+             for i, it in data.items.items()}
+    return sorted(data.items), attrs
 
-        ml = load_movielens(args.source.split(":", 1)[1])  # type: ignore[arg-type]
-        attrs = {i: events_pb2.ItemAttributes(category=it.genres[0]) for i, it in ml.items.items() if it.genres}
-        return sorted(ml.items), attrs
-    if args.items_file:
-        from streamrank.data.eventlog import read_items
 
-        items = list(read_items(args.items_file))
-        attrs = {it.item_id: events_pb2.ItemAttributes(category=it.category, brand=it.brand,
-                                                       price=it.price if it.HasField("price") else None)
-                 for it in items}
-        return sorted(attrs), attrs
-    return [], {}
+def _lag_probe(settings: Any, arms: Sequence[Arm]) -> Any:
+    """A training-lag probe for the model arms (None when no arm is served by a named model)."""
+    from simulator.lag import TrainerLag
+
+    models = {a.name: a.model for a in arms if a.model}
+    return TrainerLag(settings, models) if models else None
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replays a log through the arms and writes its report."""
     from simulator.publish import KafkaSink
     from simulator.replay import run_replay
-    from simulator.replay_log import open_log
+    from simulator.replay_log import log_interactions
     from simulator.report import replay_report
 
-    catalog, attributes = _catalog(args)
+    args.source = args.dataset or args.source
+    if not args.source:
+        raise ValueError("replay needs a log: movielens:ml-100k, movielens:ml-1m or an event-log path")
+    if args.source in ("ml-100k", "ml-1m"):
+        args.source = f"movielens:{args.source}"
+    if args.skip < 0 or args.progress_every < 0 or args.lag_every < 1:
+        raise ValueError("--skip and --progress-every must be >= 0, --lag-every >= 1")
+    if args.pace_to_trainers is not None and not args.publish:
+        raise ValueError("--pace-to-trainers needs --publish (the trainers learn from the replay's events)")
+    from streamrank.data.dataset import is_path, load_dataset
+
+    data = load_dataset(args.source, args.items_file if is_path(args.source) else None, order=args.order)
+    logged = log_interactions(data, skip=args.skip, limit=args.limit)
+    catalog, attributes = _catalog(data)
+    exclude_seen = args.exclude_seen if args.exclude_seen is not None else args.source.startswith("movielens:")
     needs_scorer = args.candidates == "retrieve" or any(a.uses_scorer for a in args.arms)
     client = _client(args, args.arms, needs_scorer)
-    sink = KafkaSink(_settings(args)) if args.publish else None
+    settings = _settings(args)
+    sink = KafkaSink(settings) if args.publish else None
+    lag = _lag_probe(settings, args.arms) if args.publish else None
     try:
-        result = run_replay(open_log(args.source, args.limit), args.arms, client=client, sink=sink, salt=args.salt,
+        result = run_replay(logged, args.arms, client=client, sink=sink, salt=args.salt,
                             candidates=args.candidates, catalog=catalog, attributes=attributes,
-                            retrieve_k=args.retrieve_k, negatives=args.negatives, slate_size=args.slate,
-                            shadow=args.shadow, concurrency=args.concurrency, speedup=args.speedup, rate=args.rate,
-                            seed=args.seed)
+                            retrieve_k=args.retrieve_k, exclude_seen=exclude_seen, negatives=args.negatives,
+                            slate_size=args.slate, shadow=args.shadow, concurrency=args.concurrency,
+                            speedup=args.speedup, rate=args.rate, seed=args.seed, request_prefix=args.request_prefix,
+                            lag_probe=lag.lags if lag is not None else None, lag_every=args.lag_every,
+                            pace_to_trainers=args.pace_to_trainers,
+                            progress=lambda line: print(line, file=sys.stderr, flush=True),
+                            progress_every=args.progress_every)
     finally:
-        if sink is not None:
-            sink.close()
-        if client is not None:
-            client.close()
+        for closable in (sink, client, lag):
+            if closable is not None:
+                closable.close()
     path = replay_report(result, args.out, args.control, args.n_boot, args.permutations, args.seed)
     print(f"report: {path}")
     return 0
@@ -178,6 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from simulator.ab_check import main as ab_main
 
         return ab_main(args.rest)
+    if args.command == "shoplog":
+        from simulator.shoplog import ShopParams, write_shop_log
+
+        if min(args.orders, args.users, args.items) < 1 or not 0 <= args.click_rate <= 1:
+            print("error: --orders, --users, --items must be >= 1 and --click-rate in [0, 1]", file=sys.stderr)
+            return 2
+        params = ShopParams(users=args.users, items=args.items, orders=args.orders, click_rate=args.click_rate,
+                            seed=args.seed)
+        events, items = write_shop_log(args.out, params, grouped_by_user=args.grouped_by_user)
+        print(f"wrote {events} and {items}")
+        return 0
     from simulator.client import ScorerError
 
     try:

@@ -23,7 +23,7 @@ is fixed, so this does not depend on the arms). Pacing: `speedup` (event-time ms
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +50,8 @@ class ReplayResult:
     shadow: bool
     rows: dict[str, list[Any]] = field(default_factory=dict)
     retrieval_versions: list[int] = field(default_factory=list)
+    lag: list[dict[str, Any]] = field(default_factory=list)  # training-lag probes (request, seconds, per arm)
+    held_s: float = 0.0  # seconds the replay waited for the trainers (--pace-to-trainers)
 
     def add(self, **values: Any) -> None:
         """Appends one row."""
@@ -78,8 +80,16 @@ def run_replay(interactions: Iterable[LoggedInteraction], arms: Sequence[Arm], *
                retrieve_k: int = 100, exclude_seen: bool = False, negatives: int = 99, slate_size: int = 10,
                ks: Sequence[int] = (1, 5, 10), shadow: bool = False, include_logged: bool = True,
                long_tail_max: int = 5, concurrency: int = 16, speedup: float | None = None,
-               rate: float | None = None, seed: int = 0, request_prefix: str = "replay") -> ReplayResult:
-    """Replays interactions through the arms; returns per-request rank metrics (see the module docstring)."""
+               rate: float | None = None, seed: int = 0, request_prefix: str = "replay",
+               lag_probe: Callable[[], dict[str, int | None]] | None = None, lag_every: int = 500,
+               pace_to_trainers: int | None = None,
+               progress: Callable[[str], None] | None = None, progress_every: int = 0) -> ReplayResult:
+    """Replays interactions through the arms; returns per-request rank metrics (see the module docstring).
+
+    `lag_probe` (a `simulator.lag.TrainerLag.lags`) is read every `lag_every` requests into `result.lag`;
+    with `pace_to_trainers` the replay then waits while any arm's trainer is more than that many samples
+    behind. `progress` receives a line every `progress_every` requests.
+    """
     check_arms(arms)
     if candidates not in ("retrieve", "sampled"):
         raise ValueError(f"candidates must be retrieve or sampled, got {candidates!r}")
@@ -96,15 +106,59 @@ def run_replay(interactions: Iterable[LoggedInteraction], arms: Sequence[Arm], *
     opts = _Opts(client, sink, salt, candidates, retrieve_k, exclude_seen, negatives, slate_size, tuple(ks), shadow,
                  include_logged, long_tail_max, request_prefix, _Pacer(speedup, rate))
     batch: list[tuple[int, LoggedInteraction]] = []
+    watch = _Watch(result, lag_probe, lag_every, pace_to_trainers, progress, progress_every, _length(interactions))
     for n, logged in enumerate(interactions):
         batch.append((n, logged))
         if len(batch) >= concurrency:
             _tick(batch, result, state, opts)
             batch = []
+            watch.after(n + 1)
     if batch:
         _tick(batch, result, state, opts)
+    watch.after(watch.total or 0, final=True)
     state.close_all(result)
     return result
+
+
+def _length(values: Iterable[Any]) -> int | None:
+    try:
+        return len(values)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class _Watch:
+    """Progress lines, training-lag probes and pacing to the trainers, between batches of requests."""
+
+    def __init__(self, result: ReplayResult, probe: Callable[[], dict[str, int | None]] | None, every: int,
+                 pace: int | None, progress: Callable[[str], None] | None, progress_every: int,
+                 total: int | None) -> None:
+        self.result, self.probe, self.every, self.pace = result, probe, max(every, 1), pace
+        self.progress, self.progress_every, self.total = progress, progress_every, total
+        self.start = time.monotonic()
+        self.next_probe, self.next_line = 0, progress_every
+        self.lags: dict[str, int | None] = {}
+
+    def after(self, done: int, final: bool = False) -> None:
+        """Called after `done` requests were sent."""
+        if self.probe is not None and (done >= self.next_probe or final):
+            self.next_probe = done + self.every
+            if self.pace is not None and not final:
+                from simulator.lag import hold_while_behind
+
+                self.lags, held = hold_while_behind(self.probe, self.pace)
+                self.result.held_s += held
+            else:
+                self.lags = self.probe()
+            self.result.lag.append({"request": done, "seconds": round(time.monotonic() - self.start, 1),
+                                    "lags": dict(self.lags)})
+        if self.progress is not None and self.progress_every and (done >= self.next_line or final):
+            self.next_line = done + self.progress_every
+            rate = done / max(time.monotonic() - self.start, 1e-9)
+            total = f"/{self.total:,}" if self.total else ""
+            lag = ("; trainers behind: " + ", ".join(f"{a} {v if v is not None else '?'}" for a, v in self.lags.items())
+                   if self.lags else "")
+            self.progress(f"replayed {done:,}{total} interactions ({rate:.0f}/s){lag}")
 
 
 @dataclass

@@ -7,9 +7,11 @@ the session. Sources:
 - ``movielens:ml-100k`` / ``movielens:ml-1m``: every rating in chronological order (stable tie-break);
   a rating >= 4 is a PURCHASE, otherwise a CLICK (as in docs/interaction-only-logs.md); scenario is
   ``age:<bucket>`` (or another user field); sessions split after 30 minutes of silence.
-- a JSON-lines/CSV event log (docs/event-log-format.md): its CLICK / ADD_TO_CART / PURCHASE events in file
-  order; impressions are skipped (the replay makes its own), and consecutive events of one user on one
-  item (a click, then its purchase) are merged into one interaction of the strongest type.
+- a JSON-lines/CSV event log (docs/event-log-format.md), through the dataset layer
+  (`streamrank.data.eventlog_dataset`): its CLICK / ADD_TO_CART / PURCHASE events in time order (sorted
+  with a warning, or refused, when the file is not); impressions are skipped (the replay makes its own),
+  and a user's click, add-to-cart and purchase of one item within an hour are one interaction of the
+  strongest type.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from streamrank.data.dataset import InteractionLog
+from streamrank.data.requests import SizedIterator
 from streamrank.v1 import events_pb2
 
 MOVIELENS_PREFIX = "movielens:"
@@ -36,26 +40,51 @@ class LoggedInteraction:
     query: str = ""
 
 
+def log_interactions(log: InteractionLog, skip: int = 0, limit: int | None = None,
+                     scenario_field: str | None = "auto",
+                     session_gap_ms: int = 30 * 60_000) -> SizedIterator[LoggedInteraction]:
+    """The interactions of a log in time order, from the `skip`-th, at most `limit` of them.
+
+    The kind is the strongest step of the interaction's funnel (a MovieLens rating >= 4 is a purchase);
+    scenario and session are the event log's own when it has them, else the MovieLens user field and a
+    30-minute gap. Interaction indices (and so the session counts) are those of the whole log, so a replay
+    that skips the warm-up sees the same sessions as one that does not.
+    """
+    from streamrank.data.requests import SCENARIO_COLUMN, resolve_scenario_field, scenario_of_users
+
+    if skip < 0 or (limit is not None and limit < 0):
+        raise ValueError(f"skip and limit must be >= 0, got {skip} and {limit}")
+    r = log.ratings
+    field = resolve_scenario_field(log, scenario_field)
+    by_user = {} if field == SCENARIO_COLUMN else scenario_of_users(log.users, field)
+    stop = len(r) if limit is None else min(len(r), skip + limit)
+
+    def generate() -> Iterator[LoggedInteraction]:
+        last: dict[str, int] = {}
+        session: dict[str, int] = {}
+        users, items, strength, millis = r.user_id.tolist(), r.item_id.tolist(), r.rating.tolist(), r.ts_ms.tolist()
+        own_scenario = r.scenario.tolist() if field == SCENARIO_COLUMN and r.scenario is not None else None
+        own_session = r.session.tolist() if r.session is not None else None
+        for n in range(stop):
+            user, ts = users[n], millis[n]
+            if user not in last or ts - last[user] > session_gap_ms:
+                session[user] = session.get(user, 0) + 1
+            last[user] = ts
+            if n < skip:
+                continue
+            yield LoggedInteraction(user, items[n], ts, log.kind(strength[n]),
+                                    own_scenario[n] if own_scenario is not None else by_user.get(user, ""),
+                                    (own_session[n] if own_session is not None else "") or f"{user}/s{session[user]}")
+
+    return SizedIterator(generate(), max(0, stop - skip))
+
+
 def movielens_interactions(name: str, limit: int | None = None, scenario_field: str | None = "age",
                            session_gap_ms: int = 30 * 60_000) -> Iterator[LoggedInteraction]:
     """The ratings of a MovieLens data set as interactions (>= 4 stars: purchase, else click)."""
     from streamrank.data.movielens import load_movielens
-    from streamrank.data.requests import PURCHASE_MIN_RATING, scenario_of_users
 
-    ml = load_movielens(name)  # type: ignore[arg-type]
-    scenario = scenario_of_users(ml.users, scenario_field)
-    last: dict[str, int] = {}
-    session: dict[str, int] = {}
-    for n, rating in enumerate(ml.ratings):
-        if limit is not None and n >= limit:
-            return
-        ts = rating.ts_s * 1000
-        if rating.user_id not in last or ts - last[rating.user_id] > session_gap_ms:
-            session[rating.user_id] = session.get(rating.user_id, 0) + 1
-        last[rating.user_id] = ts
-        kind = events_pb2.PURCHASE if rating.rating >= PURCHASE_MIN_RATING else events_pb2.CLICK
-        yield LoggedInteraction(rating.user_id, rating.item_id, ts, kind, scenario.get(rating.user_id, ""),
-                                f"{rating.user_id}/s{session[rating.user_id]}")
+    return log_interactions(load_movielens(name), 0, limit, scenario_field, session_gap_ms)  # type: ignore[arg-type]
 
 
 def events_to_interactions(events: Iterable[events_pb2.Event]) -> Iterator[LoggedInteraction]:
@@ -77,14 +106,12 @@ def events_to_interactions(events: Iterable[events_pb2.Event]) -> Iterator[Logge
         yield pending
 
 
-def open_log(spec: str, limit: int | None = None, scenario_field: str | None = "age",
-             fmt: str | None = None) -> Iterator[LoggedInteraction]:
-    """Interactions from ``movielens:<name>`` or an event-log path; `limit` caps the interactions."""
-    if spec.startswith(MOVIELENS_PREFIX):
-        return movielens_interactions(spec[len(MOVIELENS_PREFIX):], limit, scenario_field)
-    from streamrank.data.eventlog import read_events
+def open_log(spec: str, limit: int | None = None, scenario_field: str | None = "auto",
+             fmt: str | None = None, skip: int = 0, items: str | None = None,
+             order: str = "sort") -> SizedIterator[LoggedInteraction]:
+    """Interactions from ``movielens:<name>`` (or ``ml-100k``/``ml-1m``) or an event-log path, through the
+    dataset layer (time order checked, sorted or refused by `order`); `skip` and `limit` count interactions."""
+    from streamrank.data.dataset import load_dataset
 
-    interactions = events_to_interactions(read_events(spec, fmt))
-    if limit is None:
-        return interactions
-    return (x for n, x in zip(range(limit), interactions, strict=False) if n < limit)
+    path_items = None if spec.removeprefix(MOVIELENS_PREFIX) in ("ml-100k", "ml-1m") else items
+    return log_interactions(load_dataset(spec, path_items, fmt, order=order), skip, limit, scenario_field)

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 Table = tuple[list[str], list[list[str]]]
 
 
@@ -182,4 +184,40 @@ def replay_report(result: Any, out_dir: str | Path, control: str | None = None, 
              "shadow mode: every arm ranked every request, comparisons are paired by user" if result.shadow
              else "each user saw only their assigned arm, comparisons are unpaired",
              "long-tail: the user had at most 5 logged interactions before the request"]
+    analysis["training"] = training_summary(result)
+    notes += training_notes(analysis["training"])
     return write_report(analysis, out_dir, title, notes)
+
+
+def training_summary(result: Any) -> dict[str, Any]:
+    """Per arm: the model versions it served, and its trainer's lag (samples behind the stream) over the
+    replay's probes; plus the seconds the replay held for the trainers. Arms whose trainers lag differently
+    compare training speed as much as models."""
+    versions: dict[str, set[int]] = {}
+    for arm, version in zip(result.rows.get("arm", []), result.rows.get("model_version", []), strict=True):
+        versions.setdefault(arm, set()).add(int(version))
+    arms: dict[str, Any] = {}
+    for a in result.arms:
+        name = a["name"]
+        lags = [p["lags"].get(name) for p in result.lag]
+        known = [v for v in lags if v is not None]
+        arms[name] = {"versions_served": sorted(versions.get(name, ())),
+                      "lag_median": float(np.median(known)) if known else None,
+                      "lag_max": max(known) if known else None, "lag_last": known[-1] if known else None}
+    return {"arms": arms, "probes": len(result.lag), "held_s": round(result.held_s, 1)}
+
+
+def training_notes(training: dict[str, Any]) -> list[str]:
+    """Report lines of `training_summary`."""
+    lines = []
+    for arm, t in training["arms"].items():
+        served = t["versions_served"]
+        text = f"{arm}: served model versions {served[0]}..{served[-1]} ({len(served)} distinct)" if served else \
+            f"{arm}: no model version served"
+        if t["lag_median"] is not None:
+            text += (f"; trainer behind the stream by {t['lag_median']:,.0f} samples (median of {training['probes']} "
+                     f"probes), at most {t['lag_max']:,}, {t['lag_last']:,} at the end")
+        lines.append(text)
+    if training["held_s"]:
+        lines.append(f"the replay waited {training['held_s']:.0f} s for the trainers to catch up (--pace-to-trainers)")
+    return lines

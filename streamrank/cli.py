@@ -60,9 +60,22 @@ def cmd_produce(args: argparse.Namespace) -> int:
         print("produce needs --bootstrap-servers (or STREAMRANK_BOOTSTRAP_SERVERS): an embedded broker "
               "started just for it would vanish with its topics when it exits", file=sys.stderr)
         return 2
+    spec = args.dataset or args.source
+    if not spec or (args.dataset and args.source):
+        print("produce takes one source: movielens:ml-100k | movielens:ml-1m | an event-log path "
+              "(positional or --dataset)", file=sys.stderr)
+        return 2
+    if spec in ("ml-100k", "ml-1m"):
+        spec = f"movielens:{spec}"
     ensure_topics(settings)
-    source = open_source(args.source, items_path=args.items, fmt=args.format, negatives=args.negatives,
-                         seed=args.seed, scenario_field=args.scenario_field, limit=args.limit)
+    try:
+        source = open_source(spec, items_path=args.items, fmt=args.format, negatives=args.negatives,
+                             seed=args.seed, scenario_field=args.scenario_field, limit=args.limit,
+                             as_is=args.as_is, sampling=args.negative_sampling, pool=args.negative_pool,
+                             order=args.order)
+    except (ValueError, OSError) as exc:
+        print(f"produce: {exc}", file=sys.stderr)
+        return 2
     if source.items is not None:
         print(produce_items(settings, source.items, progress=not args.quiet).summary())
     report = produce_events(settings, source.events, rate=args.rate, progress=not args.quiet,
@@ -175,9 +188,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The end-to-end job: every service on the embedded broker and an A/B replay (streamrank/demo.py)."""
     from streamrank.demo import DemoPlan, run_demo
 
-    plan = DemoPlan(dataset=args.dataset, data_dir=args.data_dir, report_dir=args.report_dir or
-                    f"{args.data_dir}/report", **{k: v for k, v in (("warm_ratings", args.warm),
-                                                                   ("replay_ratings", args.replay)) if v})
+    plan = DemoPlan(dataset=args.dataset, items=args.items, data_dir=args.data_dir, report_dir=args.report_dir or
+                    f"{args.data_dir}/report", exclude_seen=args.exclude_seen,
+                    **{k: v for k, v in (("warm_ratings", args.warm), ("replay_ratings", args.replay)) if v})
+    try:
+        from streamrank.data.dataset import load_dataset
+
+        load_dataset(plan.dataset, plan.items)  # refuse a missing or unreadable log before anything starts
+    except (ValueError, OSError) as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
     return run_demo(plan)
 
 
@@ -252,6 +272,44 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_retrieval(args: argparse.Namespace) -> int:
+    """Trains the served two-tower model on a log and writes the folder `index build --model-dir` reads."""
+    from streamrank.data.dataset import load_dataset
+    from streamrank.data.requests import catalog_items
+    from streamrank.index.refresh import check_attributes
+    from streamrank.models.artifact import write_dir
+    from streamrank.models.retrieval import PRESETS as RETRIEVAL_PRESETS
+    from streamrank.models.retrieval.artifact import retrieval_from_files
+    from streamrank.train.retrieval_serving import train_servable
+
+    if args.preset not in RETRIEVAL_PRESETS:
+        print(f"unknown retrieval preset {args.preset!r}; presets: {', '.join(sorted(RETRIEVAL_PRESETS))}",
+              file=sys.stderr)
+        return 2
+    if args.epochs < 1 or (args.interactions is not None and args.interactions < 3):
+        print("--epochs must be >= 1 and --interactions >= 3", file=sys.stderr)
+        return 2
+    try:
+        data = load_dataset(args.dataset, args.items, order=args.order)
+        n = len(data.ratings) if args.interactions is None else min(args.interactions, len(data.ratings))
+        print(f"{data.name}: training {args.preset} on {n:,} of {len(data.ratings):,} interactions "
+              f"({len(data.items):,} catalog items)", flush=True)
+        trained = train_servable(data, n, args.preset, args.epochs, args.seed, progress=not args.quiet)
+        model, _ = retrieval_from_files(trained.files)
+        coverage = check_attributes(model.spec, list(catalog_items(data)))
+    except (ValueError, OSError) as exc:
+        print(f"train-retrieval: {exc}", file=sys.stderr)
+        return 2
+    path = write_dir(trained.files, args.out)
+    best = trained.fit.history[trained.fit.best_epoch] if trained.fit.history else {}
+    hits = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("valid_hit"))
+    cover = ", ".join(f"{k} {v:.0%}" for k, v in coverage.items()) or "none read"
+    print(f"wrote {path} in {trained.fit.seconds:.0f}s (best epoch {trained.fit.best_epoch + 1}: {hits or 'n/a'}); "
+          f"catalog attributes known to the model: {cover}\n"
+          f"next: streamrank index build --model-dir {path} --catalog {args.items or 'topic'}")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """The simulator: log replay or synthetic online A/B against a scorer (`streamrank simulate --help`)."""
     from simulator.cli import main as simulator_main
@@ -289,13 +347,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("produce", help="publish events from MovieLens or an event-log file")
     common(p)
-    p.add_argument("source", help="movielens:ml-100k | movielens:ml-1m | path to .jsonl/.csv events")
+    p.add_argument("source", nargs="?", help="movielens:ml-100k | movielens:ml-1m | path to .jsonl/.csv[.gz] events")
+    p.add_argument("--dataset", help="the same as the positional source (ml-100k, ml-1m or a path)")
     p.add_argument("--items", help="catalog file (.jsonl/.csv) to publish first")
     p.add_argument("--format", choices=["jsonl", "csv"], help="events file format (default: by extension)")
-    p.add_argument("--negatives", type=int, default=1, help="sampled negatives per rating (MovieLens)")
+    p.add_argument("--negatives", type=int, default=1,
+                   help="sampled negatives shown with each interaction of an interaction-only log (MovieLens, orders)")
+    p.add_argument("--negative-sampling", default="popularity", choices=["popularity", "uniform"])
+    p.add_argument("--negative-pool", default="log", choices=["log", "catalog", "past"],
+                   help="negatives from the items of the whole log, the catalog, or the log so far")
+    p.add_argument("--order", default="sort", choices=["sort", "refuse"],
+                   help="an event log not in time order: sort it (with a warning) or refuse it")
+    p.add_argument("--as-is", action="store_true",
+                   help="publish a file's events unchanged (no order check, no request stream)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scenario-field", default="age", help="MovieLens user field used as scenario, or none")
-    p.add_argument("--limit", type=int, help="stop after this many ratings (MovieLens) or events (file)")
+    p.add_argument("--scenario-field", default="auto",
+                   help="auto (MovieLens: age; event log: its own scenario), a MovieLens user field, or none")
+    p.add_argument("--limit", type=int, help="stop after this many interactions (events for --as-is or a log with "
+                   "impressions)")
     p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     p.add_argument("--strict", action="store_true", help="stop at the first invalid event")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -342,15 +411,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw"])
     p.set_defaults(func=cmd_index)
 
+    p = sub.add_parser("train-retrieval", help="train the served two-tower model on a log (for index build)")
+    p.add_argument("--dataset", required=True, help="ml-100k | ml-1m | path to an event log")
+    p.add_argument("--items", help="the event log's catalog file (.jsonl/.csv): the item tower learns its "
+                   "categories and tags, which index build then reads from the same catalog")
+    p.add_argument("--out", required=True, help="folder to write (model.pt, spec.json, config.json)")
+    p.add_argument("--preset", default="youtube_dnn", help="retrieval preset (base, youtube_dnn, micrec, ...)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--interactions", type=int, help="train on the first N interactions only (default: all)")
+    p.add_argument("--order", default="sort", choices=["sort", "refuse"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_retrieval)
+
     p = sub.add_parser("state", help="summarise a stopped worker's state")
     common(p)
     p.add_argument("--worker-id")
     p.set_defaults(func=cmd_state)
 
     p = sub.add_parser("demo", help="run the pipeline end to end on the embedded broker")
-    p.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
-    p.add_argument("--warm", type=int, help="ratings published as the warm-up stream (default 80000)")
-    p.add_argument("--replay", type=int, help="ratings replayed as the A/B after the warm-up (default 20000)")
+    p.add_argument("--dataset", default="ml-100k", help="ml-100k | ml-1m | path to your event log "
+                   "(docs/your-own-data.md)")
+    p.add_argument("--items", help="the event log's catalog file (.jsonl/.csv)")
+    p.add_argument("--warm", type=int, help="interactions published as the warm-up stream (default 80000; a "
+                   "smaller log: 80%%)")
+    p.add_argument("--replay", type=int, help="interactions replayed as the A/B after the warm-up (default 20000; "
+                   "a smaller log: the other 20%%)")
+    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                   help="Retrieve leaves out items the user already has (default: on for MovieLens, off for a "
+                        "log, where repeat purchases are real)")
     p.add_argument("--data-dir", default="var/demo")
     p.add_argument("--report-dir", help="where the A/B report goes (default: <data-dir>/report)")
     p.set_defaults(func=cmd_demo)

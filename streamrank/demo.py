@@ -1,7 +1,8 @@
 """The README's main job: every service on the embedded broker, and an A/B of AW-MoE & CL against DIN.
 
 1. The embedded broker, a stream worker, and one online trainer per ranking arm start as processes.
-2. Warm-up: the MovieLens catalog and the request stream of its first ratings are published; the worker
+2. Warm-up: the catalog and the request stream of the log's first interactions (MovieLens ratings, or a
+   user's own event log: `--dataset PATH --items PATH`) are published; the worker
    turns them into samples and the trainers publish their first versions. Meanwhile a two-tower model is
    trained offline on the same prefix and its FAISS index over the catalog is published (Retrieve).
 3. The scorer starts (`streamrank serve`), and the simulator replays the remaining ratings as the
@@ -14,20 +15,18 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from streamrank.broker import broker_for, free_port
 from streamrank.config import Settings, load_settings
-from streamrank.data.movielens import load_movielens
-from streamrank.data.requests import movielens_events, movielens_items
+from streamrank.data.dataset import InteractionLog, dataset_label, load_dataset
+from streamrank.data.requests import catalog_items, log_events
 from streamrank.events.producer import produce_events, produce_items
 from streamrank.index.refresh import build_retrieval, describe, publish_retrieval
 from streamrank.pipeline import (
@@ -47,9 +46,11 @@ from streamrank.train.retrieval_serving import train_servable
 class DemoPlan:
     """What the demo runs; the defaults are the README's `make demo` (under 15 minutes on 2 cores)."""
 
-    dataset: str = "ml-100k"
-    warm_ratings: int = 80_000
+    dataset: str = "ml-100k"  # or the path of an event log (docs/your-own-data.md)
+    items: str | None = None  # the event log's catalog file
+    warm_ratings: int = 80_000  # interactions; a smaller log is split 80/20 (see `split_counts`)
     replay_ratings: int = 20_000
+    exclude_seen: bool | None = None  # Retrieve leaves out what the user already has: None = on for MovieLens
     treatment: str = "aw_moe_cl"
     control: str = "din"
     retrieval_preset: str = "youtube_dnn"
@@ -93,19 +94,16 @@ def _wait_for_versions(settings: Settings, models: list[str], procs: list[Any], 
     raise TimeoutError(f"no version of {models} within {timeout_s}s")
 
 
-def _progress(interactions: Iterator[Any], total: int, every: int) -> Iterator[Any]:
-    start = time.monotonic()
-    for n, x in enumerate(interactions, 1):
-        yield x
-        if n % every == 0 or n == total:
-            rate = n / max(time.monotonic() - start, 1e-9)
-            say(f"  replayed {n:,}/{total:,} interactions ({rate:.0f}/s)")
+def split_counts(plan: DemoPlan, interactions: int) -> tuple[int, int]:
+    """(warm-up, replay) interaction counts: the plan's, cut to what the log has (a warm-up as long as the
+    log becomes its first 80%)."""
+    warm = plan.warm_ratings if plan.warm_ratings < interactions else int(interactions * 0.8)
+    return warm, min(plan.replay_ratings, interactions - warm)
 
 
-def _retrieval(settings: Settings, plan: DemoPlan, catalog: list) -> None:
-    say(f"training the retrieval model ({plan.retrieval_preset}) on the first {plan.warm_ratings:,} ratings")
-    trained = train_servable(load_movielens(plan.dataset), plan.warm_ratings, plan.retrieval_preset,
-                             plan.retrieval_epochs, plan.seed)
+def _retrieval(settings: Settings, plan: DemoPlan, data: InteractionLog, catalog: list) -> None:
+    say(f"training the retrieval model ({plan.retrieval_preset}) on the first {plan.warm_ratings:,} interactions")
+    trained = train_servable(data, plan.warm_ratings, plan.retrieval_preset, plan.retrieval_epochs, plan.seed)
     best = trained.fit.history[trained.fit.best_epoch] if trained.fit.history else {}
     build = build_retrieval(trained.files, catalog, plan.retrieval_preset, 1)
     info = publish_retrieval(settings, "retrieval", build)
@@ -113,22 +111,29 @@ def _retrieval(settings: Settings, plan: DemoPlan, catalog: list) -> None:
         f"{best.get('valid_hit@100', float('nan')):.4f} ({trained.fit.seconds:.0f}s)")
 
 
-def _replay(settings: Settings, plan: DemoPlan, catalog: list) -> Any:
+def _replay(settings: Settings, plan: DemoPlan, data: InteractionLog, catalog: list) -> Any:
     from simulator.arms import parse_arm
     from simulator.client import ScorerClient
+    from simulator.lag import TrainerLag
     from simulator.publish import KafkaSink
     from simulator.replay import run_replay
-    from simulator.replay_log import movielens_interactions
+    from simulator.replay_log import log_interactions
 
     arms = [parse_arm(f"treatment=model:{plan.treatment}"), parse_arm(f"control=model:{plan.control}")]
-    logged = itertools.islice(movielens_interactions(plan.dataset), plan.warm_ratings,
-                              plan.warm_ratings + plan.replay_ratings)
+    logged = log_interactions(data, skip=plan.warm_ratings, limit=plan.replay_ratings)
+    exclude_seen = data.source == "movielens" if plan.exclude_seen is None else plan.exclude_seen
     sink = KafkaSink(settings)
-    with ScorerClient(f"{settings.serve_host}:{settings.serve_port}") as client:
-        result = run_replay(_progress(logged, plan.replay_ratings, max(plan.replay_ratings // 10, 1)), arms,
-                            client=client, sink=sink, candidates="retrieve", retrieve_k=plan.retrieve_k,
-                            exclude_seen=True, catalog=[it.item_id for it in catalog], seed=plan.seed)
-    sink.close()
+    lag = TrainerLag(settings, {"treatment": plan.treatment, "control": plan.control})
+    try:
+        with ScorerClient(f"{settings.serve_host}:{settings.serve_port}") as client:
+            result = run_replay(logged, arms, client=client, sink=sink, candidates="retrieve",
+                                retrieve_k=plan.retrieve_k, exclude_seen=exclude_seen,
+                                catalog=[it.item_id for it in catalog], seed=plan.seed, lag_probe=lag.lags,
+                                lag_every=max(plan.replay_ratings // 20, 16), progress=lambda line: say("  " + line),
+                                progress_every=max(plan.replay_ratings // 10, 1))
+    finally:
+        lag.close()
+        sink.close()
     say(f"replay sent {sink.sent:,} events back to Kafka")
     return result
 
@@ -167,33 +172,37 @@ def run_demo(plan: DemoPlan | None = None, bootstrap_servers: str = "") -> int:
         trainers = [start_trainer(settings, m, log_path=base / f"trainer-{m}.log") for m in models]
         procs = [worker, *trainers]
         try:
-            ml = load_movielens(plan.dataset)  # type: ignore[arg-type]
-            catalog = list(movielens_items(ml))
-            say(f"publishing the {plan.dataset} catalog and the request stream of its first "
-                f"{plan.warm_ratings:,} ratings (warm-up)")
+            data = load_dataset(plan.dataset, plan.items)
+            warm, replay = split_counts(plan, len(data.ratings))
+            plan = replace(plan, warm_ratings=warm, replay_ratings=replay)
+            catalog = list(catalog_items(data))
+            say(f"publishing the {data.name} catalog and the "
+                f"{'events' if data.has_impressions else 'request stream'} of its first {warm:,} of "
+                f"{len(data.ratings):,} interactions (warm-up)")
             say("  " + produce_items(settings, catalog, progress=False).summary())
-            say("  " + produce_events(settings, movielens_events(ml, limit=plan.warm_ratings, seed=plan.seed),
+            say("  " + produce_events(settings, log_events(data, limit=warm, seed=plan.seed),
                                       progress=False).summary())
-            _retrieval(settings, plan, catalog)
+            _retrieval(settings, plan, data, catalog)
             wait_caught_up(settings, end_offsets(settings, settings.topic("events")), proc=worker, progress=True)
             _wait_for_versions(settings, models, trainers)
             say("starting the scorer")
             scorer = start_scorer(settings, log_path=base / "scorer.log")
             procs.append(scorer)
             say(f"scorer SERVING on {settings.serve_host}:{settings.serve_port} (metrics :"
-                f"{settings.serve_metrics_port}); replaying {plan.replay_ratings:,} ratings as an A/B: "
+                f"{settings.serve_metrics_port}); replaying {plan.replay_ratings:,} interactions as an A/B: "
                 f"treatment = {plan.treatment}, control = {plan.control}")
-            result = _replay(settings, plan, catalog)
+            result = _replay(settings, plan, data, catalog)
         finally:
             for proc in reversed(procs):
                 stop_worker(proc)
         from simulator.report import replay_report
 
         report = replay_report(result, plan.report_dir, control="control",
-                               title=f"A/B replay of {plan.dataset}: {plan.treatment} vs {plan.control}")
+                               title=f"A/B replay of {dataset_label(plan.dataset)}: {plan.treatment} vs "
+                               f"{plan.control}")
     text = Path(report).read_text().split("\n", 1)
     Path(report).write_text(f"{text[0]}\n\nProduced by `{' '.join(sys.argv) if sys.argv else 'streamrank demo'}` "
-                            f"({plan.warm_ratings:,} warm-up ratings, {plan.replay_ratings:,} replayed; retrieval "
+                            f"({plan.warm_ratings:,} warm-up interactions, {plan.replay_ratings:,} replayed; retrieval "
                             f"{plan.retrieval_preset}, k={plan.retrieve_k}).\n" + (text[1] if len(text) > 1 else ""))
     versions = {arm: sorted({int(v) for v, a in zip(result.rows["model_version"], result.rows["arm"], strict=True)
                              if a == arm}) for arm in ("treatment", "control")}
@@ -201,5 +210,9 @@ def run_demo(plan: DemoPlan | None = None, bootstrap_servers: str = "") -> int:
     for line in headline(Path(report).with_suffix(".json")):
         print(line, flush=True)
     say(f"model versions served during the replay: {versions}")
+    from simulator.report import training_notes
+
+    for line in training_notes(json.loads(Path(report).with_suffix(".json").read_text())["training"]):
+        say("  " + line)
     say(f"done in {time.monotonic() - started:.0f}s")
     return 0

@@ -173,11 +173,18 @@ def test_open_source_files(tmp_path: Path) -> None:
     events = [_event(i) for i in range(10)]
     write_events(tmp_path / "events.jsonl", events)
     write_items(tmp_path / "items.jsonl", [events_pb2.Item(item_id="i1", title="x")])
-    source = open_source(str(tmp_path / "events.jsonl"), items_path=str(tmp_path / "items.jsonl"), limit=4)
+    source = open_source(str(tmp_path / "events.jsonl"), items_path=str(tmp_path / "items.jsonl"), limit=4,
+                         as_is=True)
     assert list(source.events) == events[:4]
     assert [i.item_id for i in source.items or []] == ["i1"]
-    items, only_events = open_source(str(tmp_path / "events.jsonl"))
+    items, only_events = open_source(str(tmp_path / "events.jsonl"), as_is=True)
     assert items is None and len(list(only_events)) == 10
+    # Clicks only, no impressions: by default each click becomes a request (the clicked item + 1 negative).
+    items, stream = open_source(str(tmp_path / "events.jsonl"), negatives=1, limit=4)
+    stream = list(stream)
+    assert [e.type for e in stream].count(events_pb2.IMPRESSION) == 8
+    assert [e.item_id for e in stream if e.type == events_pb2.CLICK] == [e.item_id for e in events[:4]]
+    assert sorted(i.item_id for i in items or []) == sorted({e.item_id for e in events})  # the items it names
     with pytest.raises(FileNotFoundError, match="movielens:"):
         open_source(str(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match="unknown MovieLens"):

@@ -115,7 +115,7 @@ def _synthetic_movielens() -> MovieLens:
 
 
 def test_bench_writes_all_tables(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(bench, "load_movielens", lambda name: _synthetic_movielens())
+    monkeypatch.setattr(bench.cli, "load", lambda args: _synthetic_movielens())
     monkeypatch.setattr(bench, "FULL_SIZES", bench.QUICK_SIZES)
     rc = bench.main(["--dataset", "ml-1m", "--seeds", "2", "--epochs", "1", "--negatives", "4",
                      "--batch-size", "64", "--max-seq-len", "6", "--no-progress", "--out", str(tmp_path)])
@@ -136,7 +136,7 @@ def test_bench_writes_all_tables(tmp_path, monkeypatch) -> None:
 
 
 def _bench_json(tmp_path, monkeypatch, *extra: str) -> dict:
-    monkeypatch.setattr(bench, "load_movielens", lambda name: _synthetic_movielens())
+    monkeypatch.setattr(bench.cli, "load", lambda args: _synthetic_movielens())
     monkeypatch.setattr(bench, "FULL_SIZES", bench.QUICK_SIZES)
     out = tmp_path / "-".join(extra)
     assert bench.main(["--dataset", "ml-1m", "--epochs", "1", "--negatives", "4", "--batch-size", "64",

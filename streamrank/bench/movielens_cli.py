@@ -1,12 +1,14 @@
-"""Command-line pieces shared by the MovieLens model benchmarks (ranking, retrieval, scenario).
+"""Command-line pieces shared by the offline model benchmarks (ranking, retrieval, scenario).
 
-Each of them takes a data set, model seeds, a device, an output folder and a CI `--quick` mode, checks its
-counts before any work starts, and writes its result as `<name>-<dataset>[-quick].{json,md}`.
+Each of them takes a data set (MovieLens or a user's event log), model seeds, a device, an output folder
+and a CI `--quick` mode, checks its counts before any work starts, and writes its result as
+`<name>-<dataset>[-quick].{json,md}` (an event log's dataset name is its file stem).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 from collections.abc import Callable, Iterable
@@ -15,19 +17,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamrank.data.dataset import InteractionLog, dataset_label, is_path, load_dataset
 from streamrank.train.offline import pick_device
 
 
 def add_common(parser: argparse.ArgumentParser, quick_help: str, data_seed: bool = True) -> None:
-    """Adds --dataset, --seeds, --device, --out, --quick, --no-progress, and --data-seed when the protocol
-    draws a random split or random negatives."""
-    parser.add_argument("--dataset", default="ml-1m", choices=("ml-100k", "ml-1m"))
+    """Adds --dataset, --items, --order, --seeds, --device, --out, --quick, --no-progress, and --data-seed
+    when the protocol draws a random split or random negatives."""
+    parser.add_argument("--dataset", default=None,
+                        help="ml-100k | ml-1m | path to an event log (.jsonl/.csv[.gz], docs/event-log-format.md); "
+                             "default ml-1m (--quick: ml-100k)")
+    parser.add_argument("--items", default=None, help="catalog file (.jsonl/.csv) of an event log")
+    parser.add_argument("--order", default="sort", choices=("sort", "refuse"),
+                        help="an event log not in time order: sort it (with a warning) or refuse it")
     parser.add_argument("--seeds", type=int, default=3, help="how many model seeds: K..K+N-1")
     parser.add_argument("--first-seed", type=int, default=0, help="K, the first model seed (to add seeds to a run)")
     if data_seed:
         parser.add_argument("--data-seed", type=int, default=0, help="seed of the data split and sampled negatives")
     parser.add_argument("--device", default=None, help="force a device (default: CUDA if available)")
-    parser.add_argument("--out", default=None, help="output folder (default docs/benchmarks, quick: var/benchmarks)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default var/benchmarks; the committed figures: --out docs/benchmarks)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -71,19 +80,44 @@ def sample_rows(n: int, keep: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, keep, replace=False))
 
 
+def pick_dataset(args: argparse.Namespace) -> None:
+    """The data set by default (ml-1m; ml-100k for --quick) and a clear refusal of a missing log file."""
+    args.dataset = args.dataset or ("ml-100k" if args.quick else "ml-1m")
+    for path in (args.dataset if is_path(args.dataset) else None, args.items):
+        if path is not None and not Path(path).is_file():
+            raise SystemExit(f"no such file: {path} (--dataset takes ml-100k, ml-1m or an event-log path)")
+    if args.items and not is_path(args.dataset):
+        raise SystemExit(f"--items applies to an event log, not to {args.dataset}")
+
+
+def load(args: argparse.Namespace) -> InteractionLog:
+    """The benchmark's data set (MovieLens or an event log), loaded once per process."""
+    try:
+        return _load_cached(args.dataset, args.items, args.order)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"--dataset {args.dataset}: {exc}") from exc
+
+
+@functools.cache
+def _load_cached(dataset: str, items: str | None, order: str) -> InteractionLog:
+    return load_dataset(dataset, items, order=order)
+
+
 def finish(args: argparse.Namespace) -> argparse.Namespace:
-    """Derived settings every benchmark uses: the seed list and the output folder."""
+    """Derived settings every benchmark uses: the data set, the seed list and the output folder."""
     if args.first_seed < 0:
         raise SystemExit(f"--first-seed must be >= 0, got {args.first_seed}")
+    pick_dataset(args)
+    args.dataset_label = dataset_label(args.dataset)
     args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
-    args.out = Path(args.out or ("var/benchmarks" if args.quick else "docs/benchmarks"))
+    args.out = Path(args.out or "var/benchmarks")
     return args
 
 
 def write_result(args: argparse.Namespace, name: str, result: dict, render: Callable[[dict], str]) -> Path:
     """Writes the result's JSON and its markdown page; returns the path stem."""
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{name}-{args.dataset}{'-quick' if args.quick else ''}"
+    stem = args.out / f"{name}-{args.dataset_label}{'-quick' if args.quick else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
     stem.with_suffix(".md").write_text(render(result))
     return stem
@@ -91,7 +125,7 @@ def write_result(args: argparse.Namespace, name: str, result: dict, render: Call
 
 def result_head(args: argparse.Namespace, command: str, **machine: object) -> dict:
     """The part of a result every benchmark records: data set, command, machine and settings."""
-    return {"dataset": args.dataset, "command": command.strip(), "quick": args.quick,
+    return {"dataset": args.dataset_label, "command": command.strip(), "quick": args.quick,
             "machine": {"device": str(pick_device(args.device)), "threads": torch.get_num_threads(),
                         "platform": platform.platform(), "torch": torch.__version__, **machine},
             "settings": {k: v for k, v in vars(args).items() if k != "out"}}

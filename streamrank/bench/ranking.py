@@ -29,7 +29,7 @@ import torch
 from streamrank.bench import movielens_cli as cli
 from streamrank.bench.parallel import effective_workers, run_jobs
 from streamrank.bench.ranking_report import ABLATION, MAIN, SESSION_METRICS, VARIANTS, render
-from streamrank.data.movielens import MovieLens, load_movielens
+from streamrank.data.movielens import MovieLens
 from streamrank.data.protocols import ExampleSet, RankingProtocol, chronological_protocol, recbole_protocol
 from streamrank.features import Tensorizer
 from streamrank.models.ranking import DISPLAY_NAMES, build_model
@@ -83,8 +83,11 @@ def _subsets(p: RankingProtocol, longtail_quantile: float, elderly_age: int) -> 
     """Row masks of the test split: full, long-tail-1 (few behaviours), long-tail-2 (elderly)."""
     t = p.test
     threshold = int(np.quantile(t.end[t.labels > 0.5], longtail_quantile))
-    return {"full": np.ones(len(t), bool), "longtail_few": t.end <= threshold,
-            "longtail_elderly": p.user_ages(t) >= elderly_age}, threshold
+    masks = {"full": np.ones(len(t), bool), "longtail_few": t.end <= threshold}
+    ages = p.user_ages(t)
+    if (ages >= 0).any():  # an event log has no user profiles, hence no elderly users
+        masks["longtail_elderly"] = ages >= elderly_age
+    return masks, threshold
 
 
 def _score_subsets(out: Outcome, probs: np.ndarray, split: ExampleSet, masks: dict[str, np.ndarray],
@@ -180,7 +183,8 @@ def chronological_section(args: argparse.Namespace, jobs: list[Job], results: li
                       "valid_sessions_used": len(np.unique(p.valid.sessions)),
                       "longtail_threshold": w["threshold"],
                       "longtail_sessions": int(masks["longtail_few"][p.test.labels > 0.5].sum()),
-                      "elderly_sessions": int(masks["longtail_elderly"][p.test.labels > 0.5].sum()),
+                      "elderly_sessions": int(masks.get("longtail_elderly", np.zeros(len(p.test), bool))
+                                              [p.test.labels > 0.5].sum()),
                       "vocab": w["tz"].spec.vocab_sizes()},
             "runs": {k: (outcomes[k].metrics, outcomes[k].fits) for k in outcomes},
             "pvalues": _pvalues(outcomes, [["popularity", *args.models], ["din", "aw_moe"], list(ABLATION),
@@ -272,7 +276,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--gate-once", action="store_true", help="time request scoring (200 x 50) instead")
     args = a.parse_args(argv)
     if args.quick:
-        args.dataset, args.seeds, args.epochs, args.max_seq_len, args.batch_size = "ml-100k", 1, 1, 20, 256
+        args.seeds, args.epochs, args.max_seq_len, args.batch_size = 1, 1, 20, 256
         args.max_train_examples = args.max_train_examples or 100_000
     cli.check_counts(args, ("seeds", "epochs", "batch_size", "max_seq_len", "negatives", "workers"),
                  ("max_train_examples", "max_valid_sessions", "ablation_seeds", "threads"))
@@ -281,6 +285,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.ablation_seed_list = list(range(args.first_seed, args.first_seed + (args.ablation_seeds or args.seeds)))
     args.overrides = cli.parse_overrides(args.set)
     cli.finish(args)
+    if args.recbole_models and cli.is_path(args.dataset):
+        print("protocol (b) (RecBole's ML-1M benchmark) needs star ratings: skipped for an event log", flush=True)
+        args.recbole_models = []
     return args
 
 
@@ -295,7 +302,7 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     if args.gate_once:
         return write_gate_once(args.out, command.strip())
     t0 = time.perf_counter()
-    _build_world(load_movielens(args.dataset), args)
+    _build_world(cli.load(args), args)
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     workers = effective_workers(args.workers, args.device)
     threads = args.threads or (1 if workers > 1 else torch.get_num_threads())

@@ -139,8 +139,9 @@ def render(r: dict) -> str:
            "have 20+ ratings)", "", *_table(sec, main, "longtail_few"), "",
            f"### Table III-b: simulated long tail — every test history cut to its last {s['simulated_history']} "
            "behaviours", "", *_table(sec, main, "capped_full"), "",
-           f"### Table IV: long-tail users 2 — elderly (age ≥ {s['elderly_age']}; {st['elderly_sessions']} "
-           "sessions)", "", *_table(sec, main, "longtail_elderly"), "",
+           *([f"### Table IV: long-tail users 2 — elderly (age ≥ {s['elderly_age']}; {st['elderly_sessions']} "
+              "sessions)", "", *_table(sec, main, "longtail_elderly"), ""] if st['elderly_sessions'] else
+             ["### Table IV: long-tail users 2 — elderly: no user ages in this data set", ""]),
            "### Contrastive learning gain (AW-MoE & CL - AW-MoE)", "", *_cl_gain(sec), ""]
     if not s["no_ablation"]:
         out += ["### Table VI: gate ablation", "", _ablation_seeds(s), "", *_table(sec, list(ABLATION), "full"), "",

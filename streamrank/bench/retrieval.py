@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from streamrank.bench import movielens_cli as cli
-from streamrank.data.movielens import load_movielens
 from streamrank.data.retrieval_protocol import RetrievalProtocol, retrieval_protocol
 from streamrank.data.titles import ENCODER, genre_neighbours, nearest_neighbours, title_embeddings
 from streamrank.features import Tensorizer
@@ -60,8 +59,8 @@ def build_samplers(p: RetrievalProtocol, args: argparse.Namespace, need: set[str
         emb = None
         if args.sem_source == "title":
             t0 = time.perf_counter()
-            titles = [p_item.title if (p_item := load_movielens(args.dataset).items.get(i)) else i for i in c.item_ids]
-            emb = title_embeddings(args.dataset, titles)
+            titles = [p_item.title if (p_item := cli.load(args).items.get(i)) else i for i in c.item_ids]
+            emb = title_embeddings(args.dataset_label, titles)
             info["title_seconds"] = round(time.perf_counter() - t0, 1)
         if emb is not None:
             table, info["sem_source"] = nearest_neighbours(emb, args.sem_topk), f"title ({ENCODER})"
@@ -83,12 +82,12 @@ def build_samplers(p: RetrievalProtocol, args: argparse.Namespace, need: set[str
 
 def run(args: argparse.Namespace) -> dict:
     """Every model over every seed; returns the JSON-ready result (per-user hits only as p-values)."""
-    p = retrieval_protocol(load_movielens(args.dataset))
+    p = retrieval_protocol(cli.load(args))
     if args.max_train_examples and len(p.train) > args.max_train_examples:
         keep = np.sort(np.random.default_rng(0).choice(len(p.train), args.max_train_examples, replace=False))
         p.train = p.train.subset(keep)
     tz = Tensorizer(p.make_spec(args.max_behaviours))
-    log(f"{args.dataset}: {p.stats}")
+    log(f"{args.dataset_label}: {p.stats}")
     sizes = {"emb_dim": args.dim, "dim": args.dim, "max_behaviours": args.max_behaviours,
              "n_negatives": args.negatives, "sem_source": args.sem_source, "sem_topk": args.sem_topk,
              **args.overrides}
@@ -228,7 +227,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     args = a.parse_args(argv)
     if args.quick:
-        args.dataset, args.seeds, args.epochs, args.batch_size, args.negatives = "ml-100k", 1, 1, 256, 512
+        args.seeds, args.epochs, args.batch_size, args.negatives = 1, 1, 256, 512
         args.lr, args.steps_per_epoch = 3e-3, 380
         if args.models == ",".join(MODELS):
             args.models = "base"

@@ -26,7 +26,6 @@ import torch
 from streamrank.bench import movielens_cli as cli
 from streamrank.bench.parallel import run_jobs
 from streamrank.bench.scenario_report import render
-from streamrank.data.movielens import load_movielens
 from streamrank.data.protocols import ExampleSet, recbole_protocol
 from streamrank.features import Tensorizer
 from streamrank.models.factory import PRESETS, build_model, is_scenario_preset
@@ -58,7 +57,7 @@ _WORLD: dict = {}
 
 
 def _build_world(args: argparse.Namespace) -> dict:
-    ml = load_movielens(args.dataset)
+    ml = cli.load(args)
     p = recbole_protocol(ml, seed=args.data_seed, max_hist=args.max_seq_len)
     scenarios = p.assign_scenarios(ml, args.scenario_field)
     if args.max_train_examples and len(p.train) > args.max_train_examples:
@@ -159,7 +158,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--threads-per-worker", type=int, default=1)
     args = a.parse_args(argv)
     if args.quick:
-        args.dataset, args.seeds, args.epochs, args.batch_size = "ml-100k", 1, 1, 256
+        args.seeds, args.epochs, args.batch_size = 1, 1, 256
         args.max_train_examples = args.max_train_examples or 20_000
     cli.check_counts(args, ("seeds", "epochs", "batch_size", "max_seq_len", "workers", "threads_per_worker"))
     args.models = cli.split_models(args.models, PRESETS)

@@ -22,12 +22,27 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, get_args
+from typing import Literal, get_args
 
 import numpy as np
+
+from streamrank.data.dataset import (
+    CatalogItem,
+    InteractionLog,
+    Rating,
+    Ratings,
+    UserProfile,
+    build_ratings,
+)
+
+# MovieLens data sets are instances of the generic dataset layer (streamrank.data.dataset); these names
+# are kept for the code and tests that speak of films.
+MovieItem = CatalogItem
+MovieUser = UserProfile
+MovieLens = InteractionLog
+__all__ = ["DATASETS", "MovieItem", "MovieLens", "MovieLensError", "MovieUser", "Rating", "Ratings",
+           "build_ratings", "dataset_files", "load_movielens"]
 
 DatasetName = Literal["ml-100k", "ml-1m"]
 DATASETS: tuple[str, ...] = get_args(DatasetName)
@@ -51,79 +66,6 @@ ML1M_OCCUPATIONS: dict[str, str] = {
 
 class MovieLensError(RuntimeError):
     """A MovieLens data set is not installed or its files are not in the expected shape."""
-
-
-@dataclass(frozen=True, slots=True)
-class MovieItem:
-    """One film of the catalogue. `genres` keeps the file's order (the first one is the "category")."""
-
-    item_id: str
-    title: str
-    year: int | None
-    genres: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class MovieUser:
-    """One user. ML-1M `age` is the data set's age bucket (1, 18, 25, 35, 45, 50, 56)."""
-
-    user_id: str
-    age: int | None
-    gender: str
-    occupation: str
-    zip_code: str
-
-
-class Rating(NamedTuple):
-    """One rating as a small record (see `Ratings` for the columnar form)."""
-
-    user_id: str
-    item_id: str
-    rating: float
-    ts_s: int
-
-
-@dataclass(frozen=True, eq=False)
-class Ratings:
-    """All ratings as aligned read-only numpy columns, in chronological order (stable tie-break).
-
-    `user_code` / `item_code` index `user_vocab` / `item_vocab` (ids in order of first appearance in
-    the file), which is what vectorised code (negative sampling, embedding tables) wants.
-    """
-
-    user_id: np.ndarray  # object array of str
-    item_id: np.ndarray  # object array of str
-    rating: np.ndarray  # float32
-    ts_s: np.ndarray  # int64, seconds since the Unix epoch
-    user_code: np.ndarray  # int32
-    item_code: np.ndarray  # int32
-    user_vocab: tuple[str, ...]
-    item_vocab: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return int(self.ts_s.shape[0])
-
-    def __getitem__(self, index: int) -> Rating:
-        return Rating(str(self.user_id[index]), str(self.item_id[index]),
-                      float(self.rating[index]), int(self.ts_s[index]))
-
-    def __iter__(self) -> Iterator[Rating]:
-        for u, i, r, t in zip(self.user_id.tolist(), self.item_id.tolist(),
-                              self.rating.tolist(), self.ts_s.tolist(), strict=True):
-            yield Rating(u, i, r, t)
-
-
-@dataclass(frozen=True, eq=False)
-class MovieLens:
-    """A loaded MovieLens data set: chronological ratings, the item catalogue and the users.
-
-    `items` holds every catalogued film, including (for ML-1M) films that nobody rated.
-    """
-
-    name: str
-    ratings: Ratings
-    items: dict[str, MovieItem]
-    users: dict[str, MovieUser]
 
 
 def dataset_files(name: str) -> dict[str, Path]:
@@ -199,37 +141,6 @@ def _load_ratings(path: Path) -> Ratings:
     except ValueError as exc:
         raise MovieLensError(f"{path}: a rating or timestamp is not a number: {exc}") from exc
     return build_ratings(cols["user"], cols["item"], rating, ts_s)
-
-
-def build_ratings(user_ids: list[str], item_ids: list[str], rating: np.ndarray | list[float],
-                  ts_s: np.ndarray | list[int]) -> Ratings:
-    """Columnar, chronological, read-only `Ratings` from aligned columns in file order.
-
-    The sort is stable (ties keep the given order). Also handy to build small synthetic logs in tests.
-    """
-    n = len(user_ids)
-    if not len(item_ids) == len(rating) == len(ts_s) == n:
-        raise ValueError("user_ids, item_ids, rating and ts_s must have the same length")
-    user_vocab: dict[str, int] = {}
-    item_vocab: dict[str, int] = {}
-    user_code = np.fromiter((user_vocab.setdefault(u, len(user_vocab)) for u in user_ids),
-                            dtype=np.int32, count=n)
-    item_code = np.fromiter((item_vocab.setdefault(i, len(item_vocab)) for i in item_ids),
-                            dtype=np.int32, count=n)
-    stars = np.asarray(rating, dtype=np.float32)
-    seconds = np.asarray(ts_s, dtype=np.int64)
-    order = np.argsort(seconds, kind="stable")  # ties (same second) keep the file's order
-    users = np.array(list(user_vocab), dtype=object)
-    items = np.array(list(item_vocab), dtype=object)
-    user_code, item_code = user_code[order], item_code[order]
-    arrays = {
-        "user_id": users[user_code] if n else np.empty(0, dtype=object),
-        "item_id": items[item_code] if n else np.empty(0, dtype=object),
-        "rating": stars[order], "ts_s": seconds[order], "user_code": user_code, "item_code": item_code,
-    }
-    for array in arrays.values():
-        array.setflags(write=False)  # results are cached and shared: nobody may edit them in place
-    return Ratings(**arrays, user_vocab=tuple(user_vocab), item_vocab=tuple(item_vocab))
 
 
 def _load_items(path: Path) -> dict[str, MovieItem]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from streamrank.data.movielens import MovieLens
-from streamrank.data.requests import scenario_of_users
+from streamrank.data.requests import user_scenarios
 from streamrank.features.raw import CLICK, PURCHASE, Behaviors, Counts, ItemAttrs, Labels, RawExample
 from streamrank.features.spec import FeatureSpec
 
@@ -41,9 +41,9 @@ class _Corpus:
         self.stars = r.rating[self.rating_idx]
         self.item_ids = list(r.item_vocab)
         self.user_ids = list(r.user_vocab)
-        genres = [ml.items[i].genres if i in ml.items else () for i in self.item_ids]
-        self.item_tags = [list(g) for g in genres]
-        self.item_cat = [g[0] if g else "" for g in genres]
+        catalog = [ml.items.get(i) for i in self.item_ids]
+        self.item_tags = [list(it.genres) if it is not None else [] for it in catalog]
+        self.item_cat = [it.main_category if it is not None else "" for it in catalog]
         years = [ml.items[i].year if i in ml.items else None for i in self.item_ids]
         self.item_year = ["" if y is None else str(y) for y in years]
         # one shared (read-only) attribute object per item instead of one per example
@@ -57,9 +57,9 @@ class _Corpus:
         order = np.argsort(self.user_code, kind="stable")  # chronological within each user
         bounds = np.searchsorted(self.user_code[order], np.arange(len(self.user_ids) + 1))
         self.user_rows = [order[bounds[u]:bounds[u + 1]] for u in range(len(self.user_ids))]
-        self.ts_ms = r.ts_s[self.rating_idx].astype(np.int64) * 1000
+        self.ts_ms = r.ts_ms[self.rating_idx].astype(np.int64)
         ts = self.ts_ms.tolist()
-        types = [PURCHASE if (typed and s >= 4) else CLICK for s in self.stars.tolist()]
+        types = [PURCHASE if (typed and s >= ml.purchase_min) else CLICK for s in self.stars.tolist()]
         items, cats = self.item_code.tolist(), [self.item_cat[i] for i in self.item_code.tolist()]
         self.seq_items = [[self.item_ids[items[k]] for k in rows] for rows in self.user_rows]
         self.seq_types = [[types[k] for k in rows] for rows in self.user_rows]
@@ -139,11 +139,12 @@ class RankingProtocol:
         """The shared per-user sequences and attributes behind the splits."""
         return self.train.corpus
 
-    def assign_scenarios(self, ml: MovieLens, field: str = "age") -> tuple[str, ...]:
-        """Gives every example its user's scenario, named as the stream names it ("age:25"); returns the
-        scenarios present, sorted (what a multi-scenario spec lists)."""
+    def assign_scenarios(self, ml: MovieLens, field: str = "auto") -> tuple[str, ...]:
+        """Gives every example its user's scenario, named as the stream names it ("age:25"; an event log's
+        users get their most frequent own scenario); returns the scenarios present, sorted (what a
+        multi-scenario spec lists)."""
         c = self.corpus
-        named = scenario_of_users(ml.users, field)
+        named = user_scenarios(ml, field)
         c.user_scenario = [named.get(u, "") for u in c.user_ids]
         return tuple(sorted({s for s in c.user_scenario if s}, key=_scenario_order))
 
@@ -159,7 +160,7 @@ class RankingProtocol:
         `scenarios` get their own branches in multi-scenario models."""
         c = self.corpus
         spec = FeatureSpec(max_seq_len=max_seq_len, user_fields=USER_FIELDS, item_fields=("year",),
-                           max_tags=max(len(t) for t in c.item_tags), dense=self.dense,
+                           max_tags=max(1, max(len(t) for t in c.item_tags)), dense=self.dense,
                            use_user_id=use_user_id, scenarios=scenarios)
         # item frequency = training rows with the item as target (training behaviours are earlier positives)
         spec.vocabs["item"].fit([c.item_ids[i] for i in self.train.item.tolist()], min_count=min_item_count)
@@ -292,14 +293,21 @@ def chronological_protocol(ml: MovieLens, n_eval_negatives: int = 50, seed: int 
 
 
 def recbole_protocol(ml: MovieLens, seed: int = 0, max_hist: int = 50) -> RankingProtocol:
-    """Protocol (b): RecBole's ML-1M context-aware benchmark (drop 3s, label >= 4, random 8:1:1)."""
-    keep = ml.ratings.rating != 3
+    """Protocol (b): RecBole's ML-1M context-aware benchmark (drop 3s, label >= 4, random 8:1:1).
+
+    On an event log the same split with label = purchase (every interaction kept): an interaction that
+    ended in a purchase against one that stopped at a click or an add-to-cart.
+    """
+    keep = ml.ratings.rating != 3 if ml.source == "movielens" else np.ones(len(ml.ratings), dtype=bool)
     c = _Corpus(ml, keep, typed=False)
     n = len(c.item_code)
     end = np.empty(n, dtype=np.int64)
     for rows in c.user_rows:
         end[rows] = np.arange(len(rows))  # earlier kept ratings of the same user = DIN's history
-    labels = (c.stars >= 4).astype(np.float32)
+    labels = (c.stars >= ml.purchase_min).astype(np.float32)
+    if not 0 < labels.sum() < n:
+        raise ValueError(f"{ml.name}: every interaction is {'a purchase' if labels.sum() else 'not a purchase'}, so "
+                         "a purchase label has one class; this protocol needs both")
     order = np.random.default_rng(seed).permutation(n)
     n_eval = int(0.1 * n)  # RecBole's _calcu_split_ids: valid and test rounded down, train the rest
     a, b = n - 2 * n_eval, n - n_eval

@@ -36,7 +36,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from streamrank.data.movielens import MovieItem, MovieLens, MovieUser
+from streamrank.data.dataset import CatalogItem, InteractionLog, UserProfile
+from streamrank.data.movielens import MovieLens
 from streamrank.v1 import events_pb2
 
 T = TypeVar("T")
@@ -44,7 +45,7 @@ T = TypeVar("T")
 CHUNK = 4096  # ratings whose negatives are drawn together (part of the stream's definition: keep it)
 TIE_STEP_MS = 3  # impressions, click, purchase of one request use ts, ts + 1, ts + 2
 PURCHASE_MIN_RATING = 4.0
-SCENARIO_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MovieUser) if f.name != "user_id")
+SCENARIO_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(UserProfile) if f.name != "user_id")
 
 
 class SizedIterator(Generic[T]):
@@ -65,7 +66,7 @@ class SizedIterator(Generic[T]):
 
 
 def item_popularity(ml: MovieLens) -> np.ndarray:
-    """Ratings per item over the whole log, indexed by `ml.ratings.item_code` (int64)."""
+    """Interactions per item over the whole log, indexed by `ml.ratings.item_code` (int64)."""
     return np.bincount(ml.ratings.item_code, minlength=len(ml.ratings.item_vocab)).astype(np.int64)
 
 
@@ -104,7 +105,7 @@ def sample_negatives(rng: np.random.Generator, positives: np.ndarray, negatives:
     return out
 
 
-def scenario_of_users(users: dict[str, MovieUser], field: str | None) -> dict[str, str]:
+def scenario_of_users(users: dict[str, UserProfile], field: str | None) -> dict[str, str]:
     """User id -> scenario ("<field>:<value>", ages as ML-1M buckets), as the producer writes it on events;
     {} for field None/"none"; ValueError for a field MovieLens users do not have."""
     if field is None or field.lower() in {"", "none"}:
@@ -134,29 +135,83 @@ def age_bucket(age: int) -> int:
     return bucket
 
 
-def _category(item: MovieItem | None) -> str:
-    return item.genres[0] if item is not None and item.genres else ""
+def _category(item: CatalogItem | None) -> str:
+    return item.main_category if item is not None else ""
+
+
+SCENARIO_COLUMN = "scenario"  # an event log's own per-event scenario
+SAMPLINGS = ("popularity", "uniform")
+POOLS = ("log", "catalog", "past")
+
+
+def resolve_scenario_field(ml: InteractionLog, field: str | None) -> str | None:
+    """`auto` -> the log's natural scenario: the events' own `scenario` for an event log, a MovieLens
+    user's age otherwise; other values are checked (a user field, `scenario`, or none)."""
+    if field == "auto":
+        return SCENARIO_COLUMN if ml.ratings.scenario is not None else "age"
+    if field == SCENARIO_COLUMN and ml.ratings.scenario is None:
+        raise ValueError("scenario field 'scenario' needs an event log (MovieLens has no per-event scenario)")
+    if field != SCENARIO_COLUMN:
+        scenario_of_users({}, field)  # validates the name
+    return field
+
+
+def user_scenarios(ml: InteractionLog, field: str | None) -> dict[str, str]:
+    """User id -> one scenario: the user field's value (MovieLens), or for an event log's own `scenario`
+    column the user's most frequent one (ties: the earliest), which the per-user offline splits need."""
+    field = resolve_scenario_field(ml, field)
+    if field != SCENARIO_COLUMN:
+        return scenario_of_users(ml.users, field)
+    counts: dict[str, dict[str, int]] = {}
+    for user, scenario in zip(ml.ratings.user_id.tolist(), ml.ratings.scenario.tolist(), strict=True):
+        if scenario:
+            per = counts.setdefault(user, {})
+            per[scenario] = per.get(scenario, 0) + 1
+    return {u: max(per, key=per.__getitem__) for u, per in counts.items()}
 
 
 def count_events(ml: MovieLens, negatives: int = 1, limit: int | None = None) -> int:
     """How many events `movielens_events` yields for these arguments (without generating them)."""
     m = len(ml.ratings) if limit is None else min(max(limit, 0), len(ml.ratings))
-    purchases = int(np.count_nonzero(ml.ratings.rating[:m] >= PURCHASE_MIN_RATING))
-    return m * (negatives + 2) + purchases
+    strength = ml.ratings.rating[:m]
+    second = strength >= ml.purchase_min
+    if ml.cart_min is not None:
+        second |= strength >= ml.cart_min
+    return m * (negatives + 1) + m + int(np.count_nonzero(second))
 
 
-def _generate(ml: MovieLens, negatives: int, seed: int, scenario_field: str | None,
-              session_gap_ms: int, limit: int) -> Iterator[events_pb2.Event]:
+def _negative_pool(ml: InteractionLog, sampling: str, pool: str) -> tuple[list[str], np.ndarray]:
+    """Item ids the stream may show (the log's items first, in code order) and their draw weights; for the
+    `past` pool the weights are recomputed per chunk."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"unknown negative sampling {sampling!r}; expected one of {', '.join(SAMPLINGS)}")
+    if pool not in POOLS:
+        raise ValueError(f"unknown negative pool {pool!r}; expected one of {', '.join(POOLS)}")
+    vocab = list(ml.ratings.item_vocab)
+    popularity = item_popularity(ml)
+    if pool == "catalog":
+        known = set(vocab)
+        vocab += [i for i in ml.items if i not in known]
+        popularity = np.concatenate([popularity, np.zeros(len(vocab) - len(popularity), dtype=np.int64)]) + 1
+    if sampling == "uniform":
+        popularity = (popularity > 0).astype(np.int64)
+    return vocab, popularity
+
+
+def _generate(ml: InteractionLog, negatives: int, seed: int, scenario_field: str | None,
+              session_gap_ms: int, limit: int, sampling: str, pool: str) -> Iterator[events_pb2.Event]:
     ratings = ml.ratings
     n = len(ratings)
-    popularity = item_popularity(ml)
-    vocab = ratings.item_vocab
+    vocab, popularity = _negative_pool(ml, sampling, pool)
     category = [_category(ml.items.get(item_id)) for item_id in vocab]
-    scenario = scenario_of_users(ml.users, scenario_field)
+    field = resolve_scenario_field(ml, scenario_field)
+    scenario = {} if field == SCENARIO_COLUMN else scenario_of_users(ml.users, field)
     last_ts: dict[str, int] = {}
     session_no: dict[str, int] = {}
     tie_rank: dict[str, int] = {}
-    Event, IMP, CLICK, BUY = events_pb2.Event, events_pb2.IMPRESSION, events_pb2.CLICK, events_pb2.PURCHASE
+    Event, IMP = events_pb2.Event, events_pb2.IMPRESSION
+    suffix = {events_pb2.CLICK: "clk", events_pb2.ADD_TO_CART: "cart", events_pb2.PURCHASE: "buy"}
+    seen_so_far = np.zeros(len(vocab), dtype=np.int64)
     prefix = ml.name
     for chunk, start in enumerate(range(0, n, CHUNK)):
         if start >= limit:
@@ -164,18 +219,23 @@ def _generate(ml: MovieLens, negatives: int, seed: int, scenario_field: str | No
         stop = min(n, start + CHUNK)
         rng = np.random.default_rng([seed, chunk])
         positives = ratings.item_code[start:stop].astype(np.int64)
-        slate = np.concatenate([positives[:, None], sample_negatives(rng, positives, negatives, popularity)],
-                               axis=1)
+        weights = popularity
+        if pool == "past":  # the log up to the end of this chunk: no look-ahead beyond CHUNK interactions
+            np.add.at(seen_so_far, positives, 1)
+            weights = seen_so_far if sampling == "popularity" else (seen_so_far > 0).astype(np.int64)
+        slate = np.concatenate([positives[:, None], sample_negatives(rng, positives, negatives, weights)], axis=1)
         order = np.argsort(rng.random(slate.shape), axis=1)
         shown = np.take_along_axis(slate, order, axis=1).tolist()
         positive_at = np.argmin(order, axis=1).tolist()  # where column 0 (the rated item) landed
         users = ratings.user_id[start:stop].tolist()
-        seconds = ratings.ts_s[start:stop].tolist()
+        millis = ratings.ts_ms[start:stop].tolist()
         stars = ratings.rating[start:stop].tolist()
+        own_scenario = ratings.scenario[start:stop].tolist() if field == SCENARIO_COLUMN else None
+        own_session = ratings.session[start:stop].tolist() if ratings.session is not None else None
         for row in range(min(stop, limit) - start):
             index = start + row
             user = users[row]
-            ts_ms = seconds[row] * 1000
+            ts_ms = millis[row]
             previous = last_ts.get(user)
             if previous is None or ts_ms - previous > session_gap_ms:
                 session_no[user] = session_no.get(user, 0) + 1
@@ -183,8 +243,9 @@ def _generate(ml: MovieLens, negatives: int, seed: int, scenario_field: str | No
             last_ts[user] = ts_ms
             base = ts_ms + TIE_STEP_MS * tie_rank[user]
             request = f"{prefix}-{index}"
-            common = {"user_id": user, "session_id": f"{user}/s{session_no[user]}", "request_id": request,
-                      "scenario": scenario.get(user, "")}
+            session = (own_session[row] if own_session is not None else "") or f"{user}/s{session_no[user]}"
+            common = {"user_id": user, "session_id": session, "request_id": request,
+                      "scenario": own_scenario[row] if own_scenario is not None else scenario.get(user, "")}
             for position, code in enumerate(shown[row]):
                 cat = category[code]
                 yield Event(event_id=f"{request}-imp-{position}", item_id=vocab[code], type=IMP, ts_ms=base,
@@ -192,41 +253,64 @@ def _generate(ml: MovieLens, negatives: int, seed: int, scenario_field: str | No
             code = shown[row][positive_at[row]]
             cat = category[code]
             attrs = {"category": cat} if cat else None
-            yield Event(event_id=f"{request}-clk", item_id=vocab[code], type=CLICK, ts_ms=base + 1,
-                        position=positive_at[row], item=attrs, **common)
-            if stars[row] >= PURCHASE_MIN_RATING:
-                yield Event(event_id=f"{request}-buy", item_id=vocab[code], type=BUY, ts_ms=base + 2,
+            for step, kind in enumerate(ml.funnel(stars[row]), start=1):
+                yield Event(event_id=f"{request}-{suffix[kind]}", item_id=vocab[code], type=kind, ts_ms=base + step,
                             position=positive_at[row], item=attrs, **common)
 
 
-def movielens_events(ml: MovieLens, negatives: int = 1, seed: int = 0, scenario_field: str | None = "age",
-                     session_gap_ms: int = 30 * 60_000,
-                     limit: int | None = None) -> SizedIterator[events_pb2.Event]:
-    """The request stream of a MovieLens log: impressions (rated item + sampled negatives), click, purchase.
+def movielens_events(ml: InteractionLog, negatives: int = 1, seed: int = 0, scenario_field: str | None = "auto",
+                     session_gap_ms: int = 30 * 60_000, limit: int | None = None, sampling: str = "popularity",
+                     pool: str = "log") -> SizedIterator[events_pb2.Event]:
+    """The request stream of an interaction-only log: impressions (the item interacted with + sampled
+    negatives), then the click and, by the interaction's strength, the add-to-cart or purchase.
 
-    See the module docstring for the exact protocol. `limit` caps the number of *ratings* (requests)
+    See the module docstring for the exact protocol. `limit` caps the number of interactions (requests)
     used and yields a prefix of the unlimited stream. The iterator has a `len()` (the event count).
+    `sampling` (popularity/uniform) and `pool` (log: every item interacted with in the whole log; catalog:
+    every catalog item, popularity + 1; past: items interacted with so far) choose the negatives; the
+    defaults are the MovieLens protocol. `scenario_field` `auto` is a MovieLens user's age or an event log's
+    own scenario.
     """
     if negatives < 0:
         raise ValueError(f"negatives must be >= 0, got {negatives}")
     if session_gap_ms <= 0:
         raise ValueError(f"session_gap_ms must be > 0, got {session_gap_ms}")
-    scenario_of_users({}, scenario_field)  # validate the field name now, not at the first next()
+    resolve_scenario_field(ml, scenario_field)  # validate the field name now, not at the first next()
+    _negative_pool(ml, sampling, pool)
     cap = len(ml.ratings) if limit is None else min(max(limit, 0), len(ml.ratings))
     total = count_events(ml, negatives, cap)
-    return SizedIterator(_generate(ml, negatives, seed, scenario_field, session_gap_ms, cap), total)
+    return SizedIterator(_generate(ml, negatives, seed, scenario_field, session_gap_ms, cap, sampling, pool), total)
 
 
-def display_title(item: MovieItem) -> str:
+request_events = movielens_events  # the generic name; `movielens_events` predates the dataset layer
+
+
+def display_title(item: CatalogItem) -> str:
     """`Title (Year)`, the usual MovieLens display form (just the title when the year is unknown)."""
     return f"{item.title} ({item.year})" if item.year is not None else item.title
 
 
-def movielens_items(ml: MovieLens) -> SizedIterator[events_pb2.Item]:
-    """The catalog of a MovieLens data set as Items: title "Title (Year)", category = first genre,
-    tags = all genres; no brand or price (MovieLens has none)."""
+def movielens_items(ml: InteractionLog) -> SizedIterator[events_pb2.Item]:
+    """The catalog of a log as Items: title ("Title (Year)" for films), category (explicit, else the first
+    genre), tags, brand and price as the catalog has them."""
     def generate() -> Iterator[events_pb2.Item]:
         for item in ml.items.values():
-            yield events_pb2.Item(item_id=item.item_id, title=display_title(item),
-                                  category=item.genres[0] if item.genres else "", tags=list(item.genres))
+            yield events_pb2.Item(item_id=item.item_id, title=display_title(item), category=item.main_category,
+                                  tags=list(item.genres), brand=item.brand, price=item.price)
     return SizedIterator(generate(), len(ml.items))
+
+
+catalog_items = movielens_items  # the generic name
+
+
+def log_events(ml: InteractionLog, limit: int | None = None, **stream: object) -> SizedIterator[events_pb2.Event]:
+    """What to publish for a log: its own events when it has impressions (with `limit`, the events before
+    the time of interaction number `limit`), else the synthesised request stream of its first `limit`
+    interactions."""
+    if ml.events is not None:
+        events: tuple[events_pb2.Event, ...] | list[events_pb2.Event] = ml.events
+        if limit is not None and limit < len(ml.ratings):
+            cut = int(ml.ratings.ts_ms[max(limit, 0)])
+            events = [e for e in ml.events if e.ts_ms < cut]
+        return SizedIterator(iter(events), len(events))
+    return movielens_events(ml, limit=limit, **stream)  # type: ignore[arg-type]

@@ -65,7 +65,7 @@ class RetrievalProtocol:
         """A FeatureSpec fitted on the training split only (no dense features, no user id)."""
         c = self.corpus
         spec = FeatureSpec(max_seq_len=max_behaviours, user_fields=USER_FIELDS, item_fields=("year",),
-                           max_tags=max(len(t) for t in c.item_tags), dense=(), use_user_id=False)
+                           max_tags=max(1, max(len(t) for t in c.item_tags)), dense=(), use_user_id=False)
         spec.vocabs["item"].fit([c.item_ids[i] for i in self.train.item.tolist()], min_count=min_item_count)
         items = np.unique(self.train.item).tolist()
         spec.vocabs["category"].fit([c.item_cat[i] for i in items])

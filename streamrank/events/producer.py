@@ -235,41 +235,54 @@ MOVIELENS_PREFIX = "movielens:"
 
 
 def open_source(spec: str, items_path: str | None = None, fmt: str | None = None, negatives: int = 1,
-                seed: int = 0, scenario_field: str | None = "age", limit: int | None = None,
-                on_error: Callable[[Exception], None] | None = None) -> Source:
-    """Turns a CLI source spec into (items or None, events), both lazy.
+                seed: int = 0, scenario_field: str | None = "auto", limit: int | None = None,
+                on_error: Callable[[Exception], None] | None = None, as_is: bool = False,
+                sampling: str = "popularity", pool: str = "log", order: str = "sort") -> Source:
+    """Turns a CLI source spec into (items or None, events).
 
     - ``movielens:ml-100k`` / ``movielens:ml-1m``: the MovieLens request stream (`negatives`, `seed`,
       `scenario_field`, `limit` in ratings) and its catalog.
-    - anything else is a path to a JSON-lines or CSV event log (`fmt` or the extension decides), with
-      catalog items from `items_path` when given; `limit` caps the number of events. `on_error`, when
-      given, receives bad rows (EventLogError) that are then skipped instead of stopping the run.
+    - anything else is a path to a JSON-lines or CSV event log (`fmt` or the extension decides), loaded
+      through the dataset layer (`streamrank.data.eventlog_dataset`: time order checked, sorted or refused
+      by `order`). A log with impressions is published as it is (`limit` in events); an interaction-only
+      log (clicks, orders) becomes a request stream with `negatives` sampled per interaction (`sampling`,
+      `pool`; `limit` in interactions), since samples come only from impressions. Catalog items come
+      from `items_path`, else (interaction-only logs) from the items the log names.
+    - `as_is=True` streams a file's events unchanged (no order check, no request stream), reading bad
+      rows into `on_error` when given instead of stopping.
     """
     from streamrank.data.eventlog import detect_format, read_events, read_items
 
     if spec.startswith(MOVIELENS_PREFIX):
-        from streamrank.data.movielens import DATASETS, load_movielens
-        from streamrank.data.requests import movielens_events, movielens_items
+        from streamrank.data.movielens import DATASETS
 
         name = spec[len(MOVIELENS_PREFIX):]
         if name not in DATASETS:
             raise ValueError(f"unknown MovieLens data set {name!r} in {spec!r}; expected one of "
                              f"{', '.join(MOVIELENS_PREFIX + d for d in DATASETS)}")
-        ml = load_movielens(name)  # type: ignore[arg-type]
-        items = read_items(items_path, None, on_error) if items_path else movielens_items(ml)
-        events = movielens_events(ml, negatives=negatives, seed=seed, scenario_field=scenario_field,
-                                  limit=limit)
-        return Source(items, events)
-    for path in (spec, items_path):
-        if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"no such event log: {path} (or use {MOVIELENS_PREFIX}ml-100k / ml-1m)")
-    detect_format(spec, fmt)  # fail now, not at the first message, when the format is unknown
+    else:
+        for path in (spec, items_path):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"no such event log: {path} (or use {MOVIELENS_PREFIX}ml-100k / ml-1m)")
+        detect_format(spec, fmt)  # fail now, not at the first message, when the format is unknown
+        if items_path:
+            detect_format(items_path)
+    if as_is and not spec.startswith(MOVIELENS_PREFIX):
+        events_iter: Iterator[events_pb2.Event] = read_events(spec, fmt, on_error)
+        if limit is not None:
+            events_iter = _take(events_iter, limit)
+        return Source(read_items(items_path, None, on_error) if items_path else None, events_iter)
+    from streamrank.data.dataset import load_dataset
+    from streamrank.data.requests import catalog_items, log_events
+
+    data = load_dataset(spec, None if spec.startswith(MOVIELENS_PREFIX) else items_path, fmt, order=order)
+    events = log_events(data, limit=limit, negatives=negatives, seed=seed, scenario_field=scenario_field,
+                        sampling=sampling, pool=pool)
     if items_path:
-        detect_format(items_path)
-    events_iter: Iterator[events_pb2.Event] = read_events(spec, fmt, on_error)
-    if limit is not None:
-        events_iter = _take(events_iter, limit)
-    return Source(read_items(items_path, None, on_error) if items_path else None, events_iter)
+        items: Iterable[events_pb2.Item] | None = read_items(items_path, None, on_error)
+    else:
+        items = None if data.has_impressions else catalog_items(data)
+    return Source(items, events)
 
 
 def _take(values: Iterator[T], limit: int) -> Iterator[T]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from streamrank.config import Settings
 from streamrank.features.raw import Candidate, ItemAttrs
+from streamrank.features.spec import FeatureSpec
 from streamrank.index import ItemIndex, build_index, index_files
 from streamrank.models.retrieval.artifact import retrieval_from_files
 from streamrank.registry.store import Registry, VersionInfo
@@ -69,17 +70,53 @@ def read_catalog(settings: Settings, timeout_s: float = 60) -> list[events_pb2.I
     return [events_pb2.Item.FromString(v) for v in latest.values() if v]
 
 
+MIN_ATTRIBUTE_COVERAGE = 0.5
+
+
+def attribute_coverage(spec: FeatureSpec, items: Sequence[events_pb2.Item]) -> dict[str, float]:
+    """Per item attribute the item tower reads (category, tags), the share of catalog items that carry a
+    value the model was trained with; attributes the model has no vocabulary for (or the catalog never
+    fills) are left out. A low share means the catalog and the training data do not name things alike."""
+    out: dict[str, float] = {}
+    for name, values in (("category", lambda it: [it.category] if it.category else []),
+                         ("tag", lambda it: list(it.tags))):
+        vocab = spec.vocabs.get(name)
+        filled = [values(it) for it in items if values(it)]
+        if vocab is None or not vocab.num_live or not filled:  # the model was not trained on it
+            continue
+        out[name] = sum(any(v in vocab for v in vals) for vals in filled) / len(filled)
+    return out
+
+
+def check_attributes(spec: FeatureSpec, items: Sequence[events_pb2.Item],
+                     minimum: float = MIN_ATTRIBUTE_COVERAGE) -> dict[str, float]:
+    """`attribute_coverage`, refused (ValueError, with examples of both sides) below `minimum`."""
+    coverage = attribute_coverage(spec, items)
+    for name, share in coverage.items():
+        if share < minimum:
+            vocab = spec.vocabs[name]
+            known = [t for i in range(len(vocab)) if (t := vocab.token(i)) and t in vocab][:5]
+            seen = sorted({v for it in items for v in ([it.category] if name == "category" else it.tags) if v})[:5]
+            raise ValueError(f"only {share:.0%} of the catalog's items have a {name} the retrieval model was trained "
+                             f"with (model: {known}...; catalog: {seen}...): train it on this catalog "
+                             "(streamrank train-retrieval --dataset LOG --items CATALOG)")
+    return coverage
+
+
 def build_retrieval(model_files: dict[str, bytes], items: Iterable[events_pb2.Item], model_name: str,
                     model_version: int, kind: str = "auto", **index_params: int) -> RetrievalBuild:
-    """Encodes the catalog with the model's item tower and indexes it; refuses an empty catalog."""
+    """Encodes the catalog with the model's item tower and indexes it; refuses an empty catalog and one
+    whose categories or tags the model was not trained with (`check_attributes`)."""
     start = time.perf_counter()
     model, preset = retrieval_from_files(model_files)
     if model.spec.user_fields:
         raise ValueError(f"{model_name} needs user profile fields {list(model.spec.user_fields)} that the "
                          "scorer cannot supply; train the served retrieval model without user_fields")
+    items = list(items)
     cands = [item_candidate(it) for it in items]
     if not cands:
         raise ValueError("the catalog is empty: nothing to index")
+    check_attributes(model.spec, items)
     vectors = model.encode_items(cands)
     index = build_index(vectors, [c.item_id for c in cands], kind=kind, model=model_name,
                         model_version=model_version, **index_params)
