@@ -189,7 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streamrank.demo import DemoPlan, run_demo
 
     plan = DemoPlan(dataset=args.dataset, items=args.items, data_dir=args.data_dir, report_dir=args.report_dir or
-                    f"{args.data_dir}/report", exclude_seen=args.exclude_seen,
+                    f"{args.data_dir}/report", exclude_seen=args.exclude_seen, pace_to_trainers=args.pace_to_trainers,
                     **{k: v for k, v in (("warm_ratings", args.warm), ("replay_ratings", args.replay)) if v})
     try:
         from streamrank.data.dataset import load_dataset
@@ -266,7 +266,11 @@ def cmd_index(args: argparse.Namespace) -> int:
         from streamrank.data.eventlog import read_items
 
         items = list(read_items(args.catalog))
-    build = build_retrieval(files, items, model_name, model_version, kind=args.kind)
+    try:
+        build = build_retrieval(files, items, model_name, model_version, kind=args.kind)
+    except ValueError as exc:
+        print(f"index build: {exc}", file=sys.stderr)
+        return 2
     info = publish_retrieval(settings, args.name, build)
     print(f"published {args.name} v{info.version}: {describe(build)}")
     return 0
@@ -440,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
                    help="Retrieve leaves out items the user already has (default: on for MovieLens, off for a "
                         "log, where repeat purchases are real)")
+    p.add_argument("--pace-to-trainers", type=int, metavar="SAMPLES",
+                   help="hold the replay while a trainer is more than SAMPLES behind (arms compared at equal "
+                        "training)")
     p.add_argument("--data-dir", default="var/demo")
     p.add_argument("--report-dir", help="where the A/B report goes (default: <data-dir>/report)")
     p.set_defaults(func=cmd_demo)

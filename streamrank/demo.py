@@ -51,6 +51,7 @@ class DemoPlan:
     warm_ratings: int = 80_000  # interactions; a smaller log is split 80/20 (see `split_counts`)
     replay_ratings: int = 20_000
     exclude_seen: bool | None = None  # Retrieve leaves out what the user already has: None = on for MovieLens
+    pace_to_trainers: int | None = None  # hold the replay while a trainer is more samples than this behind
     treatment: str = "aw_moe_cl"
     control: str = "din"
     retrieval_preset: str = "youtube_dnn"
@@ -129,6 +130,7 @@ def _replay(settings: Settings, plan: DemoPlan, data: InteractionLog, catalog: l
             result = run_replay(logged, arms, client=client, sink=sink, candidates="retrieve",
                                 retrieve_k=plan.retrieve_k, exclude_seen=exclude_seen,
                                 catalog=[it.item_id for it in catalog], seed=plan.seed, lag_probe=lag.lags,
+                                pace_to_trainers=plan.pace_to_trainers,
                                 lag_every=max(plan.replay_ratings // 20, 16), progress=lambda line: say("  " + line),
                                 progress_every=max(plan.replay_ratings // 10, 1))
     finally:

@@ -70,13 +70,16 @@ class SampleFeed:
                 out.append(SampleRecord(msg.partition(), msg.offset(), msg.value()))
         return out
 
-    def commit(self, offsets: dict[int, int]) -> None:
-        """Commit these next offsets (partition -> offset) to Kafka; informational only."""
+    def commit(self, offsets: dict[int, int], asynchronous: bool = False) -> None:
+        """Commit these next offsets (partition -> offset) to Kafka; informational only (the training lag
+        a replay reads), so an asynchronous commit that fails is only logged by the client."""
         from confluent_kafka import KafkaException, TopicPartition
 
+        if not offsets:
+            return
         try:
             self._consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()],
-                                  asynchronous=False)
+                                  asynchronous=asynchronous)
         except KafkaException as exc:
             log.warning("offset commit failed (%s); the checkpoint holds the positions", exc)
 

@@ -34,6 +34,8 @@ from streamrank.v1 import features_pb2
 
 log = logging.getLogger(__name__)
 
+COMMIT_EVERY_S = 1.0  # how often the learned offsets are committed between checkpoints (informational)
+
 # Offered a version's files and metadata; returns whether it was published.
 Publisher = Callable[[dict[str, bytes], dict[str, Any]], bool]
 
@@ -68,6 +70,7 @@ class OnlineTrainer:
         self.blocked = 0
         self.checkpoints = 0
         self._last_checkpoint = time.monotonic()
+        self._last_commit = time.monotonic()
         self._steps_at_checkpoint = self.learner.steps
         self._last_publish = 0.0
         self._seen_at_publish = self.learner.window.seen
@@ -89,6 +92,9 @@ class OnlineTrainer:
                     continue
                 idle_since = time.monotonic()
                 self._learn(records)
+                if time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
+                    feed.commit(self.offsets, asynchronous=True)  # the training lag others read (simulator.lag)
+                    self._last_commit = time.monotonic()
                 self._maybe_checkpoint(feed)
                 if max_samples is not None and self.learner.learned >= max_samples:
                     break
