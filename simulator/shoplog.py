@@ -29,7 +29,8 @@ class ShopParams:
     categories: int = 8
     orders: int = 3_000
     days: int = 30
-    click_rate: float = 0.0  # share of orders preceded by a click on the item (0: an orders-only export)
+    click_rate: float = 0.0  # share of orders preceded by a click on another item of the category that was
+    # not bought (browsing); 0: an orders-only export
     favourite_share: float = 0.8  # share of a user's orders in their favourite categories
     seed: int = 0
 
@@ -65,7 +66,10 @@ def shop_events(p: ShopParams) -> tuple[list[dict[str, object]], list[dict[str, 
         common = {"user_id": f"u{user:04d}", "item_id": catalog[item]["item_id"], "session_id": f"u{user:04d}-{n}",
                   "scenario": f"channel:{channel[user]}", "category": catalog[item]["category"]}
         if rng.random() < p.click_rate:
-            events.append({"event_id": f"c{n}", "type": "click", "ts_ms": ts - 60_000, **common})
+            other = by_category[category][int(rng.choice(len(by_category[category]), p=zipf[category]))]
+            if other != item:
+                events.append({"event_id": f"c{n}", "type": "click", "ts_ms": ts - 60_000,
+                               **common, "item_id": catalog[other]["item_id"]})
         events.append({"event_id": f"o{n}", "type": "purchase", "ts_ms": ts, **common})
     events.sort(key=lambda e: int(e["ts_ms"]))  # type: ignore[arg-type]
     return catalog, events

@@ -1,12 +1,12 @@
 """`streamrank bench ranking`: the AW-MoE paper's tables on MovieLens, over several seeds.
 
 Runs every ranking model on protocol (a) (chronological leave-last-out, popularity-sampled sessions) and
-protocol (b) (RecBole's ML-1M context-aware benchmark), then writes docs/benchmarks/ranking-<dataset>.md
+protocol (b) (RecBole's ML-1M context-aware benchmark), then writes <out>/ranking-<dataset>.md
 and .json: Table II (five models, paired p-values against the row above), Tables III/IV (long-tail users:
 few behaviours; elderly users), Table VI (gate ablation), gate variants, and the RecBole table beside
 RecBole's published numbers. `--quick` is a small CI run; `--gate-once` times request scoring instead.
 
-    python -m streamrank.bench.ranking --dataset ml-1m --seeds 3      # the full benchmark
+    python -m streamrank.bench.ranking --dataset ml-1m --seeds 3 --out docs/benchmarks  # the full benchmark
     python -m streamrank.bench.ranking --quick                          # CI smoke run (ML-100K)
     python -m streamrank.bench.ranking --gate-once                      # serving-cost table
 """

@@ -2,10 +2,10 @@
 
 Trains FM, YoutubeDNN, the ICAN-like base and the MicRec variants (fea, fea+sess, final = fea+sem+sess)
 on the leave-last-out retrieval protocol, evaluates HIT@50/100/200/500 and item coverage on the test
-users by exact search over the whole corpus, and writes docs/benchmarks/retrieval-<dataset>.md and .json
+users by exact search over the whole corpus, and writes <out>/retrieval-<dataset>.md and .json
 with paired t-tests (per test user, hits averaged over seeds) against the base.
 
-    python -m streamrank.bench.retrieval --dataset ml-1m --seeds 3     # the full benchmark
+    python -m streamrank.bench.retrieval --dataset ml-1m --seeds 3 --out docs/benchmarks  # the full benchmark
     python -m streamrank.bench.retrieval --quick                       # CI smoke run (ML-100K)
 """
 

@@ -5,10 +5,10 @@ every example tagged with its user's scenario ("age:<bucket>", 7 scenarios, as t
 Runs Table II (Wide&Deep, DeepFM, DCN, DIN, MMoE, BST, SAML; AUC, log-loss, RelaImpr against BST),
 Table III (per-scenario AUC of BST trained on each scenario alone, BST on all, SAML) and Table IV (SAML
 ablations) over several seeds, each (model, seed) a separate process (`--workers`), and writes
-docs/benchmarks/scenario-<dataset>.md and .json. Significance: DeLong's test of each seed's AUC against the
+<out>/scenario-<dataset>.md and .json. Significance: DeLong's test of each seed's AUC against the
 same seed's BST, on the same test rows.
 
-    python -m streamrank.bench.scenario --dataset ml-1m --seeds 3        # the full benchmark
+    python -m streamrank.bench.scenario --dataset ml-1m --seeds 3 --out docs/benchmarks  # the full benchmark
     python -m streamrank.bench.scenario --quick                          # CI smoke run (ML-100K)
 """
 
@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario")
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    _WORLD.update(_build_world(args))
+    try:
+        _WORLD.update(_build_world(args))
+    except ValueError as exc:  # a log this protocol cannot use (one label class)
+        raise SystemExit(f"--dataset {args.dataset}: {exc}") from exc
     p, scenarios, codes = _WORLD["protocol"], _WORLD["scenarios"], _WORLD["codes"]
     jobs = _jobs(args, len(scenarios))
     results = run_jobs(jobs, partial(run_job, args=args), args.workers, args.threads_per_worker, args.device,
