@@ -292,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scenario-field", default="auto",
                    help="auto (MovieLens: age; event log: its own scenario), a MovieLens user field, or none")
-    p.add_argument("--limit", type=int, help="stop after this many interactions (events for --as-is or a log with "
-                   "impressions)")
+    p.add_argument("--limit", type=int, help="stop after this many interactions (a log with impressions: its events "
+                   "before the N-th interaction; --as-is: N events)")
     p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     p.add_argument("--strict", action="store_true", help="stop at the first invalid event")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

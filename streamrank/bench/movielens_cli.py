@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamrank.config import load_settings
 from streamrank.data.dataset import InteractionLog, dataset_label, is_path, load_dataset
 from streamrank.train.offline import pick_device
 
@@ -36,7 +37,8 @@ def add_common(parser: argparse.ArgumentParser, quick_help: str, data_seed: bool
         parser.add_argument("--data-seed", type=int, default=0, help="seed of the data split and sampled negatives")
     parser.add_argument("--device", default=None, help="force a device (default: CUDA if available)")
     parser.add_argument("--out", default=None,
-                        help="output folder (default var/benchmarks; the committed figures: --out docs/benchmarks)")
+                        help="output folder (default <data dir>/benchmarks, var/benchmarks unless STREAMRANK_DATA_DIR "
+                             "says otherwise; the committed figures: --out docs/benchmarks)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -110,7 +112,7 @@ def finish(args: argparse.Namespace) -> argparse.Namespace:
     pick_dataset(args)
     args.dataset_label = dataset_label(args.dataset)
     args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
-    args.out = Path(args.out or "var/benchmarks")
+    args.out = Path(args.out) if args.out else Path(load_settings().data_dir) / "benchmarks"
     return args
 
 

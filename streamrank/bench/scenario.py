@@ -144,7 +144,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     a = argparse.ArgumentParser(prog="streamrank bench scenario", description=__doc__.split("\n")[0])
     cli.add_common(a, quick_help="CI mode: ML-100K, 1 seed, 1 epoch, small models")
-    a.add_argument("--scenario-field", default="age", help="user field that names the scenario")
+    a.add_argument("--scenario-field", default="auto",
+                   help="auto (MovieLens: the user's age; an event log: its events' own scenario), or a user field")
     a.add_argument("--models", default=",".join(MAIN), help="Table II rows, in order")
     a.add_argument("--no-ablation", action="store_true", help="skip Table IV")
     a.add_argument("--no-individual", action="store_true", help="skip BST trained per scenario (Table III)")
@@ -164,7 +165,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.models = cli.split_models(args.models, PRESETS)
     if REFERENCE not in args.models:
         raise SystemExit(f"--models must include {REFERENCE}: RelaImpr and the p-values are measured against it")
-    return cli.finish(args)
+    cli.finish(args)
+    if args.scenario_field == "auto":  # named in the report and the JSON as what it is
+        args.scenario_field = "scenario" if cli.is_path(args.dataset) else "age"
+    return args
 
 
 def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario") -> int:

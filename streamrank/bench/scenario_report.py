@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from streamrank.data.dataset import is_path
 from streamrank.models.factory import DISPLAY_NAMES
 
 # The paper's own figures (AUC; public Alimama data and its industrial data), to compare orderings only.
@@ -95,6 +96,20 @@ def _fits(r: dict) -> list[str]:
     return lines
 
 
+def _labels(s: dict) -> str:
+    """How the labels were made: star ratings (MovieLens) or purchases (an event log)."""
+    if is_path(s["dataset"]):
+        return "every interaction kept, label = it ended in a purchase"
+    return "ratings of 3 dropped, label = rating ≥ 4"
+
+
+def _scenario(s: dict) -> str:
+    """Where the scenario came from."""
+    if s["scenario_field"] == "scenario":
+        return "the user's most frequent `scenario` in their events"  # an event log's own field
+    return f"the user's `{s['scenario_field']}` field"
+
+
 def render(r: dict) -> str:
     """The benchmark's markdown page."""
     s, p = r["settings"], r["protocol"]
@@ -105,10 +120,10 @@ def render(r: dict) -> str:
            f"{r['machine']['threads_per_worker']} torch thread(s), torch {r['machine']['torch']}, "
            f"{r['machine']['platform']}; wall time {r['wall_seconds']} s.", "",
            "## Protocol", "",
-           f"RecBole's context-aware split of {r['dataset']}: ratings of 3 dropped, label = rating ≥ 4, random "
+           f"RecBole's context-aware split of {r['dataset']}: {_labels(s)}, random "
            f"8:1:1 split ({p['train']:,} / {p['valid']:,} / {p['test']:,} rows; data seed {s['data_seed']}). The "
-           f"scenario is the user's `{s['scenario_field']}` field ({len(p['scenarios'])} scenarios, named as the "
-           "stream names them). History = the user's earlier kept ratings, the last "
+           f"scenario is {_scenario(s)} ({len(p['scenarios'])} scenarios, named as the "
+           "stream names them). History = the user's earlier kept interactions, the last "
            f"{s['max_seq_len']}. Every model: AdamW lr {s['lr']}, batch {s['batch_size']}, up to {s['epochs']} "
            f"epochs, early stopping on validation AUC (patience {s['patience']}); seeds {s['seed_list']}.", "",
            "Values are mean ± std over seeds. *vs BST per seed*: in how many seeds the model's test AUC is above "
