@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", type=int, default=3000)
     p.add_argument("--users", type=int, default=300)
     p.add_argument("--items", type=int, default=240)
-    p.add_argument("--click-rate", type=float, default=0.0, help="share of orders preceded by a click on another item (browsing)")
+    p.add_argument("--click-rate", type=float, default=0.0,
+                   help="share of orders preceded by a click on another item (browsing)")
     p.add_argument("--grouped-by-user", action="store_true", help="write the events grouped by user, not by time")
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("ab-check", help="the many-seed oracle/popularity/A-A evidence (simulator.ab_check)")

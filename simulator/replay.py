@@ -156,7 +156,8 @@ class _Watch:
             self.next_line = done + self.progress_every
             rate = done / max(time.monotonic() - self.start, 1e-9)
             total = f"/{self.total:,}" if self.total else ""
-            lag = ("; trainers behind: " + ", ".join(f"{a} {v:,}" if v is not None else f"{a} ?" for a, v in self.lags.items())
+            behind = [f"{a} {v:,}" if v is not None else f"{a} ?" for a, v in self.lags.items()]
+            lag = ("; trainers behind: " + ", ".join(behind)
                    if self.lags else "")
             self.progress(f"replayed {done:,}{total} interactions ({rate:.0f}/s){lag}")
 
