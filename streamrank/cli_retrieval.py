@@ -45,7 +45,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         items = list(read_items(args.catalog))
     try:
-        build = build_retrieval(files, items, model_name, model_version, kind=args.kind)
+        build = build_retrieval(files, items, model_name, model_version, kind=args.kind,
+                                min_attribute_coverage=args.min_attribute_coverage)
     except ValueError as exc:
         print(f"index build: {exc}", file=sys.stderr)
         return 2
@@ -105,6 +106,9 @@ def add_retrieval_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], 
                    "or a catalog file (.jsonl/.csv)")
     p.add_argument("--name", default="retrieval", help="registry name to publish under (the scorer's serve_retrieval)")
     p.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw"])
+    p.add_argument("--min-attribute-coverage", type=float, default=0.5,
+                   help="refuse a catalog where fewer items than this share have a category (or tag) the model was "
+                        "trained with (0: index it anyway, e.g. new categories on purpose)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("train-retrieval", help="train the served two-tower model on a log (for index build)")

@@ -81,8 +81,10 @@ def test_index_build_command_publishes_a_servable_version(tmp_path) -> None:
     for name, data in retrieval_model_files().items():
         (model_dir / name).write_bytes(data)
     data_dir = tmp_path / "data"
-    assert main(["index", "build", "--model-dir", str(model_dir), "--catalog", "movielens:ml-100k",
-                 "--data-dir", str(data_dir)]) == 0
+    build = ["index", "build", "--model-dir", str(model_dir), "--catalog", "movielens:ml-100k", "--data-dir",
+             str(data_dir)]
+    assert main(build) == 2  # the synthetic model knows categories c0..c7, not MovieLens genres: refused
+    assert main([*build, "--min-attribute-coverage", "0"]) == 0  # unless asked
     registry = Registry(load_settings(data_dir=str(data_dir)).registry_root(), "retrieval")
     loaded = load_retriever(registry, registry.current_version())
     assert len(loaded.index) == 1682 and loaded.index.meta.recall_at_k == 1.0  # exact at this size

@@ -104,9 +104,10 @@ def check_attributes(spec: FeatureSpec, items: Sequence[events_pb2.Item],
 
 
 def build_retrieval(model_files: dict[str, bytes], items: Iterable[events_pb2.Item], model_name: str,
-                    model_version: int, kind: str = "auto", **index_params: int) -> RetrievalBuild:
+                    model_version: int, kind: str = "auto", min_attribute_coverage: float = MIN_ATTRIBUTE_COVERAGE,
+                    **index_params: int) -> RetrievalBuild:
     """Encodes the catalog with the model's item tower and indexes it; refuses an empty catalog and one
-    whose categories or tags the model was not trained with (`check_attributes`)."""
+    whose categories or tags the model was not trained with (`check_attributes`; 0 turns it off)."""
     start = time.perf_counter()
     model, preset = retrieval_from_files(model_files)
     if model.spec.user_fields:
@@ -116,7 +117,7 @@ def build_retrieval(model_files: dict[str, bytes], items: Iterable[events_pb2.It
     cands = [item_candidate(it) for it in items]
     if not cands:
         raise ValueError("the catalog is empty: nothing to index")
-    check_attributes(model.spec, items)
+    check_attributes(model.spec, items, min_attribute_coverage)
     vectors = model.encode_items(cands)
     index = build_index(vectors, [c.item_id for c in cands], kind=kind, model=model_name,
                         model_version=model_version, **index_params)
