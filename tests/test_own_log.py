@@ -166,3 +166,19 @@ def test_an_orders_log_end_to_end_through_the_demo(broker, tmp_path: Path, capsy
     assert all(-1 not in t["versions_served"] for t in training["arms"].values())  # the scorer answered
     out = capsys.readouterr().out
     assert "trainer behind the stream by" in out
+
+
+def test_a_log_with_impressions_is_published_as_it_is_in_time_order(tmp_path: Path) -> None:
+    t = 1_717_200_000_000
+    E = events_pb2.Event
+    events = [E(event_id=f"r{r}-imp-{p}", user_id=f"u{r % 2}", item_id=f"i{p}", type=events_pb2.IMPRESSION,
+                ts_ms=t + 10_000 * r, request_id=f"r{r}", position=p) for r in range(4) for p in range(3)]
+    events += [E(event_id=f"r{r}-clk", user_id=f"u{r % 2}", item_id="i1", type=events_pb2.CLICK,
+                 ts_ms=t + 10_000 * r + 5, request_id=f"r{r}", position=1) for r in range(4)]
+    write_events(tmp_path / "log.jsonl", events[::-1])  # newest first: every event but one out of order
+    data = load_dataset(str(tmp_path / "log.jsonl"))
+    assert data.has_impressions and len(data.ratings) == 4
+    published = list(log_events(data))
+    assert sorted(e.event_id for e in published) == sorted(e.event_id for e in events)  # nothing synthesised
+    assert [e.ts_ms for e in published] == sorted(e.ts_ms for e in events)
+    assert {e.request_id for e in log_events(data, limit=2)} == {"r0", "r1"}  # the events before interaction 2

@@ -13,7 +13,8 @@ What it does with the file, in order:
 3. **Interactions.** Every click, add-to-cart and purchase is an interaction of strength = its type's wire
    number (2, 3, 4). A user's next event on the same item within `merge_window_ms` of the first one (the
    click, then the add-to-cart, then the purchase of one visit) joins that interaction, which keeps the
-   strongest type: one visit is one request, not three.
+   strongest type: one visit is one request, not three. Events that name different requests are never
+   merged.
 4. **Catalog.** Items come from the catalog file when given (title, category, brand, price, tags as
    written); items that appear only in events get their category from the latest event that names one.
 5. **Impressions.** A log that has impression events is a complete request stream already: its (sorted)
@@ -73,15 +74,18 @@ def _interactions(events: list[events_pb2.Event], merge_window_ms: int) -> dict[
     """Columns of the interactions (non-impression events, one visit per user and item merged)."""
     cols: dict[str, list] = {"user": [], "item": [], "strength": [], "ts_ms": [], "scenario": [], "session": []}
     last: dict[str, int] = {}  # user -> row of their latest interaction
+    request: list[str] = []  # per row, the request id of its first event
     for event in events:
         if event.type == events_pb2.IMPRESSION:
             continue
         row = last.get(event.user_id)
         if (row is not None and cols["item"][row] == event.item_id
-                and event.ts_ms - cols["ts_ms"][row] <= merge_window_ms):
+                and event.ts_ms - cols["ts_ms"][row] <= merge_window_ms
+                and (not event.request_id or not request[row] or event.request_id == request[row])):
             cols["strength"][row] = max(cols["strength"][row], float(event.type))
             continue
         last[event.user_id] = len(cols["user"])
+        request.append(event.request_id)
         for key, value in (("user", event.user_id), ("item", event.item_id), ("strength", float(event.type)),
                            ("ts_ms", event.ts_ms), ("scenario", event.scenario), ("session", event.session_id)):
             cols[key].append(value)

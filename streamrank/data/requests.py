@@ -305,12 +305,23 @@ catalog_items = movielens_items  # the generic name
 
 def log_events(ml: InteractionLog, limit: int | None = None, **stream: object) -> SizedIterator[events_pb2.Event]:
     """What to publish for a log: its own events when it has impressions (with `limit`, the events before
-    the time of interaction number `limit`), else the synthesised request stream of its first `limit`
+    the request of interaction number `limit` began), else the synthesised request stream of its first `limit`
     interactions."""
     if ml.events is not None:
         events: tuple[events_pb2.Event, ...] | list[events_pb2.Event] = ml.events
         if limit is not None and limit < len(ml.ratings):
-            cut = int(ml.ratings.ts_ms[max(limit, 0)])
+            first = max(limit, 0)
+            cut = _request_start(ml.events, str(ml.ratings.user_id[first]), int(ml.ratings.ts_ms[first]))
             events = [e for e in ml.events if e.ts_ms < cut]
         return SizedIterator(iter(events), len(events))
     return movielens_events(ml, limit=limit, **stream)  # type: ignore[arg-type]
+
+
+def _request_start(events: tuple[events_pb2.Event, ...], user: str, ts_ms: int) -> int:
+    """When the request of the user's interaction at `ts_ms` began (its first impression), so that a cut
+    there leaves no impression without its click; `ts_ms` when the interaction names no request."""
+    request = next((e.request_id for e in events if e.ts_ms == ts_ms and e.user_id == user
+                    and e.type != events_pb2.IMPRESSION), "")
+    if not request:
+        return ts_ms
+    return min([ts_ms, *(e.ts_ms for e in events if e.request_id == request)])
