@@ -34,6 +34,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scorer", default=os.environ.get("STREAMRANK_SIMULATOR_SCORER", DEFAULT_SCORER),
                    help="gRPC target of the scorer (dns:///scorer:50051 for several replicas)")
     p.add_argument("--wait-scorer", type=float, default=60.0, help="seconds to wait for the scorer to be SERVING")
+    p.add_argument("--tls-ca", default="", help="connect to the scorer with TLS, trusting this CA (PEM)")
+    p.add_argument("--tls-cert", default="", help="client certificate (PEM) for a scorer that requires one")
+    p.add_argument("--tls-key", default="", help="the client certificate's key (PEM)")
     p.add_argument("--publish", action="store_true", help="send the events (and catalog) to Kafka")
     p.add_argument("--config", help="streamrank TOML settings (Kafka, topic prefix)")
     p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: STREAMRANK_BOOTSTRAP_SERVERS)")
@@ -111,7 +114,8 @@ def _client(args: argparse.Namespace, arms: Sequence[Arm], needed: bool) -> Any:
         return None
     from simulator.client import ScorerClient
 
-    client = ScorerClient(args.scorer, max_inflight=max(args.concurrency * 2, 8))
+    client = ScorerClient(args.scorer, max_inflight=max(args.concurrency * 2, 8), tls_ca_file=args.tls_ca,
+                          tls_cert_file=args.tls_cert, tls_key_file=args.tls_key)
     if args.wait_scorer > 0:
         client.wait_ready(args.wait_scorer)
     return client

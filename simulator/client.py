@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
+from streamrank.serve.tls import channel as tls_channel
 from streamrank.v1 import events_pb2, ranking_pb2, ranking_pb2_grpc
 
 T = TypeVar("T")
@@ -59,7 +60,8 @@ class ScorerError(RuntimeError):
 class ScorerClient:
     """Blocking calls to one scorer target (``host:port`` or ``dns:///name:port``); thread-safe."""
 
-    def __init__(self, target: str, timeout_s: float = 5.0, max_inflight: int = 64, round_robin: bool = True) -> None:
+    def __init__(self, target: str, timeout_s: float = 5.0, max_inflight: int = 64, round_robin: bool = True,
+                 tls_ca_file: str = "", tls_cert_file: str = "", tls_key_file: str = "") -> None:
         if max_inflight <= 0:
             raise ValueError(f"max_inflight must be > 0, got {max_inflight}")
         self.target = target
@@ -67,7 +69,7 @@ class ScorerClient:
         options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
         if round_robin:
             options.append(("grpc.lb_policy_name", "round_robin"))
-        self._channel = grpc.insecure_channel(target, options=options)
+        self._channel = tls_channel(target, tls_ca_file, tls_cert_file, tls_key_file, options)  # TLS with a CA
         self._stub = ranking_pb2_grpc.RankingServiceStub(self._channel)
         self._slots = threading.BoundedSemaphore(max_inflight)
 

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from streamrank import kafka_security
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,7 @@ class TrainerLag:
         self._consumers: dict[str, Any] = {}
         for model in sorted(set(self.arm_models.values())):
             self._consumers[model] = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                                               **kafka_security.librdkafka(settings),
                                                "group.id": f"trainer-{model}", "enable.auto.commit": False,
                                                "logger": log})
         self._partitions: list[int] = []

@@ -91,8 +91,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from streamrank.models.factory import PRESETS, is_scenario_preset
     from streamrank.registry.publisher import RegistryPublisher
-    from streamrank.registry.store import Registry
+    from streamrank.registry.store import open_registry
     from streamrank.runtime import tune_allocator
+    from streamrank.train.checkpoint import CheckpointError
     from streamrank.train.online import OnlineTrainer
 
     settings = _settings(args)
@@ -119,10 +120,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             files = read_model_dir(args.warm_start)
         else:
             model_name, _, version = args.warm_start.partition(":")
-            _, files = Registry(settings.registry_root(), model_name).read(int(version) if version else None)
+            _, files = open_registry(settings, model_name).read(int(version) if version else None)
         warm, _ = model_from_files(files)
     publisher = RegistryPublisher(settings, args.model)
-    trainer = OnlineTrainer(settings, args.model, publisher=publisher, warm_start=warm)
+    try:
+        trainer = OnlineTrainer(settings, args.model, publisher=publisher, warm_start=warm)
+    except CheckpointError as exc:
+        publisher.close()
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: trainer.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: trainer.stop_event.set())
     if is_scenario_preset(args.model):
@@ -145,11 +151,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_registry(args: argparse.Namespace) -> int:
     """Lists a model's versions, shows one, or rolls back to an older one."""
     from streamrank.registry.publisher import RegistryPublisher, announcement
-    from streamrank.registry.store import Registry, RegistryError
+    from streamrank.registry.store import RegistryError, open_registry
 
     settings = _settings(args)
-    registry = Registry(settings.registry_root(), args.model)
     try:
+        registry = open_registry(settings, args.model)
         if args.action == "list":
             live = registry.current_version()
             for v in registry.list_versions():
@@ -235,6 +241,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     ensure_topics(settings)
+    from streamrank.serve.tls import TLSConfigError, server_credentials
+
+    try:
+        server_credentials(settings)  # a bad TLS setting is one line here, not a traceback from the server
+    except TLSConfigError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
     asyncio.run(serve_forever(settings))
     return 0
 

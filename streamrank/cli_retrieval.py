@@ -22,14 +22,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     from streamrank.index.refresh import build_retrieval, describe, publish_retrieval, read_catalog
     from streamrank.models.artifact import read_dir
-    from streamrank.registry.store import Registry
+    from streamrank.registry.store import open_registry
 
     settings = _settings(args)
     if args.model_dir:
         files, model_name, model_version = read_dir(args.model_dir), Path(args.model_dir).name, 0
     else:
         model_name, _, version = args.model.partition(":")
-        info, files = Registry(settings.registry_root(), model_name).read(int(version) if version else None)
+        info, files = open_registry(settings, model_name).read(int(version) if version else None)
         model_version = info.version
     if args.catalog == "topic":
         if not settings.bootstrap_servers:

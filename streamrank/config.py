@@ -73,6 +73,9 @@ class Settings:
     registry_dir: str = ""
     # Versions kept besides the live one (older ones are pruned after each publication).
     registry_keep: int = 5
+    # A file of HMAC keys, one per line (the first signs, all verify): when set, versions are signed at publication
+    # and unsigned or wrongly signed versions are refused at read (docs/security.md)
+    registry_signing_key_file: str = ""
     train_batch_size: int = 1024
     train_batch_within_s: float = 1.0
     train_lr: float = 3e-3
@@ -118,8 +121,23 @@ class Settings:
     # label, probability) to this TSV file, for offline analysis of the prequential run.
     prediction_log: str = ""
     # --- scorer -------------------------------------------------------------------------------------
+    # --- Kafka security (every client: worker, trainer, producer, scorer, simulator) -----------------------
+    # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL mechanism PLAIN or SCRAM-SHA-256/512; a CA file (PEM)
+    # for SSL. The password may also come from STREAMRANK_KAFKA_SASL_PASSWORD. docs/security.md.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
     serve_host: str = "127.0.0.1"
     serve_port: int = 50051
+    # TLS of the gRPC port and the metrics endpoint (PEM files; empty: plaintext). With a client CA, clients
+    # must present a certificate it signed (mutual TLS). Clients of the scorer (pipeline, simulator) trust
+    # serve_tls_ca_file and connect with TLS when it is set. docs/security.md.
+    serve_tls_cert_file: str = ""
+    serve_tls_key_file: str = ""
+    serve_tls_client_ca_file: str = ""
+    serve_tls_ca_file: str = ""
     # Prometheus metrics over HTTP on serve_host (0: no metrics endpoint).
     serve_metrics_port: int = 9464
     # Ranking models served (registry names, comma-separated); the first is the default of Rank.

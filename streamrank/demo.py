@@ -37,7 +37,7 @@ from streamrank.pipeline import (
     stop_worker,
     wait_caught_up,
 )
-from streamrank.registry.store import Registry
+from streamrank.registry.store import open_registry
 from streamrank.topics import ensure_topics
 from streamrank.train.retrieval_serving import train_servable
 
@@ -84,7 +84,7 @@ def _settings(plan: DemoPlan, bootstrap: str) -> Settings:
 def _wait_for_versions(settings: Settings, models: list[str], procs: list[Any], timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        live = {m: Registry(settings.registry_root(), m).current_version() for m in models}
+        live = {m: open_registry(settings, m).current_version() for m in models}
         if all(v is not None for v in live.values()):
             say(f"first versions published: {live}")
             return

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from streamrank import kafka_security
 from streamrank.config import Settings
 from streamrank.stream.app import status_path
 
@@ -58,6 +59,7 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             **kafka_security.kafka_python(settings),
                              max_poll_records=1, fetch_max_wait_ms=50)
     try:
         parts = consumer.partitions_for_topic(topic) or set()
@@ -140,11 +142,13 @@ def start_scorer(settings: Settings, log_path: Path | None = None,
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from streamrank.serve.tls import channel as tls_channel
+
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
     proc = subprocess.Popen([sys.executable, "-m", "streamrank.cli", "serve"], env=settings_env(settings),
                             stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + ready_timeout_s
-    with grpc.insecure_channel(f"{settings.serve_host}:{settings.serve_port}") as channel:
+    with tls_channel(f"{settings.serve_host}:{settings.serve_port}", settings.serve_tls_ca_file) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc.poll() is not None:

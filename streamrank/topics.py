@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from streamrank import kafka_security
 from streamrank.config import Settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ def ensure_topics(settings: Settings, names: list[str] | None = None) -> list[st
     from kafka.errors import TopicAlreadyExistsError
 
     wanted = [settings.topic(n) for n in (names or list(TOPICS))]
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000,
+                             **kafka_security.kafka_python(settings))
     try:
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t not in existing]

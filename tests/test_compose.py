@@ -110,3 +110,12 @@ def test_scenario_profile_trains_saml_that_the_scorer_serves() -> None:
     assert "--models aw_moe_cl,saml" in serve
     mounts = {v["source"]: v["target"] for v in services["trainer-saml"]["volumes"]}
     assert mounts["registry"] == "/var/lib/streamrank-registry"
+
+
+@pytest.mark.parametrize("profiles", [(), ("gpu",), ("scenario",)])
+def test_published_ports_bind_loopback_only(profiles: tuple[str, ...]) -> None:
+    """Kafka's plaintext listener and any other published port are reachable from this host only."""
+    published = [(name, port) for name, svc in project(*profiles)["services"].items() for port in svc.get("ports", [])]
+    assert published  # the host listener of Kafka at least
+    for name, port in published:
+        assert port.get("host_ip") == "127.0.0.1", (name, port)

@@ -108,8 +108,12 @@ def test_cold_start_override_and_request_attributes(world: Settings) -> None:
     (lambda r: setattr(r, "model", "nope"), "unknown model 'nope'"),
     (lambda r: r.behaviors.item_ids.extend(["a", "b"]) or r.behaviors.types.append(2), "behaviors.types has 1"),
     (lambda r: r.behaviors.item_ids.append("a") or r.behaviors.types.append(9), "unknown event types [9]"),
-    (lambda r: setattr(r.candidates.add(item_id="p").attributes, "price", float("nan")), "price must be finite"),
+    (lambda r: setattr(r.candidates.add(item_id="p").attributes, "price", float("nan")), "price must be a finite"),
     (lambda r: setattr(r, "user_id", "x" * 300), "user_id has 300 characters"),
+    (lambda r: setattr(r.candidates.add(item_id="p").attributes, "price", 1e308), "price must be a finite"),
+    (lambda r: r.behaviors.item_ids.append("a") or r.behaviors.ts_ms.append(-2**63), "ts_ms[0] must be > 0"),
+    (lambda r: r.behaviors.item_ids.append("a") or r.behaviors.ts_ms.append(2**63 - 1), "ms ahead of now"),
+    (lambda r: setattr(r, "user_id", "a\x01"), "user_id contains control characters"),
 ])
 def test_bad_rank_requests_get_invalid_argument(world: Settings, mutate, message: str) -> None:
     with running_scorer(world) as st:

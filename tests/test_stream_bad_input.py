@@ -39,6 +39,8 @@ def test_bad_events_go_to_dlq_with_reasons_and_good_ones_count_once(settings: Se
         (_event(105, type=9).SerializeToString(), validate.UNKNOWN_TYPE),
         (_event(106, query="x" * (settings.max_event_bytes + 10)).SerializeToString(), validate.OVERSIZED),
         (_event(107, position=-1).SerializeToString(), validate.BAD_POSITION),
+        (_event(108, user_id="a\x01").SerializeToString(), validate.BAD_ID),  # the scorer refuses such ids too
+        (_event(109, item_id="it\x1b[31m").SerializeToString(), validate.BAD_ID),
     ]
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=4_000_000)
     topic = settings.topic("events")

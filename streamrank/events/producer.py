@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from streamrank import kafka_security
 from streamrank.config import Settings
 from streamrank.events.validate import OVERSIZED, InvalidEvent, check_event, decode_item
 from streamrank.v1 import events_pb2
@@ -113,6 +114,7 @@ def make_producer(settings: Settings, **overrides: Any) -> Any:
         "compression_type": None,
         "max_request_size": 4 * 1024 * 1024,
         "client_id": "streamrank-producer",
+        **kafka_security.kafka_python(settings),
     }
     config.update(overrides)
     return KafkaProducer(**config)

@@ -1,4 +1,6 @@
-"""Decoding and validation of events and catalog items from the wire.
+"""Decoding and validation of events and catalog items from the wire, and the value rules they share with
+the scorer's request validation (`streamrank.serve.requests`): ids, prices, timestamps. One set of rules, so
+that whatever the worker learns from (a user id, an item id, a category) the scorer can also rank.
 
 Every rejection carries a short machine-readable reason (the dead-letter header and the metric label)
 and a human-readable detail, so an operator can tell at a glance why a message was refused.
@@ -7,6 +9,7 @@ and a human-readable detail, so an operator can tell at a glance why a message w
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import TypeVar
 
@@ -26,9 +29,48 @@ BAD_TIMESTAMP = "bad_timestamp"
 FUTURE_TIMESTAMP = "future_timestamp"
 BAD_POSITION = "bad_position"
 BAD_PRICE = "bad_price"
+BAD_ID = "bad_id"
 PROCESSING_ERROR = "processing_error"
 
 M = TypeVar("M", bound=Message)
+
+MAX_PRICE = 1e9  # prices above this are refused: far beyond any catalog, and they overflow float32 features
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control_chars(value: str) -> bool:
+    """Whether a value holds a control character (what terminals and logs interpret)."""
+    return _CONTROL.search(value) is not None
+
+
+def id_problem(name: str, value: str, limit: int, required: bool = False) -> tuple[str, str] | None:
+    """(reason, detail) when an id or attribute value breaks the shared rules (present when required, at most
+    `limit` characters, no control characters); None when it is good."""
+    if not value:
+        return (MISSING_FIELD, f"{name} is empty") if required else None
+    if len(value) > limit:
+        return ID_TOO_LONG, f"{name} has {len(value)} characters (limit {limit})"
+    if has_control_chars(value):
+        return BAD_ID, f"{name} contains control characters"
+    return None
+
+
+def price_problem(name: str, price: float) -> tuple[str, str] | None:
+    """(reason, detail) unless the price is finite and in [0, MAX_PRICE]."""
+    if not math.isfinite(price) or not 0 <= price <= MAX_PRICE:
+        return BAD_PRICE, f"{name} must be a finite number in [0, {MAX_PRICE:g}], got {price!r}"
+    return None
+
+
+def timestamp_problem(name: str, ts_ms: int, max_future_skew_ms: int,
+                      now_ms: int | None = None) -> tuple[str, str] | None:
+    """(reason, detail) unless the timestamp is after the epoch and at most `max_future_skew_ms` ahead of now."""
+    if ts_ms <= 0:
+        return BAD_TIMESTAMP, f"{name} must be > 0, got {ts_ms}"
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if ts_ms > now + max_future_skew_ms:
+        return FUTURE_TIMESTAMP, f"{name} {ts_ms} is more than {max_future_skew_ms} ms ahead of now ({now})"
+    return None
 
 
 class InvalidEvent(ValueError):
@@ -40,36 +82,28 @@ class InvalidEvent(ValueError):
         self.detail = detail
 
 
-def _check_price(price: float) -> None:
-    if not math.isfinite(price) or price < 0:
-        raise InvalidEvent(BAD_PRICE, f"price must be a finite number >= 0, got {price!r}")
+def _raise(problem: tuple[str, str] | None) -> None:
+    if problem is not None:
+        raise InvalidEvent(*problem)
 
 
 def check_event(event: events_pb2.Event, settings: Settings, now_ms: int | None = None) -> None:
     """Raises InvalidEvent when a decoded event breaks a rule of the schema; returns None when it is good."""
+    limit = settings.max_id_length
     for name in ("event_id", "user_id", "item_id"):
-        value = getattr(event, name)
-        if not value:
-            raise InvalidEvent(MISSING_FIELD, f"{name} is empty")
-        if len(value) > settings.max_id_length:
-            raise InvalidEvent(ID_TOO_LONG, f"{name} has {len(value)} chars (limit {settings.max_id_length})")
+        _raise(id_problem(name, getattr(event, name), limit, required=True))
     for name in ("session_id", "request_id", "scenario"):
-        if len(getattr(event, name)) > settings.max_id_length:
-            raise InvalidEvent(ID_TOO_LONG, f"{name} is longer than {settings.max_id_length} chars")
+        _raise(id_problem(name, getattr(event, name), limit))
     if event.type not in NAME_BY_TYPE:
         raise InvalidEvent(UNKNOWN_TYPE, f"event type {event.type} is not one of {sorted(NAME_BY_TYPE)}")
-    if event.ts_ms <= 0:
-        raise InvalidEvent(BAD_TIMESTAMP, f"ts_ms must be > 0, got {event.ts_ms}")
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    if event.ts_ms > now + settings.max_future_skew_ms:
-        raise InvalidEvent(
-            FUTURE_TIMESTAMP,
-            f"ts_ms {event.ts_ms} is more than {settings.max_future_skew_ms} ms ahead of now ({now})",
-        )
+    _raise(timestamp_problem("ts_ms", event.ts_ms, settings.max_future_skew_ms, now_ms))
     if event.position < 0:
         raise InvalidEvent(BAD_POSITION, f"position must be >= 0, got {event.position}")
-    if event.HasField("item") and event.item.HasField("price"):
-        _check_price(event.item.price)
+    if event.HasField("item"):
+        for name in ("category", "brand", "shop"):
+            _raise(id_problem(f"item.{name}", getattr(event.item, name), limit))
+        if event.item.HasField("price"):
+            _raise(price_problem("item.price", event.item.price))
 
 
 def _parse(raw: bytes | None, message: M, settings: Settings) -> M:
@@ -95,10 +129,9 @@ def decode_event(raw: bytes | None, settings: Settings, now_ms: int | None = Non
 def decode_item(raw: bytes | None, settings: Settings) -> events_pb2.Item:
     """Parses and validates one items-topic value; raises InvalidEvent with the reason when it is bad."""
     item = _parse(raw, events_pb2.Item(), settings)
-    if not item.item_id:
-        raise InvalidEvent(MISSING_FIELD, "item_id is empty")
-    if len(item.item_id) > settings.max_id_length:
-        raise InvalidEvent(ID_TOO_LONG, f"item_id is longer than {settings.max_id_length} chars")
+    _raise(id_problem("item_id", item.item_id, settings.max_id_length, required=True))
+    for name in ("category", "brand"):
+        _raise(id_problem(name, getattr(item, name), settings.max_id_length))
     if item.HasField("price"):
-        _check_price(item.price)
+        _raise(price_problem("price", item.price))
     return item

@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from streamrank import kafka_security
 from streamrank.config import Settings
 from streamrank.features.raw import Candidate, ItemAttrs
 from streamrank.features.spec import FeatureSpec
 from streamrank.index import ItemIndex, build_index, index_files
 from streamrank.models.retrieval.artifact import retrieval_from_files
-from streamrank.registry.store import Registry, VersionInfo
+from streamrank.registry.store import VersionInfo, open_registry
 from streamrank.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def read_catalog(settings: Settings, timeout_s: float = 60) -> list[events_pb2.I
 
     topic = settings.topic("items")
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             **kafka_security.kafka_python(settings),
                              group_id=None, fetch_max_wait_ms=100, max_poll_records=10_000)
     latest: dict[bytes, bytes | None] = {}
     try:
@@ -134,7 +136,7 @@ def package_retrieval(model_files: dict[str, bytes], index: ItemIndex, preset: s
 
 def publish_retrieval(settings: Settings, name: str, build: RetrievalBuild) -> VersionInfo:
     """Publishes a built version under `name` (the scorer's serve_retrieval) and makes it current."""
-    registry = Registry(settings.registry_root(), name)
+    registry = open_registry(settings, name)
     info = registry.publish(build.files, build.meta)
     registry.prune(settings.registry_keep)
     log.info("published %s v%d: %d items, recall@%s %.4f", name, info.version, build.items,

@@ -12,9 +12,10 @@ import logging
 import math
 from typing import Any
 
+from streamrank import kafka_security
 from streamrank.config import Settings
 from streamrank.registry.guardrail import Evidence, reference, refusal
-from streamrank.registry.store import Registry, VersionInfo
+from streamrank.registry.store import VersionInfo, open_registry
 from streamrank.v1 import registry_pb2
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class RegistryPublisher:
 
     def __init__(self, settings: Settings, model: str, announce: bool = True) -> None:
         self.settings = settings
-        self.registry = Registry(settings.registry_root(), model)
+        self.registry = open_registry(settings, model)
         self.announce = announce and bool(settings.bootstrap_servers)
         self.blocked: list[dict[str, Any]] = []
         self._producer: Any = None
@@ -71,7 +72,8 @@ class RegistryPublisher:
         from kafka import KafkaProducer
 
         if self._producer is None:
-            self._producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, acks=1)
+            self._producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, acks=1,
+                                           **kafka_security.kafka_python(self.settings))
         self._producer.send(self.settings.topic("models"), key=msg.model.encode(), value=msg.SerializeToString())
         self._producer.flush(timeout=10)
 

@@ -9,6 +9,16 @@ Publishing writes a complete version into a staging directory, fsyncs it, rename
 atomic rename on one file system) and then swaps CURRENT. A reader therefore sees either the old or the new
 version, never a half-written one; it verifies every file against the manifest's sha256 before use.
 Pruning keeps the live version and the newest `keep` others, so rollback has somewhere to go.
+
+Names are confined: a model name and every file name a manifest lists must be a plain name (letters,
+digits, `._-`, not starting with a dot), checked on publish, read and verify, so a hand-edited manifest
+cannot make a reader open a file outside its version's directory.
+
+Signing (optional, docs/security.md): with signing keys, publish writes `MANIFEST.sig`, an HMAC-SHA256 of
+the manifest's bytes under the first key (`hmac-sha256:<key id>:<hex>`, the key id being the first 12 hex
+digits of the key's sha256), and reading refuses a version that is unsigned or whose signature no key
+verifies. Checksums alone give integrity against accidents; the signature gives authenticity against
+anyone who can write the registry but does not hold the key. Several keys verify (rotation).
 """
 
 from __future__ import annotations
@@ -16,16 +26,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import os
+import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "MANIFEST.json"
+SIGNATURE = "MANIFEST.sig"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _LIVE_READ_ATTEMPTS = 5  # a live version replaced and pruned mid-read is read again, this often at most
 CURRENT = "CURRENT"
 
@@ -63,13 +77,38 @@ def _version_name(version: int) -> str:
     return f"v{version:08d}"
 
 
+def check_name(name: object, what: str = "file name") -> str:
+    """`name` when it is a plain name (no separator, no `..`, not absolute, not hidden); else RegistryError."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise RegistryError(f"invalid {what} {name!r}: letters, digits and ._- only, not starting with a dot")
+    return name
+
+
+def key_id(key: bytes) -> str:
+    """The public name of a signing key: the first 12 hex digits of its sha256."""
+    return hashlib.sha256(key).hexdigest()[:12]
+
+
+def sign(manifest: bytes, key: bytes) -> str:
+    """The signature line of a manifest under a key."""
+    return f"hmac-sha256:{key_id(key)}:{hmac.new(key, manifest, hashlib.sha256).hexdigest()}"
+
+
+def signature_ok(manifest: bytes, line: str, keys: Sequence[bytes]) -> bool:
+    """Whether a signature line verifies the manifest under one of the keys (constant-time compare)."""
+    scheme, _, rest = line.strip().partition(":")
+    kid = rest.partition(":")[0]
+    if scheme != "hmac-sha256":
+        return False
+    return any(key_id(k) == kid and hmac.compare_digest(sign(manifest, k), line.strip()) for k in keys)
+
+
 class Registry:
     """Versions of one model under root/model; safe for one writer and any number of readers."""
 
-    def __init__(self, root: str | Path, model: str) -> None:
-        if not model or "/" in model or model.startswith("."):
-            raise RegistryError(f"invalid model name {model!r}")
-        self.model = model
+    def __init__(self, root: str | Path, model: str, signing_keys: Sequence[bytes] = ()) -> None:
+        self.model = check_name(model, "model name")
+        self.signing_keys = tuple(signing_keys)
         self.base = Path(root) / model
         self.versions_dir = self.base / "versions"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +128,9 @@ class Registry:
         if not files:
             raise RegistryError("a version needs at least one file")
         for name in files:
-            if name == MANIFEST or "/" in name or name.startswith("."):
-                raise RegistryError(f"invalid file name {name!r}")
+            if name in (MANIFEST, SIGNATURE):
+                raise RegistryError(f"invalid file name {name!r}: reserved")
+            check_name(name)
         with self._lock():
             version = (self.latest_version() or 0) + 1
             staging = self.base / f".staging-{version}-{os.getpid()}"
@@ -114,6 +154,11 @@ class Registry:
                 fh.write(raw)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if self.signing_keys:
+                with open(staging / SIGNATURE, "w") as fh:
+                    fh.write(sign(raw, self.signing_keys[0]) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
             _fsync_dir(staging)
             final = self.versions_dir / _version_name(version)
             os.rename(staging, final)
@@ -184,15 +229,34 @@ class Registry:
         return int(name[1:])
 
     def info(self, version: int) -> VersionInfo:
-        """The manifest of one version (no file verification)."""
+        """The manifest of one version (file names checked, signature checked when keys are set; no file
+        verification)."""
         path = self.versions_dir / _version_name(version)
         try:
             raw = (path / MANIFEST).read_bytes()
         except FileNotFoundError as exc:
             raise RegistryError(f"{self.model}: version {version} does not exist") from exc
-        manifest = json.loads(raw)
-        return VersionInfo(self.model, version, path, _sha256(raw), manifest["created_ms"],
-                           manifest["files"], manifest.get("meta", {}))
+        if self.signing_keys:
+            try:
+                line = (path / SIGNATURE).read_text()
+            except FileNotFoundError as exc:
+                raise RegistryError(f"{self.model} v{version} is not signed, and signing keys are set") from exc
+            if not signature_ok(raw, line, self.signing_keys):
+                raise RegistryError(f"{self.model} v{version}: the manifest's signature does not verify under any "
+                                    "configured key (tampered, or signed with a key not configured here)")
+        try:
+            manifest = json.loads(raw)
+            files = manifest["files"]
+            if not isinstance(files, dict):
+                raise TypeError("files is not an object")
+            for name, entry in files.items():
+                check_name(name)
+                if name in (MANIFEST, SIGNATURE) or not isinstance(entry, dict):
+                    raise RegistryError(f"invalid manifest entry {name!r}")
+            created = int(manifest["created_ms"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(f"{self.model} v{version}: unreadable manifest ({exc})") from exc
+        return VersionInfo(self.model, version, path, _sha256(raw), created, files, manifest.get("meta", {}))
 
     def current(self) -> VersionInfo | None:
         """The live version's manifest, or None."""
@@ -200,6 +264,7 @@ class Registry:
         return None if version is None else self.info(version)
 
     def _read_checked(self, info: VersionInfo, name: str) -> bytes:
+        check_name(name)  # VersionInfo can be built by hand: confine again where the file is opened
         entry = info.files[name]
         try:
             data = (info.path / name).read_bytes()
@@ -234,3 +299,24 @@ class Registry:
                 if attempt == _LIVE_READ_ATTEMPTS - 1 or self.current_version() == live:
                     raise  # the live version itself is broken, not replaced
         raise AssertionError("unreachable")
+
+
+def read_signing_keys(path: str) -> tuple[bytes, ...]:
+    """Signing keys from a key file: one key per non-empty line (the first signs, all verify); a key is
+    the line's bytes, at least 32 characters (e.g. `openssl rand -hex 32`)."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise RegistryError(f"cannot read the registry signing key file {path}: {exc.strerror or exc}") from exc
+    if not lines:
+        raise RegistryError(f"the registry signing key file {path} is empty")
+    short = [n for n, line in enumerate(lines, 1) if len(line) < 32]
+    if short:
+        raise RegistryError(f"{path}: key on line {short[0]} is shorter than 32 characters")
+    return tuple(line.encode() for line in lines)
+
+
+def open_registry(settings: Any, model: str) -> Registry:
+    """The registry of one model as the settings configure it (root, signing keys)."""
+    keys = read_signing_keys(settings.registry_signing_key_file) if settings.registry_signing_key_file else ()
+    return Registry(settings.registry_root(), model, keys)

@@ -57,9 +57,11 @@ class ScorerMetrics:
         if status.newest_update_ms:
             self.replica_age.set(max(0.0, time.time() - status.newest_update_ms / 1000))
 
-    def serve_http(self, host: str, port: int) -> int:
-        """Starts the /metrics endpoint; returns the bound port (port 0 picks a free one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve_http(self, host: str, port: int, certfile: str = "", keyfile: str = "") -> int:
+        """Starts the /metrics endpoint (HTTPS with a certificate and key); returns the bound port (port 0
+        picks a free one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry, certfile=certfile or None,
+                                            keyfile=keyfile or None)
         self._http = server
         return int(server.server_address[1])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -124,8 +124,10 @@ class ModelWatcher:
 
     def __init__(self, registry_root: str, rankers: list[str], retriever: str | None, poll_s: float,
                  on_change: Callable[[str, int], None] | None = None,
-                 on_failure: Callable[[str, int, str], None] | None = None) -> None:
+                 on_failure: Callable[[str, int, str], None] | None = None,
+                 signing_keys: Sequence[bytes] = ()) -> None:
         self.root = registry_root
+        self.signing_keys = tuple(signing_keys)  # set: unsigned or wrongly signed versions are not served
         self.ranker_names = list(rankers)
         self.retriever_name = retriever
         self.poll_s = poll_s
@@ -157,8 +159,8 @@ class ModelWatcher:
         return changed
 
     def _maybe_load(self, name: str, live: int | None, loader: Callable[[Registry, int], Any]) -> Any:
-        registry = Registry(self.root, name)
         try:
+            registry = Registry(self.root, name, self.signing_keys)
             current = registry.current_version()
         except RegistryError as exc:
             log.warning("%s", exc)

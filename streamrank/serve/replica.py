@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch
 
+from streamrank import kafka_security
 from streamrank.config import Settings
 from streamrank.features.raw import Behaviors, ItemAttrs
 from streamrank.v1 import events_pb2, features_pb2
@@ -222,6 +223,7 @@ class FeatureReplica:
         from kafka import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False,
+                                 **kafka_security.kafka_python(self.settings),
                                  group_id=None, fetch_max_wait_ms=100, max_poll_records=5_000)
         try:
             tps = []

@@ -9,18 +9,15 @@ replica's item stats and the user's click counters, as the worker computed them 
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 
 from streamrank.config import Settings
 from streamrank.events.types import NAME_BY_TYPE
+from streamrank.events.validate import has_control_chars, id_problem, price_problem, timestamp_problem
 from streamrank.features.raw import Behaviors, Candidate, Counts, ItemAttrs, RequestContext
 from streamrank.serve.replica import FeatureReplica, UserView
 from streamrank.v1 import ranking_pb2
 from streamrank.v1.features_pb2 import BehaviorSequence
-
-_CONTROL = re.compile(r"[\x00-\x1f]")
 
 
 class InvalidRequest(ValueError):
@@ -36,21 +33,23 @@ class Limits:
     max_behaviors: int
     max_id_chars: int
     max_query_chars: int
+    max_future_skew_ms: int = 86_400_000
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:
         """The limits a scorer with these settings enforces."""
         return cls(s.serve_max_candidates, s.serve_max_k, s.serve_max_behaviors, s.max_id_length,
-                   s.serve_max_query_chars)
+                   s.serve_max_query_chars, s.max_future_skew_ms)
+
+
+def _refuse(problem: tuple[str, str] | None) -> None:
+    if problem is not None:
+        raise InvalidRequest(problem[1])
 
 
 def _check_id(name: str, value: str, limits: Limits, required: bool = False) -> None:
-    if required and not value:
-        raise InvalidRequest(f"{name} is empty")
-    if len(value) > limits.max_id_chars:
-        raise InvalidRequest(f"{name} has {len(value)} characters (limit {limits.max_id_chars})")
-    if _CONTROL.search(value):
-        raise InvalidRequest(f"{name} contains control characters")
+    """The worker's id rules (streamrank.events.validate), so what was learned can be ranked."""
+    _refuse(id_problem(name, value, limits.max_id_chars, required))
 
 
 def _check_common(req: ranking_pb2.RankRequest | ranking_pb2.RetrieveRequest, limits: Limits) -> None:
@@ -70,7 +69,7 @@ def validate_rank(req: ranking_pb2.RankRequest, limits: Limits) -> None:
         raise InvalidRequest(f"{n} candidates (limit {limits.max_candidates})")
     ids = [cand.item_id for cand in req.candidates]
     joined = "".join(ids)
-    if not all(ids) or (ids and max(map(len, ids)) > limits.max_id_chars) or _CONTROL.search(joined):
+    if not all(ids) or (ids and max(map(len, ids)) > limits.max_id_chars) or has_control_chars(joined):
         for i, item_id in enumerate(ids):  # slow path: name the first offending candidate
             _check_id(f"candidates[{i}].item_id", item_id, limits, required=True)
     for i, cand in enumerate(req.candidates):
@@ -79,8 +78,8 @@ def validate_rank(req: ranking_pb2.RankRequest, limits: Limits) -> None:
         attrs = cand.attributes
         for name in ("category", "brand", "shop"):
             _check_id(f"candidates[{i}].attributes.{name}", getattr(attrs, name), limits)
-        if attrs.HasField("price") and (not math.isfinite(attrs.price) or attrs.price < 0):
-            raise InvalidRequest(f"candidates[{i}].attributes.price must be finite and >= 0, got {attrs.price!r}")
+        if attrs.HasField("price"):
+            _refuse(price_problem(f"candidates[{i}].attributes.price", attrs.price))
     if req.HasField("behaviors"):
         b = req.behaviors
         length = len(b.item_ids)
@@ -94,6 +93,8 @@ def validate_rank(req: ranking_pb2.RankRequest, limits: Limits) -> None:
             _check_id(f"behaviors.item_ids[{i}]", item_id, limits, required=True)
         for i, cat in enumerate(b.categories):
             _check_id(f"behaviors.categories[{i}]", cat, limits)
+        for i, ts in enumerate(b.ts_ms):
+            _refuse(timestamp_problem(f"behaviors.ts_ms[{i}]", ts, limits.max_future_skew_ms))
         bad = [t for t in b.types if t not in NAME_BY_TYPE]
         if bad:
             raise InvalidRequest(f"behaviors.types has unknown event types {sorted(set(bad))[:5]}")

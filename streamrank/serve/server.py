@@ -20,11 +20,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from streamrank.config import Settings
+from streamrank.registry.store import read_signing_keys
 from streamrank.runtime import tune_allocator
 from streamrank.serve.metrics import ScorerMetrics
 from streamrank.serve.models import ModelWatcher
 from streamrank.serve.replica import FeatureReplica
 from streamrank.serve.servicer import RankingServicer, served_models
+from streamrank.serve.tls import server_credentials
 from streamrank.v1 import ranking_pb2, ranking_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,9 @@ class Scorer:
         self.replica = FeatureReplica(settings, self.replica_dir)
         self.watcher = ModelWatcher(
             str(settings.registry_root()), served_models(settings), settings.serve_retrieval or None,
-            settings.serve_poll_s, on_change=self._on_change, on_failure=self._on_failure)
+            settings.serve_poll_s, on_change=self._on_change, on_failure=self._on_failure,
+            signing_keys=read_signing_keys(settings.registry_signing_key_file) if settings.registry_signing_key_file
+            else ())
         # OpenMP thread counts are per thread: each forward thread sets its own (torch's default is all cores,
         # whose spinning threads then fight the gRPC and replica threads for the CPU).
         self.executor = (ThreadPoolExecutor(settings.serve_workers, thread_name_prefix="score",
@@ -85,16 +89,22 @@ class Scorer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server)
-        self.port = server.add_insecure_port(f"{s.serve_host}:{s.serve_port}")
+        credentials = server_credentials(s)
+        address = f"{s.serve_host}:{s.serve_port}"
+        self.port = (server.add_secure_port(address, credentials) if credentials is not None
+                     else server.add_insecure_port(address))
         if self.port == 0:
             raise RuntimeError(f"could not bind {s.serve_host}:{s.serve_port}")
         await server.start()
         self.server = server
         if s.serve_metrics_port:
-            self.metrics_port = self.metrics.serve_http(s.serve_host, s.serve_metrics_port)
+            self.metrics_port = self.metrics.serve_http(s.serve_host, s.serve_metrics_port,
+                                                        s.serve_tls_cert_file, s.serve_tls_key_file)
         await self.update_health()
         self._status_task = asyncio.create_task(self._status_loop())
-        log.info("scorer on %s:%d (metrics :%d), models %s, retrieval %r", s.serve_host, self.port,
+        log.info("scorer on %s:%d (%s; metrics :%d), models %s, retrieval %r", s.serve_host, self.port,
+                 "TLS" + (", client certificates required" if s.serve_tls_client_ca_file else "")
+                 if credentials is not None else "plaintext",
                  self.metrics_port, self.watcher.ranker_names, self.watcher.retriever_name)
         return self.port
 

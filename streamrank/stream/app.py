@@ -11,6 +11,7 @@ from typing import Any
 
 import faust
 
+from streamrank import kafka_security
 from streamrank.config import Settings
 from streamrank.events.validate import InvalidEvent, decode_item
 from streamrank.stream.processor import BatchProcessor
@@ -58,6 +59,7 @@ class Worker:
             broker_heartbeat_interval=2,
             consumer_auto_offset_reset="earliest",
             web_enabled=False,
+            broker_credentials=kafka_security.faust_credentials(settings),
         )
         self.events = EventsService(settings, self.processor, loop=self.app.loop, beacon=self.app.beacon)
         self.app.add_dependency(self.events)

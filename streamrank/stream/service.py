@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from mode import Service
 
+from streamrank import kafka_security
 from streamrank.config import Settings
 from streamrank.stream.processor import BatchProcessor, BatchResult, DeadLetter, Record
 
@@ -61,7 +62,7 @@ class EventsService(Service):
         s = self.settings
         self.producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers, linger_ms=10, max_batch_size=512 * 1024, acks=1,
-            max_request_size=4 * 1024 * 1024, client_id=f"{s.worker_id}-out",
+            max_request_size=4 * 1024 * 1024, client_id=f"{s.worker_id}-out", **kafka_security.aiokafka(s),
         )
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
@@ -69,6 +70,7 @@ class EventsService(Service):
             client_id=s.worker_id, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10_000, heartbeat_interval_ms=2_000, max_poll_interval_ms=300_000,
             fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
+            **kafka_security.aiokafka(s),
         )
         await self.consumer.start()
         self.consumer.subscribe([self.topic], listener=_Positioner(self))

@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from streamrank import kafka_security
 from streamrank.config import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class SampleFeed:
         self.topic = settings.topic("samples")
         self._consumer = Consumer({
             "bootstrap.servers": settings.bootstrap_servers, "group.id": group_id,
+            **kafka_security.librdkafka(settings),
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             "fetch.max.bytes": 32 * 1024 * 1024, "queued.max.messages.kbytes": 64 * 1024,
             "logger": log,
