@@ -40,20 +40,31 @@ def _ssl_context(settings: Any) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
 
 
-def kafka_python(settings: Any) -> dict[str, Any]:
-    """Options for kafka-python's KafkaProducer / KafkaConsumer / KafkaAdminClient."""
+# The option names of each library, by what they carry.
+_KAFKA_PYTHON = {"protocol": "security_protocol", "mechanism": "sasl_mechanism", "username": "sasl_plain_username",
+                 "password": "sasl_plain_password", "cafile": "ssl_cafile"}
+_LIBRDKAFKA = {"protocol": "security.protocol", "mechanism": "sasl.mechanism", "username": "sasl.username",
+               "password": "sasl.password", "cafile": "ssl.ca.location"}
+
+
+def _options(settings: Any, names: dict[str, str]) -> dict[str, Any]:
+    """The security options under one library's names (nothing for PLAINTEXT)."""
     check(settings)
     protocol = settings.kafka_security_protocol.upper()
     if protocol == "PLAINTEXT":
         return {}
-    out: dict[str, Any] = {"security_protocol": protocol}
+    values = {"protocol": protocol}
     if protocol.startswith("SASL"):
-        out |= {"sasl_mechanism": settings.kafka_sasl_mechanism.upper(),
-                "sasl_plain_username": settings.kafka_sasl_username,
-                "sasl_plain_password": settings.kafka_sasl_password}
+        values |= {"mechanism": settings.kafka_sasl_mechanism.upper(), "username": settings.kafka_sasl_username,
+                   "password": settings.kafka_sasl_password}
     if protocol.endswith("SSL") and settings.kafka_ssl_cafile:
-        out["ssl_cafile"] = settings.kafka_ssl_cafile
-    return out
+        values["cafile"] = settings.kafka_ssl_cafile
+    return {names[k]: v for k, v in values.items()}
+
+
+def kafka_python(settings: Any) -> dict[str, Any]:
+    """Options for kafka-python's KafkaProducer / KafkaConsumer / KafkaAdminClient."""
+    return _options(settings, _KAFKA_PYTHON)
 
 
 def aiokafka(settings: Any) -> dict[str, Any]:
@@ -68,17 +79,7 @@ def aiokafka(settings: Any) -> dict[str, Any]:
 
 def librdkafka(settings: Any) -> dict[str, Any]:
     """Options for confluent-kafka's Consumer / Producer (librdkafka's names)."""
-    check(settings)
-    protocol = settings.kafka_security_protocol.upper()
-    if protocol == "PLAINTEXT":
-        return {}
-    out: dict[str, Any] = {"security.protocol": protocol}
-    if protocol.startswith("SASL"):
-        out |= {"sasl.mechanism": settings.kafka_sasl_mechanism.upper(), "sasl.username": settings.kafka_sasl_username,
-                "sasl.password": settings.kafka_sasl_password}
-    if protocol.endswith("SSL") and settings.kafka_ssl_cafile:
-        out["ssl.ca.location"] = settings.kafka_ssl_cafile
-    return out
+    return _options(settings, _LIBRDKAFKA)
 
 
 def faust_credentials(settings: Any) -> Any:
