@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from streamrank.broker import free_port
 from streamrank.cli import main as streamrank_main
 from streamrank.config import Settings, load_settings
 from streamrank.events.validate import BAD_ID, InvalidEvent, check_event
@@ -155,7 +159,7 @@ def test_a_tls_scorer_answers_tls_clients_only_and_can_require_client_certificat
 
     cert, key = _certificate(tmp_path, "server")
     client_cert, client_key = _certificate(tmp_path, "client")
-    base = settings.with_overrides(serve_port=0, serve_metrics_port=0, serve_models="", serve_retrieval="",
+    base = settings.with_overrides(serve_port=0, serve_metrics_port=free_port(), serve_models="", serve_retrieval="",
                                    serve_tls_cert_file=str(cert), serve_tls_key_file=str(key))
     ensure_topics(base)  # the replica reads them before the scorer says it is ready
     with running_scorer(base) as st:
@@ -165,6 +169,11 @@ def test_a_tls_scorer_answers_tls_clients_only_and_can_require_client_certificat
         with pytest.raises(grpc.RpcError) as plain:
             _health(grpc.insecure_channel(target))
         assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+        metrics = f"https://localhost:{base.serve_metrics_port}/metrics"  # the metrics endpoint: HTTPS too
+        with urllib.request.urlopen(metrics, context=ssl.create_default_context(cafile=str(cert)), timeout=5) as r:
+            assert b"streamrank_" in r.read()
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(metrics.replace("https", "http"), timeout=5).read()
     mutual = base.with_overrides(serve_tls_client_ca_file=str(client_cert))
     with running_scorer(mutual) as st:
         target = f"127.0.0.1:{st.port}"
