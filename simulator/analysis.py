@@ -77,6 +77,10 @@ def paired_sums(columns: dict[str, np.ndarray], metric: Metric, rows_a: np.ndarr
     return out[0], out[1], out[2], out[3]
 
 
+MIN_USERS_FOR_TEST = 30  # below this many users in an arm, a p-value is reported but not starred (the
+# bootstrap and the permutation test resample users: with a handful, their distributions are a few points)
+
+
 def comparisons(columns: dict[str, np.ndarray], metrics: Sequence[Metric], control: str, arms: Sequence[str],
                 n_boot: int, n_perm: int, seed: int, mask: np.ndarray | None = None,
                 paired: bool = False) -> list[dict[str, Any]]:
@@ -101,7 +105,9 @@ def comparisons(columns: dict[str, np.ndarray], metrics: Sequence[Metric], contr
                 num_b, den_b = unit_sums(columns, metric, rows_b)
                 result = compare_unpaired(num_a, den_a, num_b, den_b, metric.name, control, arm, n_boot, n_perm,
                                           seed=seed + 7919 * n)
-            out.append(result.to_dict())
+            users = (len(np.unique(columns["user_id"][rows_a])), len(np.unique(columns["user_id"][rows_b])))
+            out.append({**result.to_dict(), "users_a": users[0], "users_b": users[1],
+                        "enough_users": min(users) >= MIN_USERS_FOR_TEST})
     return out
 
 

@@ -38,6 +38,14 @@ def _p(p: float) -> str:
     return f"{p:.4f}" + (" *" if p < 0.05 else "")
 
 
+def _p_of(comparison: dict[str, Any]) -> str:
+    """The p-value cell: starred when significant, unless an arm has too few users for the test to mean it."""
+    if comparison.get("enough_users", True):
+        return _p(comparison["p_value"])
+    users = min(comparison["users_a"], comparison["users_b"])
+    return f"{_p(comparison['p_value']).rstrip(' *')} (only {users} users: too few to test)"
+
+
 def summary_table(summary: list[dict[str, Any]], metrics: Sequence[str]) -> Table:
     """Arms as rows: requests, users, each metric with its 95% CI."""
     header = ["arm", "requests", "users", *[f"{m} [95% CI]" for m in metrics]]
@@ -51,7 +59,7 @@ def comparison_table(comparisons: list[dict[str, Any]]) -> Table:
     header = ["arm vs control", "metric", "control", "arm", "diff [95% CI]", "relative", "p-value"]
     rows = [[f"{c['arm_b']} vs {c['arm_a']}", c["metric"], _fmt(c["value_a"]), _fmt(c["value_b"]),
              f"{_fmt(c['diff'])} {_ci(c['diff_ci'])}",
-             f"{100 * c['relative']:+.1f}%" if math.isfinite(c["relative"]) else "n/a", _p(c["p_value"])]
+             f"{100 * c['relative']:+.1f}%" if math.isfinite(c["relative"]) else "n/a", _p_of(c)]
             for c in comparisons]
     return header, rows
 
@@ -134,7 +142,8 @@ def write_report(analysis: dict[str, Any], out_dir: str | Path, title: str = "A/
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     test = "per-user sign flip (paired)" if analysis.get("paired") else "user-label permutation test"
     legend = (f"95% CIs: percentile bootstrap over users; p-values: two-sided {test} "
-              "(`*` = p < 0.05). Users are the randomisation unit, so both resample users, not requests.")
+              "(`*` = p < 0.05; not starred when an arm has fewer than 30 users, too few for either). Users are the "
+              "randomisation unit, so both resample users, not requests.")
     md = [f"# {title}", "", f"Generated {stamp}.", "", *[f"- {n}" for n in notes], "", legend, ""]
     md += [f"![{p}]({p})" for p in plots]
     for heading, table in sections:

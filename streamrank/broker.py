@@ -55,6 +55,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def check_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
+    """ConnectionError unless some bootstrap server accepts a TCP connection within `timeout_s`: a short
+    probe, so that a wrong address is one clear line instead of half a minute of client retries."""
+    import socket
+
+    for server in (s.strip() for s in bootstrap.split(",") if s.strip()):
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError):
+            continue
+    raise ConnectionError(f"cannot reach Kafka at {bootstrap} within {timeout_s:g} s: is the broker running "
+                          "(--bootstrap-servers / STREAMRANK_BOOTSTRAP_SERVERS)?")
+
+
 def wait_until_ready(bootstrap: str, timeout_s: float = 30.0) -> None:
     """Blocks until the broker answers a metadata request; BrokerError after timeout_s."""
     from kafka import KafkaAdminClient

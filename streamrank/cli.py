@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from streamrank.broker import check_reachable
 from streamrank.cli_retrieval import add_retrieval_parsers
 from streamrank.config import ConfigError, Settings, load_settings
 
@@ -43,6 +44,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streamrank.topics import ensure_topics
 
     settings = _settings(args)
+    if settings.bootstrap_servers:
+        check_reachable(settings.bootstrap_servers)
     with broker_for(settings.bootstrap_servers) as bootstrap:
         settings = settings.with_overrides(bootstrap_servers=bootstrap)
         ensure_topics(settings)
@@ -68,6 +71,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         return 2
     if spec in ("ml-100k", "ml-1m"):
         spec = f"movielens:{spec}"
+    check_reachable(settings.bootstrap_servers)
     ensure_topics(settings)
     try:
         source = open_source(spec, items_path=args.items, fmt=args.format, negatives=args.negatives,
@@ -110,6 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not settings.bootstrap_servers:
         print("train needs --bootstrap-servers (or STREAMRANK_BOOTSTRAP_SERVERS)", file=sys.stderr)
         return 2
+    check_reachable(settings.bootstrap_servers)
     warm = None
     if args.warm_start:
         from pathlib import Path
@@ -157,6 +162,9 @@ def cmd_registry(args: argparse.Namespace) -> int:
     try:
         registry = open_registry(settings, args.model)
         if args.action == "list":
+            if not registry.list_versions():
+                print(f"{args.model}: no versions in {settings.registry_root()}", file=sys.stderr)
+                return 1
             live = registry.current_version()
             for v in registry.list_versions():
                 info = registry.info(v)
@@ -240,8 +248,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("serve needs --bootstrap-servers (or STREAMRANK_BOOTSTRAP_SERVERS) to replicate features from",
               file=sys.stderr)
         return 2
+    check_reachable(settings.bootstrap_servers)
     ensure_topics(settings)
+    from streamrank.registry.store import open_registry
+    from streamrank.serve.servicer import served_models
     from streamrank.serve.tls import TLSConfigError, server_credentials
+
+    for name in served_models(settings):
+        if open_registry(settings, name).current_version() is None:
+            print(f"warning: {name} has no published version in {settings.registry_root()} (a misspelt --models "
+                  "entry?); the scorer says NOT_SERVING until one is published", file=sys.stderr)
 
     try:
         server_credentials(settings)  # a bad TLS setting is one line here, not a traceback from the server
@@ -373,21 +389,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=sorted(BENCHMARKS))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     p.set_defaults(func=cmd_bench)
+    for name, subparser in sub.choices.items():
+        if name not in ("simulate", "bench"):  # their options pass through to them
+            # after the subcommand as well as before it (SUPPRESS: an absent one keeps the top-level value)
+            subparser.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file")
+            subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                   help="debug logging, tracebacks")
     return parser
 
 
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """The errors an ordinary mistake raises (a setting, a file, a log row, a registry, a broker): the CLI
+    prints their message in one line instead of a traceback."""
+    from kafka.errors import KafkaError
+
+    from streamrank.events.producer import ProduceError
+    from streamrank.registry.store import RegistryError
+
+    return (ConfigError, RegistryError, ProduceError, KafkaError, OSError, ValueError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `streamrank` console script."""
+    """Entry point of the `streamrank` console script.
+
+    One error boundary: a known error (`_known_errors`) prints `error: <message>` on one line and exits 2;
+    `-v` shows the traceback instead.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("aiokafka", "faust", "mode", "kafka", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kafka-python's "Task ... ran for 0.25s ... blocking the event loop" warnings (a third of a scorer's log):
+    # its own I/O loop timing itself, with nothing for an operator to do
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    except _known_errors() as exc:
+        if args.verbose:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

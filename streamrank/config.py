@@ -235,7 +235,12 @@ class Settings:
             raise ConfigError("feature_sequence_length cannot exceed max_sequence_length")
 
 
-def _coerce(name: str, raw: Any, kind: Any) -> Any:
+# STREAMRANK_* variables that are not settings: the config file's path and the simulator's scorer target.
+OTHER_ENV = frozenset({"STREAMRANK_CONFIG", "STREAMRANK_SIMULATOR_SCORER"})
+
+
+def _coerce(name: str, raw: Any, kind: Any, source: str = "") -> Any:
+    where = f" (from {source})" if source else ""
     if kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -244,13 +249,24 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             return True
         if text in {"0", "false", "no", "off"}:
             return False
-        raise ConfigError(f"{name}: expected a boolean, got {raw!r}")
+        raise ConfigError(f"{name}: expected a boolean, got {raw!r}{where}")
     if kind is int and (isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer())):
-        raise ConfigError(f"{name}: expected a whole number, got {raw!r}")
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}{where}")
     try:
         return kind(raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}") from exc
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}{where}") from exc
+
+
+def _unknown_env(names: set[str]) -> None:
+    """Refuses a misspelt STREAMRANK_* variable (it would be ignored silently), with the closest setting."""
+    import difflib
+
+    known = {f"STREAMRANK_{n.upper()}" for n in names} | OTHER_ENV
+    for key in sorted(k for k in os.environ if k.startswith("STREAMRANK_") and k not in known):
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"unknown environment variable {key}{hint}")
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -262,23 +278,32 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         file_path = Path(config_path)
         if not file_path.is_file():
             raise ConfigError(f"config file not found: {file_path}")
-        with file_path.open("rb") as fh:
-            data = tomllib.load(fh)
+        try:
+            with file_path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file_path} is not valid TOML: {exc}") from exc
         known = {f.name for f in fields(Settings)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown settings in {file_path}: {', '.join(unknown)}")
         values.update(data)
+        sources = dict.fromkeys(data, str(file_path))
+    else:
+        sources = {}
+    _unknown_env({f.name for f in fields(Settings) if f.name != "extra"})
     for f in fields(Settings):
         env = os.environ.get(f"STREAMRANK_{f.name.upper()}")
         if env is not None and f.name != "extra":
             values[f.name] = env
+            sources[f.name] = f"STREAMRANK_{f.name.upper()}"
     unknown_overrides = sorted(set(overrides) - set(hints))
     if unknown_overrides:
         raise ConfigError(f"unknown settings: {', '.join(unknown_overrides)}")
     values.update({k: v for k, v in overrides.items() if v is not None})
+    sources.update({k: "the command line" for k, v in overrides.items() if v is not None})
     typed = {
-        name: (raw if name == "extra" else _coerce(name, raw, hints[name]))
+        name: (raw if name == "extra" else _coerce(name, raw, hints[name], sources.get(name, "")))
         for name, raw in values.items()
     }
     settings = Settings(**typed)

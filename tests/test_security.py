@@ -37,7 +37,7 @@ class _Payload:
         return (os.system, (f"touch {MARKER}",))
 
 
-def test_a_planted_pickle_checkpoint_is_refused_without_running(tmp_path: Path, capsys) -> None:
+def test_a_planted_pickle_checkpoint_is_refused_without_running(broker, tmp_path: Path, capsys) -> None:
     from streamrank.train.checkpoint import CheckpointError
     from streamrank.train.online import OnlineTrainer
 
@@ -49,7 +49,7 @@ def test_a_planted_pickle_checkpoint_is_refused_without_running(tmp_path: Path, 
     with pytest.raises(CheckpointError, match=r"not a plain-data checkpoint .*posix.system"):
         OnlineTrainer(settings, "din")
     assert streamrank_main(["train", "--model", "din", "--data-dir", str(tmp_path),
-                            "--bootstrap-servers", "127.0.0.1:1"]) == 2
+                            "--bootstrap-servers", broker.bootstrap_servers]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("train: ") and "Traceback" not in err[0]
     assert not MARKER.exists()  # the payload never ran

@@ -101,3 +101,21 @@ def test_replay_of_movielens_with_builtin_rankers(tmp_path: Path) -> None:
 
 def ctr_free(data: dict) -> dict:
     return next(c for c in data["comparisons"] if c["metric"] == "HIT@10")
+
+
+def test_a_comparison_with_too_few_users_is_not_starred() -> None:
+    import numpy as np
+
+    from simulator.analysis import MIN_USERS_FOR_TEST, comparisons, replay_metrics
+    from simulator.report import comparison_table
+
+    rng = np.random.default_rng(0)
+    n = 6  # six users per arm, and a large difference: the permutation p is small but means little
+    cols = {"arm": np.array(["a"] * n + ["b"] * n), "user_id": np.array([f"u{i}" for i in range(2 * n)]),
+            "hit@10": np.r_[np.zeros(n), np.ones(n)], "ndcg@10": rng.random(2 * n), "sauc_num": rng.random(2 * n),
+            "sauc_den": np.ones(2 * n), "in_candidates": np.ones(2 * n)}
+    compared = comparisons(cols, replay_metrics((10,)), "a", ["a", "b"], 200, 200, 0)
+    hit = next(c for c in compared if c["metric"] == "HIT@10")
+    assert hit["users_a"] == hit["users_b"] == n < MIN_USERS_FOR_TEST and not hit["enough_users"]
+    row = next(r for r in comparison_table(compared)[1] if r[1] == "HIT@10")
+    assert row[-1].endswith("(only 6 users: too few to test)") and "*" not in row[-1]

@@ -190,7 +190,7 @@ def _run(settings: Settings, topic: str, values: Iterable[T],
     if failures:
         log.error("%d messages were not delivered to %s; first error: %r", len(failures), topic, failures[0])
         raise ProduceError(f"{len(failures)} messages not delivered to {topic}: {failures[0]!r}", report)
-    log.info("%s", report.summary())
+    log.debug("%s", report.summary())  # the caller prints it (the CLI, the demo): once is enough
     return report
 
 

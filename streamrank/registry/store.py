@@ -110,12 +110,12 @@ class Registry:
         self.model = check_name(model, "model name")
         self.signing_keys = tuple(signing_keys)
         self.base = Path(root) / model
-        self.versions_dir = self.base / "versions"
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self.versions_dir = self.base / "versions"  # created by the first writer: readers create nothing
 
     # -- writing ------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
         with open(self.base / ".lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:

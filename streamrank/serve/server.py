@@ -82,7 +82,8 @@ class Scorer:
         server = grpc.aio.server(
             maximum_concurrent_rpcs=s.serve_max_inflight,
             options=[("grpc.max_receive_message_length", _MAX_MESSAGE),
-                     ("grpc.max_send_message_length", _MAX_MESSAGE)])
+                     ("grpc.max_send_message_length", _MAX_MESSAGE),
+                     ("grpc.so_reuseport", 0)])  # a second scorer on a busy port fails instead of sharing it
         servicer = RankingServicer(s, self.replica, self.watcher, self.metrics, self.executor)
         ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -91,15 +92,23 @@ class Scorer:
             server)
         credentials = server_credentials(s)
         address = f"{s.serve_host}:{s.serve_port}"
-        self.port = (server.add_secure_port(address, credentials) if credentials is not None
-                     else server.add_insecure_port(address))
+        try:
+            self.port = (server.add_secure_port(address, credentials) if credentials is not None
+                         else server.add_insecure_port(address))
+        except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
+            raise OSError(f"cannot listen on {address} (gRPC): is another scorer using the port? ({exc})") from exc
         if self.port == 0:
-            raise RuntimeError(f"could not bind {s.serve_host}:{s.serve_port}")
+            raise OSError(f"cannot listen on {address} (gRPC): is another scorer using the port?")
         await server.start()
         self.server = server
         if s.serve_metrics_port:
-            self.metrics_port = self.metrics.serve_http(s.serve_host, s.serve_metrics_port,
-                                                        s.serve_tls_cert_file, s.serve_tls_key_file)
+            try:
+                self.metrics_port = self.metrics.serve_http(s.serve_host, s.serve_metrics_port,
+                                                            s.serve_tls_cert_file, s.serve_tls_key_file)
+            except OSError as exc:
+                await server.stop(0)
+                raise OSError(f"cannot serve metrics on {s.serve_host}:{s.serve_metrics_port}: "
+                              f"{exc.strerror or exc} (serve_metrics_port / --metrics-port; 0 turns it off)") from exc
         await self.update_health()
         self._status_task = asyncio.create_task(self._status_loop())
         log.info("scorer on %s:%d (%s; metrics :%d), models %s, retrieval %r", s.serve_host, self.port,

@@ -1,0 +1,105 @@
+"""Ordinary mistakes give one line and exit code 2 (1 for "nothing there"), never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from streamrank.cli import main
+from streamrank.config import load_settings
+from streamrank.data.eventlog import write_events
+from streamrank.v1 import events_pb2
+
+
+def _one_line(capsys, code: int, got: int) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert got == code, err
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_settings_mistakes(tmp_path: Path, capsys, monkeypatch) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("partitions = [\n")
+    assert "is not valid TOML" in _one_line(capsys, 2, main(["--config", str(bad), "state"]))
+    assert "config file not found" in _one_line(capsys, 2, main(["state", "--config", str(tmp_path / "no.toml")]))
+    good = tmp_path / "good.toml"
+    good.write_text(f'data_dir = "{tmp_path / "var"}"\n')
+    # --config after the subcommand is accepted (and used: the registry is looked up under its data_dir)
+    line = _one_line(capsys, 1, main(["registry", "list", "--model", "nosuch", "--config", str(good)]))
+    assert line == f"nosuch: no versions in {tmp_path / 'var' / 'registry'}"
+    assert not (tmp_path / "var").exists()  # looking created nothing
+    monkeypatch.setenv("STREAMRANK_PARTITON", "3")
+    line = _one_line(capsys, 2, main(["state"]))
+    assert line == "error: unknown environment variable STREAMRANK_PARTITON; did you mean STREAMRANK_PARTITIONS?"
+    monkeypatch.delenv("STREAMRANK_PARTITON")
+    monkeypatch.setenv("STREAMRANK_PARTITIONS", "many")
+    assert "(from STREAMRANK_PARTITIONS)" in _one_line(capsys, 2, main(["state"]))
+    monkeypatch.delenv("STREAMRANK_PARTITIONS")
+    bad.write_text("partitions = 'many'\n")
+    assert f"(from {bad})" in _one_line(capsys, 2, main(["state", "--config", str(bad)]))
+
+
+@pytest.mark.parametrize("command", [["produce", "movielens:ml-100k"], ["train", "--model", "din"],
+                                     ["serve", "--models", "din"]])
+def test_an_unreachable_broker_is_one_line_within_seconds(command: list[str], capsys) -> None:
+    line = _one_line(capsys, 2, main([*command, "--bootstrap-servers", "127.0.0.1:1"]))
+    assert line.startswith("error: cannot reach Kafka at 127.0.0.1:1 within 3 s")
+
+
+def test_bad_files_and_directories(broker, tmp_path: Path, capsys) -> None:
+    kafka = ["--bootstrap-servers", broker.bootstrap_servers, "--data-dir", str(tmp_path / "var")]
+    line = _one_line(capsys, 2, main(["produce", str(tmp_path / "missing.csv"), *kafka]))
+    assert line.startswith("produce: no such event log")
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("event_id,usr_id,item_id,type,ts_ms\ne1,u,i,click,1000\n")
+    assert "usr_id: unknown column" in _one_line(capsys, 2, main(["produce", str(wrong), *kafka]))
+    wrong.write_text("event_id,user_id,item_id,type,ts_ms\ne1,u,i,click,yesterday\n")
+    assert "ts_ms" in _one_line(capsys, 2, main(["produce", str(wrong), *kafka]))
+    bad_event = tmp_path / "bad.jsonl"
+    write_events(bad_event, [events_pb2.Event(event_id="e1", user_id="u", item_id="i", type=events_pb2.CLICK,
+                                              ts_ms=-5)])
+    line = _one_line(capsys, 2, main(["produce", str(bad_event), "--as-is", "--strict", "--quiet", *kafka]))
+    assert line.startswith("error: invalid message e1: bad_timestamp")
+    line = _one_line(capsys, 2, main(["index", "build", "--model-dir", str(tmp_path / "nope"), "--catalog",
+                                      "movielens:ml-100k", "--data-dir", str(tmp_path / "var")]))
+    assert "not a retrieval model artefact" in line
+
+
+def test_serve_warns_about_a_model_with_no_versions(broker, tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "streamrank.cli", "serve", "--models", "dinn", "--port", "0",
+                             "--metrics-port", "0", "--bootstrap-servers", broker.bootstrap_servers,
+                             "--data-dir", str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline() if proc.stderr else ""
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert first.startswith("warning: dinn has no published version"), first
+
+
+def test_a_second_scorer_on_a_busy_port_fails_to_start(tmp_path: Path) -> None:
+    from streamrank.serve.server import Scorer
+
+    async def run() -> str:
+        other = grpc.aio.server()  # gRPC's default: SO_REUSEPORT, which would let a second server share it
+        port = other.add_insecure_port("127.0.0.1:0")
+        await other.start()
+        settings = load_settings(serve_port=port, serve_metrics_port=0, serve_models="", serve_retrieval="",
+                                 bootstrap_servers="127.0.0.1:1", data_dir=str(tmp_path))
+        scorer = Scorer(settings)
+        scorer.replica.start = lambda: None  # type: ignore[method-assign]  # the port is what is tested here
+        try:
+            with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}") as refused:
+                await scorer.start()
+            return str(refused.value)
+        finally:
+            await other.stop(0)
+            scorer.replica.close()
+
+    assert "another scorer" in asyncio.run(run())
