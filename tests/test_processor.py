@@ -390,8 +390,11 @@ def test_scenario_item_counts_survive_a_restart_whatever_the_scenario_string(ope
     settings = make_settings()
     feed = Feed(settings)
     store, proc = open_worker(settings)
-    run(proc, [feed(event("e1", "u", "x", IMP, T0, scenario="we\x00b"))])
-    assert proc.stats.item_counts("we\x00b", "x") == [1, 0, 0, 0]
+    odd = "we/b:c|d ü=é"  # separators of other formats, non-ASCII: all allowed in a scenario
+    result = run(proc, [feed(event("e1", "u", "x", IMP, T0, scenario=odd)),
+                        feed(event("e2", "u", "x", IMP, T0, scenario="we\x00b"))])
+    assert [d.reason for d in result.dead] == [validate.BAD_ID]  # control characters: refused, like the scorer
+    assert proc.stats.item_counts(odd, "x") == [1, 0, 0, 0]
     store.close()
     store, proc = open_worker(settings)
-    assert proc.stats.item_counts("we\x00b", "x") == [1, 0, 0, 0]
+    assert proc.stats.item_counts(odd, "x") == [1, 0, 0, 0]
