@@ -1,4 +1,5 @@
-"""The `streamrank` command: broker, worker, produce, state, demo and bench."""
+"""The `streamrank` command: broker, worker, produce, train, registry, serve, train-retrieval, index, state, demo,
+simulate and bench."""
 
 from __future__ import annotations
 
@@ -282,9 +283,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(importlib.import_module(BENCHMARKS[args.what]).main(args.rest) or 0)
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("streamrank")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="streamrank", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"streamrank {_version()}")
     parser.add_argument("--config", help="TOML settings file (see streamrank/config.py)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -381,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", help="where the A/B report goes (default: <data-dir>/report)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("simulate", help="replay a log or run a synthetic online A/B through the scorer")
+    # add_help=False: `--help` goes on to the simulator's (or the benchmark's) own parser, which knows the options
+    p = sub.add_parser("simulate", help="replay a log or run a synthetic online A/B through the scorer",
+                       add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="online | replay | ab-check, and their options")
     p.set_defaults(func=cmd_simulate)
 
@@ -416,7 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     `-v` shows the traceback instead.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and getattr(args, "command", None) in ("simulate", "bench"):
+        args.rest = [*unknown, *args.rest]  # `simulate --help`: options for the simulator's own parser
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("aiokafka", "faust", "mode", "kafka", "faiss"):

@@ -103,3 +103,12 @@ def test_a_second_scorer_on_a_busy_port_fails_to_start(tmp_path: Path) -> None:
             scorer.replica.close()
 
     assert "another scorer" in asyncio.run(run())
+
+
+def test_help_and_version(capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("streamrank ")
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])  # reaches the simulator's own parser, which lists its commands
+    assert "{online,replay,shoplog,ab-check}" in capsys.readouterr().out
