@@ -93,6 +93,28 @@ def wait_until_ready(bootstrap: str, timeout_s: float = 30.0) -> None:
     raise BrokerError(f"broker at {bootstrap} did not answer within {timeout_s:.0f}s: {last}")
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """BrokerError when something already listens on host:port (tansu would exit, and the old listener
+    would answer the readiness check in its place)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BrokerError(f"cannot start the embedded broker on {host}:{port}: {exc.strerror or exc} "
+                              "(another broker running? choose --port)") from exc
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): ask for SIGTERM when the parent dies, so that a killed `streamrank
+    broker` (or test run) does not leave tansu holding the port. Best effort elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class EmbeddedBroker:
     """A tansu process on 127.0.0.1; use as a context manager or call start()/stop()."""
 
@@ -114,6 +136,7 @@ class EmbeddedBroker:
         """Starts the broker and waits until it answers metadata requests."""
         if self._proc is not None:
             return self
+        _check_port_free(self.host, self.port)
         url = f"tcp://{self.host}:{self.port}"
         cmd = [
             str(tansu_binary()), "broker",
@@ -129,9 +152,12 @@ class EmbeddedBroker:
             out = subprocess.DEVNULL  # type: ignore[assignment]
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=_die_with_parent)
         try:
             wait_until_ready(self.bootstrap_servers, timeout_s)
+            if self._proc.poll() is not None:  # something else answered on the port: not our broker
+                raise BrokerError(f"tansu exited with code {self._proc.returncode} although {self.bootstrap_servers} "
+                                  "answers: another broker holds the port")
         except BrokerError:
             self.stop()
             raise

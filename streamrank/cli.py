@@ -26,15 +26,21 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     """Runs the embedded broker in the foreground until Ctrl-C."""
+    import signal
+
     from streamrank.broker import EmbeddedBroker
 
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops it like Ctrl-C: the context manager takes tansu down
+
+    signal.signal(signal.SIGTERM, interrupt)
     with EmbeddedBroker(port=args.port) as broker:
         print(f"embedded broker listening on {broker.bootstrap_servers} (Ctrl-C to stop)", flush=True)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            print("stopping broker")
+            print("stopping broker", flush=True)
     return 0
 
 
@@ -416,10 +422,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     prints their message in one line instead of a traceback."""
     from kafka.errors import KafkaError
 
+    from streamrank.broker import BrokerError
     from streamrank.events.producer import ProduceError
     from streamrank.registry.store import RegistryError
 
-    return (ConfigError, RegistryError, ProduceError, KafkaError, OSError, ValueError)
+    return (ConfigError, RegistryError, ProduceError, BrokerError, KafkaError, OSError, ValueError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

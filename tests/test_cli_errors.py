@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,54 @@ def test_help_and_version(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["simulate", "--help"])  # reaches the simulator's own parser, which lists its commands
     assert "{online,replay,shoplog,ab-check}" in capsys.readouterr().out
+
+
+def _tansu_on(port: int) -> list[int]:
+    """Pids of tansu processes listening on this port (from /proc: no psutil here)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"tansu") and f"tcp://127.0.0.1:{port}".encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _broker_process(port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "streamrank.cli", "broker", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and "listening" in proc.stdout.readline()
+    return proc
+
+
+@pytest.mark.parametrize("how", ["sigterm", "kill -9"])
+def test_the_broker_takes_tansu_with_it_and_refuses_a_busy_port(how: str) -> None:
+    import signal
+    import time
+
+    from streamrank.broker import free_port
+
+    port = free_port()
+    proc = _broker_process(port)
+    try:
+        assert _tansu_on(port)
+        second = subprocess.run([sys.executable, "-m", "streamrank.cli", "broker", "--port", str(port)],
+                                capture_output=True, text=True, timeout=60)
+        lines = second.stderr.strip().splitlines()
+        assert second.returncode == 2 and len(lines) == 1, second.stderr
+        assert lines[0].startswith(f"error: cannot start the embedded broker on 127.0.0.1:{port}")
+        proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + 10
+        while _tansu_on(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _tansu_on(port)  # no tansu left holding the port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _tansu_on(port):
+            os.kill(pid, signal.SIGKILL)
