@@ -51,6 +51,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streamrank.topics import ensure_topics
 
     settings = _settings(args)
+    if args.metrics_port is not None:
+        settings = settings.with_overrides(worker_metrics_port=args.metrics_port)
     if settings.bootstrap_servers:
         check_reachable(settings.bootstrap_servers)
     with broker_for(settings.bootstrap_servers) as bootstrap:
@@ -110,6 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.scenarios is not None:
         settings = settings.with_overrides(train_scenarios=args.scenarios)
+    if args.metrics_port is not None:
+        settings = settings.with_overrides(train_metrics_port=args.metrics_port)
     tune_allocator()
     if settings.train_torch_threads:
         import torch
@@ -317,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run the stream worker")
     common(p)
     p.add_argument("--worker-id", help="consumer group / state folder name")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (setting worker_metrics_port; 0 = off)")
     p.add_argument("--loglevel", default="warning")
     p.set_defaults(func=cmd_worker)
 
@@ -355,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "streamrank.models.ranking.artifact.write_model_dir (an offline model), to start from")
     p.add_argument("--max-samples", type=int, help="stop after learning this many samples")
     p.add_argument("--idle-exit", type=float, help="stop after this many seconds without samples")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (setting train_metrics_port; 0 = off)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("registry", help="list, show or roll back model versions")

@@ -121,6 +121,10 @@ class Settings:
     # label, probability) to this TSV file, for offline analysis of the prequential run.
     prediction_log: str = ""
     # --- scorer -------------------------------------------------------------------------------------
+    # Prometheus /metrics of the worker and of the trainer on metrics_host (0: off; one port per process).
+    worker_metrics_port: int = 0
+    train_metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     # --- Kafka security (every client: worker, trainer, producer, scorer, simulator) -----------------------
     # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL mechanism PLAIN or SCRAM-SHA-256/512; a CA file (PEM)
     # for SSL. The password may also come from STREAMRANK_KAFKA_SASL_PASSWORD. docs/security.md.

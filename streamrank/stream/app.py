@@ -14,6 +14,7 @@ import faust
 from streamrank import kafka_security
 from streamrank.config import Settings
 from streamrank.events.validate import InvalidEvent, decode_item
+from streamrank.observability import Series, serve_metrics
 from streamrank.stream.processor import BatchProcessor
 from streamrank.stream.service import EventsService
 from streamrank.stream.store import StateStore
@@ -113,6 +114,25 @@ class Worker:
             "late_stat_events": self.processor.stats.late,
         }
 
+    def metric_series(self) -> list[Series]:
+        """The worker's Prometheus series (read at scrape time; `streamrank.observability`)."""
+        events, c = self.events, self.events.counters
+        outcome = [({"outcome": k}, c[k]) for k in ("processed", "duplicates", "replayed", "dead_letters")]
+        return [
+            Series("streamrank_worker_records_total", "Events-topic records handled", "counter", [({}, c["records"])]),
+            Series("streamrank_worker_events_total", "Events by outcome", "counter", outcome, ("outcome",)),
+            Series("streamrank_worker_dead_letters_total", "Events sent to the dead-letter topic, by reason",
+                   "counter", [({"reason": r}, n) for r, n in sorted(events.dead_by_reason.items())], ("reason",)),
+            Series("streamrank_worker_batch_seconds", "Time to handle one micro-batch (process, send, commit)",
+                   "summary", [({}, (c["batches"], events.batch_seconds))]),
+            Series("streamrank_worker_lag_records", "Records behind the partition's high watermark", "gauge",
+                   [({"partition": str(p)}, n) for p, n in sorted(events.lag.items())], ("partition",)),
+            Series("streamrank_worker_catalog_items", "Items in the catalog", "gauge",
+                   [({}, len(self.store.catalog_cache))]),
+            Series("streamrank_worker_item_dead_letters_total", "Catalog records refused", "counter",
+                   [({}, self.item_dead_letters)]),
+        ]
+
     def write_status(self) -> None:
         """Atomically replaces status.json."""
         path = status_path(self.settings)
@@ -128,6 +148,9 @@ class Worker:
         def _close(*_: Any, **__: Any) -> None:
             self.write_status()
 
+        if self.settings.worker_metrics_port:
+            port, _ = serve_metrics(self.metric_series, self.settings.metrics_host, self.settings.worker_metrics_port)
+            log.info("worker metrics on %s:%d/metrics", self.settings.metrics_host, port)
         try:
             worker.execute_from_commandline()
         finally:

@@ -52,6 +52,9 @@ class EventsService(Service):
         # Partitions rebuilt from scratch: outputs for offsets below the group's commit were sent already.
         self.silent_until: dict[int, int] = {}
         self.counters: Counter[str] = Counter()
+        self.dead_by_reason: Counter[str] = Counter()  # dead letters per reason (the DLQ's x-reason)
+        self.batch_seconds = 0.0  # wall time spent handling batches (with `batches`: the mean latency)
+        self.lag: dict[int, int] = {}  # partition -> records behind its high watermark, after the last batch
         self.first_record_at = 0.0  # when the first batch arrived (wall clock)
         self.last_batch_at = 0.0  # when the last batch became durable
         self.idle = asyncio.Event()
@@ -150,6 +153,7 @@ class EventsService(Service):
 
     async def handle(self, records: list[Record]) -> BatchResult:
         """Processes one batch end to end (see the module docstring for the order)."""
+        started = time.monotonic()
         silent = [r for r in records if r.offset < self.silent_until.get(r.partition, -1)]
         if silent:
             muted = self.processor.process(silent)
@@ -160,7 +164,19 @@ class EventsService(Service):
         self.processor.commit(result)
         await self._commit_kafka()
         self._count(result, len(records) + len(silent))
+        self.batch_seconds += time.monotonic() - started
+        self._measure_lag()
         return result
+
+    def _measure_lag(self) -> None:
+        """Records behind each assigned partition's high watermark (known from the last fetch: no request)."""
+        if self.consumer is None:
+            return
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            done = self.processor.offsets.get((tp.topic, tp.partition))
+            if high is not None:
+                self.lag[tp.partition] = max(0, high - (done + 1 if done is not None else 0))
 
     async def _send(self, result: BatchResult) -> None:
         assert self.producer is not None
@@ -217,6 +233,7 @@ class EventsService(Service):
         c["duplicates"] += result.duplicates
         c["replayed"] += result.replayed
         c["dead_letters"] += len(result.dead)
+        self.dead_by_reason.update(d.reason for d in result.dead)
         c["batches"] += 1
         c.update(result.counters)
         self.last_batch_at = time.time()

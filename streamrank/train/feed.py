@@ -50,8 +50,9 @@ class SampleFeed:
         if topic_meta is None or topic_meta.error is not None or not topic_meta.partitions:
             self._consumer.close()
             raise RuntimeError(f"topic {self.topic} does not exist (start the worker, or ensure_topics)")
+        self._partitions = sorted(topic_meta.partitions)
         self._consumer.assign([TopicPartition(self.topic, p, offsets.get(p, OFFSET_BEGINNING))
-                               for p in sorted(topic_meta.partitions)])
+                               for p in self._partitions])
 
     def next_batch(self, timeout_s: float) -> list[SampleRecord]:
         """Up to train_batch_size records; waits at most `timeout_s` for them ([] when none came)."""
@@ -84,6 +85,21 @@ class SampleFeed:
                                   asynchronous=asynchronous)
         except KafkaException as exc:
             log.warning("offset commit failed (%s); the checkpoint holds the positions", exc)
+
+    def lag(self, offsets: dict[int, int]) -> int:
+        """Samples on the topic beyond `offsets` (the next offsets to learn), from the high watermarks the client
+        caches from its fetches (no broker request); partitions not fetched yet count as 0."""
+        from confluent_kafka import TopicPartition
+
+        behind = 0
+        for partition in self._partitions:
+            try:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), cached=True)
+            except Exception:
+                continue
+            if high is not None and high >= 0:
+                behind += max(0, high - offsets.get(partition, 0))
+        return behind
 
     def close(self) -> None:
         """Closes the consumer (no commit: the trainer committed after its last checkpoint)."""

@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 from streamrank.config import Settings
 from streamrank.models.factory import Ranker
 from streamrank.models.ranking.artifact import model_files
+from streamrank.observability import Series, serve_metrics
 from streamrank.train.checkpoint import load_checkpoint, save_checkpoint
 from streamrank.train.feed import SampleFeed
 from streamrank.train.learner import OnlineLearner
@@ -71,6 +72,8 @@ class OnlineTrainer:
         self.checkpoints = 0
         self._last_checkpoint = time.monotonic()
         self._last_commit = time.monotonic()
+        self.lag = 0  # samples on the topic not learned yet, after the last micro-batch
+        self._metrics_server: Any = None
         self._steps_at_checkpoint = self.learner.steps
         self._last_publish = 0.0
         self._seen_at_publish = self.learner.window.seen
@@ -81,6 +84,9 @@ class OnlineTrainer:
         """Trains until stopped (stop_event / SIGTERM), idle for idle_exit_s, or max_samples learned."""
         s = self.settings
         feed = SampleFeed(s, f"trainer-{self.preset}", self.offsets)
+        if s.train_metrics_port and self._metrics_server is None:
+            port, self._metrics_server = serve_metrics(self.metric_series, s.metrics_host, s.train_metrics_port)
+            log.info("trainer metrics on %s:%d/metrics", s.metrics_host, port)
         try:
             idle_since = time.monotonic()
             while not self.stop_event.is_set():
@@ -92,6 +98,7 @@ class OnlineTrainer:
                     continue
                 idle_since = time.monotonic()
                 self._learn(records)
+                self.lag = feed.lag(self.offsets)
                 if time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
                     feed.commit(self.offsets, asynchronous=True)  # the training lag others read (simulator.lag)
                     self._last_commit = time.monotonic()
@@ -101,6 +108,10 @@ class OnlineTrainer:
             self.checkpoint(feed)
         finally:
             feed.close()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+                self._metrics_server = None
         return self.status()
 
     def _learn(self, records: list[Any]) -> None:
@@ -186,6 +197,28 @@ class OnlineTrainer:
             "publications": len(self.published), "blocked": self.blocked,
             "curve": self.learner.window.curve[-500:],
         }
+
+    def metric_series(self) -> list[Series]:
+        """The trainer's Prometheus series (read at scrape time; `streamrank.observability`)."""
+        m, model = self.learner.metrics(), {"model": self.preset}
+        labels = ("model",)
+
+        def one(name: str, help_: str, kind: str, value: float) -> Series:
+            return Series(name, help_, kind, [(model, value)], labels)
+
+        return [
+            one("streamrank_trainer_samples_learned_total", "Fresh samples learned", "counter", m["samples_learned"]),
+            one("streamrank_trainer_samples_replayed_total", "Replayed samples stepped on", "counter", m["replayed"]),
+            one("streamrank_trainer_steps_total", "Optimizer steps", "counter", m["steps"]),
+            one("streamrank_trainer_prequential_auc", "AUC of predictions made before learning (window)", "gauge",
+                m["prequential_auc"]),
+            one("streamrank_trainer_versions_published_total", "Versions published", "counter", len(self.published)),
+            one("streamrank_trainer_versions_blocked_total", "Versions refused by the guardrail", "counter",
+                self.blocked),
+            one("streamrank_trainer_lag_samples", "Samples on the topic not learned yet", "gauge", self.lag),
+            one("streamrank_trainer_undecodable_total", "Samples that could not be decoded", "counter",
+                self.undecodable),
+        ]
 
     def write_status(self) -> None:
         """Atomically replaces status.json."""
