@@ -119,3 +119,22 @@ def test_published_ports_bind_loopback_only(profiles: tuple[str, ...]) -> None:
     assert published  # the host listener of Kafka at least
     for name, port in published:
         assert port.get("host_ip") == "127.0.0.1", (name, port)
+
+
+def test_cpu_and_gpu_trainers_are_exclusive_and_prometheus_scrapes_every_service() -> None:
+    yaml = pytest.importorskip("yaml")
+
+    default, gpu = project()["services"], project("gpu")["services"]
+    assert "trainer" in default and "trainer-gpu" not in default  # .env: COMPOSE_PROFILES=cpu
+    assert "trainer-gpu" in gpu and "trainer" not in gpu  # --profile gpu replaces the default: never both
+    env = default["worker"]["environment"]
+    ports = {"scorer": "9464", "worker": env["STREAMRANK_WORKER_METRICS_PORT"],
+             "trainer": env["STREAMRANK_TRAIN_METRICS_PORT"]}
+    assert env["STREAMRANK_METRICS_HOST"] == "0.0.0.0" and "--metrics-port 9464" in " ".join(
+        default["scorer"]["command"])
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job["dns_sd_configs"][0] for job in config["scrape_configs"]}
+    for job, port in ports.items():
+        assert job in jobs[job]["names"]
+        assert str(jobs[job]["port"]) == port, job
+    assert default["prometheus"]["ports"][0]["host_ip"] == "127.0.0.1"
