@@ -310,19 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: embedded broker)")
+    def common(p: argparse.ArgumentParser, embedded: bool = False) -> None:
+        p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, or STREAMRANK_BOOTSTRAP_SERVERS" +
+                       (" (default: an embedded broker started for it)" if embedded else " (required)"))
         p.add_argument("--data-dir", help="where state is kept (default: ./var)")
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker on loopback")
-    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("worker", help="run the stream worker")
-    common(p)
+    common(p, embedded=True)
     p.add_argument("--worker-id", help="consumer group / state folder name")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (setting worker_metrics_port; 0 = off)")
-    p.add_argument("--loglevel", default="warning")
+    p.add_argument("--loglevel", default="warning", help="Faust's log level (default warning)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("produce", help="publish events from MovieLens or an event-log file")
@@ -333,14 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv"], help="events file format (default: by extension)")
     p.add_argument("--negatives", type=int, default=1,
                    help="sampled negatives shown with each interaction of an interaction-only log (MovieLens, orders)")
-    p.add_argument("--negative-sampling", default="popularity", choices=["popularity", "uniform"])
+    p.add_argument("--negative-sampling", default="popularity", choices=["popularity", "uniform"],
+                   help="negatives drawn in proportion to interactions, or uniformly (default popularity)")
     p.add_argument("--negative-pool", default="log", choices=["log", "catalog", "past"],
                    help="negatives from the items of the whole log, the catalog, or the log so far")
     p.add_argument("--order", default="sort", choices=["sort", "refuse"],
                    help="an event log not in time order: sort it (with a warning) or refuse it")
     p.add_argument("--as-is", action="store_true",
                    help="publish a file's events unchanged (no order check, no request stream)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled negatives")
     p.add_argument("--scenario-field", default="auto",
                    help="auto (MovieLens: age; event log: its own scenario), a MovieLens user field, or none")
     p.add_argument("--limit", type=int, help="stop after this many interactions (a log with impressions: its events "
@@ -365,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("registry", help="list, show or roll back model versions")
     common(p)
-    p.add_argument("action", choices=["list", "show", "rollback"])
-    p.add_argument("--model", default="aw_moe_cl")
+    p.add_argument("action", choices=["list", "show", "rollback"], help="what to do")
+    p.add_argument("--model", default="aw_moe_cl", help="registry name (default aw_moe_cl)")
     p.add_argument("--version", type=int, help="for show/rollback (rollback default: the previous version)")
     p.set_defaults(func=cmd_registry)
 
@@ -383,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("state", help="summarise a stopped worker's state")
     common(p)
-    p.add_argument("--worker-id")
+    p.add_argument("--worker-id", help="the worker whose state to summarise (default: settings.worker_id)")
     p.set_defaults(func=cmd_state)
 
     p = sub.add_parser("demo", help="run the pipeline end to end on the embedded broker")
@@ -400,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pace-to-trainers", type=int, metavar="SAMPLES",
                    help="hold the replay while a trainer is more than SAMPLES behind (arms compared at equal "
                         "training)")
-    p.add_argument("--data-dir", default="var/demo")
+    p.add_argument("--data-dir", default="var/demo", help="state, logs and the report (default var/demo)")
     p.add_argument("--report-dir", help="where the A/B report goes (default: <data-dir>/report)")
     p.set_defaults(func=cmd_demo)
 
@@ -411,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bench", help="run a benchmark and write its table to docs/benchmarks/")
-    p.add_argument("what", choices=sorted(BENCHMARKS))
+    p.add_argument("what", choices=sorted(BENCHMARKS), help="which benchmark")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     p.set_defaults(func=cmd_bench)
     for name, subparser in sub.choices.items():

@@ -97,7 +97,7 @@ def add_retrieval_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], 
     """Adds `index` and `train-retrieval` to the `streamrank` subcommands."""
     p = sub.add_parser("index", help="build and publish the retrieval model + FAISS index the scorer serves")
     common(p)
-    p.add_argument("action", choices=["build"])
+    p.add_argument("action", choices=["build"], help="build and publish")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="retrieval model in the registry: NAME[:VERSION]")
     source.add_argument("--model-dir", help="a directory with a retrieval model's files (model.pt, spec.json, "
@@ -105,7 +105,8 @@ def add_retrieval_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], 
     p.add_argument("--catalog", default="topic", help="topic (the items topic), movielens:ml-1m, movielens:ml-100k, "
                    "or a catalog file (.jsonl/.csv)")
     p.add_argument("--name", default="retrieval", help="registry name to publish under (the scorer's serve_retrieval)")
-    p.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw"])
+    p.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw"],
+                   help="FAISS index kind (auto: exact when small, else IVF; docs/index.md)")
     p.add_argument("--min-attribute-coverage", type=float, default=0.5,
                    help="refuse a catalog where fewer items than this share have a category (or tag) the model was "
                         "trained with (0: index it anyway, e.g. new categories on purpose)")
@@ -117,9 +118,10 @@ def add_retrieval_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], 
                    "categories and tags, which index build then reads from the same catalog")
     p.add_argument("--out", required=True, help="folder to write (model.pt, spec.json, config.json)")
     p.add_argument("--preset", default="youtube_dnn", help="retrieval preset (base, youtube_dnn, micrec, ...)")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=2, help="training epochs (early stopping on validation)")
     p.add_argument("--interactions", type=int, help="train on the first N interactions only (default: all)")
-    p.add_argument("--order", default="sort", choices=["sort", "refuse"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--order", default="sort", choices=["sort", "refuse"],
+                   help="an event log not in time order: sort it (with a warning) or refuse it")
+    p.add_argument("--seed", type=int, default=0, help="model seed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train_retrieval)
