@@ -23,7 +23,6 @@ from streamrank.data.dataset import InteractionLog
 from streamrank.data.requests import SizedIterator
 from streamrank.v1 import events_pb2
 
-MOVIELENS_PREFIX = "movielens:"
 _STRENGTH = {events_pb2.CLICK: 1, events_pb2.ADD_TO_CART: 2, events_pb2.PURCHASE: 3}
 
 
@@ -46,45 +45,26 @@ def log_interactions(log: InteractionLog, skip: int = 0, limit: int | None = Non
     """The interactions of a log in time order, from the `skip`-th, at most `limit` of them.
 
     The kind is the strongest step of the interaction's funnel (a MovieLens rating >= 4 is a purchase);
-    scenario and session are the event log's own when it has them, else the MovieLens user field and a
-    30-minute gap. Interaction indices (and so the session counts) are those of the whole log, so a replay
-    that skips the warm-up sees the same sessions as one that does not.
+    scenario and session are those the request stream gives the same interaction
+    (`streamrank.data.requests.interaction_contexts`), counted over the whole log, so a replay that skips
+    the warm-up sees the same sessions as one that does not.
     """
-    from streamrank.data.requests import SCENARIO_COLUMN, resolve_scenario_field, scenario_of_users
+    from streamrank.data.requests import interaction_contexts, resolve_scenario_field
 
     if skip < 0 or (limit is not None and limit < 0):
         raise ValueError(f"skip and limit must be >= 0, got {skip} and {limit}")
     r = log.ratings
-    field = resolve_scenario_field(log, scenario_field)
-    by_user = {} if field == SCENARIO_COLUMN else scenario_of_users(log.users, field)
     stop = len(r) if limit is None else min(len(r), skip + limit)
+    resolve_scenario_field(log, scenario_field)  # a bad field is an error now, not at the first next()
+    contexts = interaction_contexts(log, scenario_field, session_gap_ms)
 
     def generate() -> Iterator[LoggedInteraction]:
-        last: dict[str, int] = {}
-        session: dict[str, int] = {}
         users, items, strength, millis = r.user_id.tolist(), r.item_id.tolist(), r.rating.tolist(), r.ts_ms.tolist()
-        own_scenario = r.scenario.tolist() if field == SCENARIO_COLUMN and r.scenario is not None else None
-        own_session = r.session.tolist() if r.session is not None else None
-        for n in range(stop):
-            user, ts = users[n], millis[n]
-            if user not in last or ts - last[user] > session_gap_ms:
-                session[user] = session.get(user, 0) + 1
-            last[user] = ts
-            if n < skip:
-                continue
-            yield LoggedInteraction(user, items[n], ts, log.kind(strength[n]),
-                                    own_scenario[n] if own_scenario is not None else by_user.get(user, ""),
-                                    (own_session[n] if own_session is not None else "") or f"{user}/s{session[user]}")
+        for n, (scenario, session) in zip(range(stop), contexts, strict=False):
+            if n >= skip:
+                yield LoggedInteraction(users[n], items[n], millis[n], log.kind(strength[n]), scenario, session)
 
     return SizedIterator(generate(), max(0, stop - skip))
-
-
-def movielens_interactions(name: str, limit: int | None = None, scenario_field: str | None = "age",
-                           session_gap_ms: int = 30 * 60_000) -> Iterator[LoggedInteraction]:
-    """The ratings of a MovieLens data set as interactions (>= 4 stars: purchase, else click)."""
-    from streamrank.data.movielens import load_movielens
-
-    return log_interactions(load_movielens(name), 0, limit, scenario_field, session_gap_ms)  # type: ignore[arg-type]
 
 
 def events_to_interactions(events: Iterable[events_pb2.Event]) -> Iterator[LoggedInteraction]:
@@ -111,7 +91,7 @@ def open_log(spec: str, limit: int | None = None, scenario_field: str | None = "
              order: str = "sort") -> SizedIterator[LoggedInteraction]:
     """Interactions from ``movielens:<name>`` (or ``ml-100k``/``ml-1m``) or an event-log path, through the
     dataset layer (time order checked, sorted or refused by `order`); `skip` and `limit` count interactions."""
-    from streamrank.data.dataset import load_dataset
+    from streamrank.data.dataset import is_path, load_dataset
 
-    path_items = None if spec.removeprefix(MOVIELENS_PREFIX) in ("ml-100k", "ml-1m") else items
+    path_items = items if is_path(spec) else None
     return log_interactions(load_dataset(spec, path_items, fmt, order=order), skip, limit, scenario_field)

@@ -44,7 +44,6 @@ T = TypeVar("T")
 
 CHUNK = 4096  # ratings whose negatives are drawn together (part of the stream's definition: keep it)
 TIE_STEP_MS = 3  # impressions, click, purchase of one request use ts, ts + 1, ts + 2
-PURCHASE_MIN_RATING = 4.0
 SCENARIO_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(UserProfile) if f.name != "user_id")
 
 
@@ -170,6 +169,27 @@ def user_scenarios(ml: InteractionLog, field: str | None) -> dict[str, str]:
     return {u: max(per, key=per.__getitem__) for u, per in counts.items()}
 
 
+def interaction_contexts(ml: InteractionLog, scenario_field: str | None,
+                         session_gap_ms: int) -> Iterator[tuple[str, str]]:
+    """(scenario, session) of each interaction, in log order: the event log's own when it has them, else the
+    user field's scenario and a session that a silence longer than `session_gap_ms` ends (``{user}/s{n}``).
+    The one definition the request stream and the replay simulator share."""
+    r = ml.ratings
+    field = resolve_scenario_field(ml, scenario_field)
+    by_user = {} if field == SCENARIO_COLUMN else scenario_of_users(ml.users, field)
+    own_scenario = r.scenario.tolist() if field == SCENARIO_COLUMN else None
+    own_session = r.session.tolist() if r.session is not None else None
+    last: dict[str, int] = {}
+    number: dict[str, int] = {}
+    for n, (user, ts) in enumerate(zip(r.user_id.tolist(), r.ts_ms.tolist(), strict=True)):
+        previous = last.get(user)
+        if previous is None or ts - previous > session_gap_ms:
+            number[user] = number.get(user, 0) + 1
+        last[user] = ts
+        scenario = own_scenario[n] if own_scenario is not None else by_user.get(user, "")
+        yield scenario, (own_session[n] if own_session is not None else "") or f"{user}/s{number[user]}"
+
+
 def count_events(ml: MovieLens, negatives: int = 1, limit: int | None = None) -> int:
     """How many events `movielens_events` yields for these arguments (without generating them)."""
     m = len(ml.ratings) if limit is None else min(max(limit, 0), len(ml.ratings))
@@ -198,16 +218,12 @@ def _negative_pool(ml: InteractionLog, sampling: str, pool: str) -> tuple[list[s
     return vocab, popularity
 
 
-def _generate(ml: InteractionLog, negatives: int, seed: int, scenario_field: str | None,
-              session_gap_ms: int, limit: int, sampling: str, pool: str) -> Iterator[events_pb2.Event]:
+def _generate(ml: InteractionLog, negatives: int, seed: int, contexts: Iterator[tuple[str, str]], limit: int,
+              sampling: str, vocab: list[str], popularity: np.ndarray, pool: str) -> Iterator[events_pb2.Event]:
     ratings = ml.ratings
     n = len(ratings)
-    vocab, popularity = _negative_pool(ml, sampling, pool)
     category = [_category(ml.items.get(item_id)) for item_id in vocab]
-    field = resolve_scenario_field(ml, scenario_field)
-    scenario = {} if field == SCENARIO_COLUMN else scenario_of_users(ml.users, field)
     last_ts: dict[str, int] = {}
-    session_no: dict[str, int] = {}
     tie_rank: dict[str, int] = {}
     Event, IMP = events_pb2.Event, events_pb2.IMPRESSION
     suffix = {events_pb2.CLICK: "clk", events_pb2.ADD_TO_CART: "cart", events_pb2.PURCHASE: "buy"}
@@ -230,22 +246,16 @@ def _generate(ml: InteractionLog, negatives: int, seed: int, scenario_field: str
         users = ratings.user_id[start:stop].tolist()
         millis = ratings.ts_ms[start:stop].tolist()
         stars = ratings.rating[start:stop].tolist()
-        own_scenario = ratings.scenario[start:stop].tolist() if field == SCENARIO_COLUMN else None
-        own_session = ratings.session[start:stop].tolist() if ratings.session is not None else None
         for row in range(min(stop, limit) - start):
             index = start + row
             user = users[row]
             ts_ms = millis[row]
-            previous = last_ts.get(user)
-            if previous is None or ts_ms - previous > session_gap_ms:
-                session_no[user] = session_no.get(user, 0) + 1
-            tie_rank[user] = tie_rank[user] + 1 if previous == ts_ms else 0
+            scenario, session = next(contexts)
+            tie_rank[user] = tie_rank[user] + 1 if last_ts.get(user) == ts_ms else 0
             last_ts[user] = ts_ms
             base = ts_ms + TIE_STEP_MS * tie_rank[user]
             request = f"{prefix}-{index}"
-            session = (own_session[row] if own_session is not None else "") or f"{user}/s{session_no[user]}"
-            common = {"user_id": user, "session_id": session, "request_id": request,
-                      "scenario": own_scenario[row] if own_scenario is not None else scenario.get(user, "")}
+            common = {"user_id": user, "session_id": session, "request_id": request, "scenario": scenario}
             for position, code in enumerate(shown[row]):
                 cat = category[code]
                 yield Event(event_id=f"{request}-imp-{position}", item_id=vocab[code], type=IMP, ts_ms=base,
@@ -276,10 +286,11 @@ def movielens_events(ml: InteractionLog, negatives: int = 1, seed: int = 0, scen
     if session_gap_ms <= 0:
         raise ValueError(f"session_gap_ms must be > 0, got {session_gap_ms}")
     resolve_scenario_field(ml, scenario_field)  # validate the field name now, not at the first next()
-    _negative_pool(ml, sampling, pool)
+    vocab, popularity = _negative_pool(ml, sampling, pool)
     cap = len(ml.ratings) if limit is None else min(max(limit, 0), len(ml.ratings))
     total = count_events(ml, negatives, cap)
-    return SizedIterator(_generate(ml, negatives, seed, scenario_field, session_gap_ms, cap, sampling, pool), total)
+    contexts = interaction_contexts(ml, scenario_field, session_gap_ms)
+    return SizedIterator(_generate(ml, negatives, seed, contexts, cap, sampling, vocab, popularity, pool), total)
 
 
 request_events = movielens_events  # the generic name; `movielens_events` predates the dataset layer
