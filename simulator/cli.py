@@ -178,8 +178,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     args.source = args.dataset or args.source
     if not args.source:
         raise ValueError("replay needs a log: movielens:ml-100k, movielens:ml-1m or an event-log path")
-    if args.source in ("ml-100k", "ml-1m"):
-        args.source = f"movielens:{args.source}"
     if args.skip < 0 or args.progress_every < 0 or args.lag_every < 1:
         raise ValueError("--skip and --progress-every must be >= 0, --lag-every >= 1")
     if args.pace_to_trainers is not None and not args.publish:
@@ -189,7 +187,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     data = load_dataset(args.source, args.items_file if is_path(args.source) else None, order=args.order)
     logged = log_interactions(data, skip=args.skip, limit=args.limit)
     catalog, attributes = _catalog(data)
-    exclude_seen = args.exclude_seen if args.exclude_seen is not None else args.source.startswith("movielens:")
+    exclude_seen = args.exclude_seen if args.exclude_seen is not None else data.source == "movielens"
     needs_scorer = args.candidates == "retrieve" or any(a.uses_scorer for a in args.arms)
     client = _client(args, args.arms, needs_scorer)
     settings = _settings(args)

@@ -36,6 +36,7 @@ from simulator.publish import EventSink, impression_events, interaction_event
 from simulator.rankers import builtin_order
 from simulator.replay_log import LoggedInteraction
 from simulator.stats import auc, hit_at_k, ndcg_at_k
+from streamrank.events.producer import known_length
 from streamrank.v1 import events_pb2
 
 FALLBACK_VERSION = -1
@@ -106,7 +107,7 @@ def run_replay(interactions: Iterable[LoggedInteraction], arms: Sequence[Arm], *
     opts = _Opts(client, sink, salt, candidates, retrieve_k, exclude_seen, negatives, slate_size, tuple(ks), shadow,
                  include_logged, long_tail_max, request_prefix, _Pacer(speedup, rate))
     batch: list[tuple[int, LoggedInteraction]] = []
-    watch = _Watch(result, lag_probe, lag_every, pace_to_trainers, progress, progress_every, _length(interactions))
+    watch = _Watch(result, lag_probe, lag_every, pace_to_trainers, progress, progress_every, known_length(interactions))
     for n, logged in enumerate(interactions):
         batch.append((n, logged))
         if len(batch) >= concurrency:
@@ -118,13 +119,6 @@ def run_replay(interactions: Iterable[LoggedInteraction], arms: Sequence[Arm], *
     watch.after(watch.total or 0, final=True)
     state.close_all(result)
     return result
-
-
-def _length(values: Iterable[Any]) -> int | None:
-    try:
-        return len(values)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 class _Watch:

@@ -220,11 +220,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         from streamrank.data.dataset import load_dataset
 
-        load_dataset(plan.dataset, plan.items)  # refuse a missing or unreadable log before anything starts
+        data = load_dataset(plan.dataset, plan.items)  # refuse a missing or unreadable log before anything starts
     except (ValueError, OSError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
-    return run_demo(plan)
+    return run_demo(plan, data=data)
 
 
 BENCHMARKS = {

@@ -154,8 +154,9 @@ def headline(report_json: Path) -> list[str]:
     return out
 
 
-def run_demo(plan: DemoPlan | None = None, bootstrap_servers: str = "") -> int:
-    """Runs the whole demo (see the module docstring) on these brokers (default: an embedded one)."""
+def run_demo(plan: DemoPlan | None = None, bootstrap_servers: str = "", data: InteractionLog | None = None) -> int:
+    """Runs the whole demo (see the module docstring) on these brokers (default: an embedded one); `data` is
+    the plan's log when the caller has loaded it already."""
     plan = plan or DemoPlan()
     base = Path(plan.data_dir)
     if base.exists():
@@ -174,7 +175,7 @@ def run_demo(plan: DemoPlan | None = None, bootstrap_servers: str = "") -> int:
         trainers = [start_trainer(settings, m, log_path=base / f"trainer-{m}.log") for m in models]
         procs = [worker, *trainers]
         try:
-            data = load_dataset(plan.dataset, plan.items)
+            data = data if data is not None else load_dataset(plan.dataset, plan.items)
             warm, replay = split_counts(plan, len(data.ratings))
             plan = replace(plan, warm_ratings=warm, replay_ratings=replay)
             catalog = list(catalog_items(data))

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from streamrank import kafka_security
 from streamrank.config import Settings
+from streamrank.data.dataset import MOVIELENS_PREFIX
 from streamrank.events.validate import OVERSIZED, InvalidEvent, check_event, decode_item
 from streamrank.v1 import events_pb2
 
@@ -128,7 +129,8 @@ def _progress(total: int | None, enabled: bool, desc: str) -> Any:
                 disable=None if enabled else True, mininterval=0.5)
 
 
-def _length(values: Iterable[Any]) -> int | None:
+def known_length(values: Iterable[Any]) -> int | None:
+    """len(values) when the iterable knows it (a list, a SizedIterator), else None (for progress totals)."""
     try:
         return len(values)  # type: ignore[arg-type]
     except TypeError:
@@ -144,7 +146,7 @@ def _run(settings: Settings, topic: str, values: Iterable[T],
     failures: list[BaseException] = []
     bucket = TokenBucket(rate) if rate else None
     producer = make_producer(settings)
-    bar = _progress(_length(values), progress, desc)
+    bar = _progress(known_length(values), progress, desc)
     submitted = 0
     pending_ticks = 0
     started = time.monotonic()
@@ -231,9 +233,6 @@ class Source(NamedTuple):
 
     items: Iterable[events_pb2.Item] | None
     events: Iterable[events_pb2.Event]
-
-
-MOVIELENS_PREFIX = "movielens:"
 
 
 def open_source(spec: str, items_path: str | None = None, fmt: str | None = None, negatives: int = 1,
