@@ -92,6 +92,11 @@ class Settings:
     train_passes: int = 1
     train_replay_buffer: int = 100_000
     train_replay_ratio: float = 2.0
+    # Replay spends spare capacity only: while more than this many samples wait on the samples topic beyond
+    # the micro-batch being learned, the trainer learns fresh batches without replay steps, so a trainer
+    # behind the stream catches up at its no-replay speed (-1: replay regardless, as an offline protocol
+    # over a backlog wants).
+    train_replay_max_lag: int = 4096
     # Threads torch uses in `streamrank train` (0: torch's default, one per core). On a machine the trainer
     # shares with the worker and the broker, fewer threads than cores avoid oversubscription.
     train_torch_threads: int = 0
@@ -227,6 +232,9 @@ class Settings:
             raise ConfigError(f"train_row_optimizer must be adam or adagrad, got {self.train_row_optimizer!r}")
         if not 0 < self.guardrail_alpha < 1:
             raise ConfigError(f"guardrail_alpha must be in (0, 1), got {self.guardrail_alpha!r}")
+        if self.train_replay_max_lag < -1:
+            raise ConfigError("train_replay_max_lag must be >= -1 (-1: always replay), "
+                              f"got {self.train_replay_max_lag!r}")
         if self.train_row_lr < 0:
             raise ConfigError(f"train_row_lr must be >= 0, got {self.train_row_lr!r}")
         if self.stats_grace_ms < 0:

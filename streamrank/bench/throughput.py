@@ -103,11 +103,14 @@ def _sync_for(device: torch.device) -> Callable[[], None]:
 
 
 def time_model(settings: Settings, preset: str, batches: list[list[features_pb2.TrainingSample]],
-               warmup: int, device: torch.device) -> dict[str, Any]:
-    """A fresh learner learns `warmup` batches untimed, then the rest timed; returns samples/s and parts."""
+               warmup: int, device: torch.device, replay: bool = False) -> dict[str, Any]:
+    """A fresh learner learns `warmup` batches untimed, then the rest timed; returns samples/s and parts.
+    Without `replay` the learner runs as the trainer does while behind the stream (replay paused); with it,
+    as while caught up (a replay step after each fresh one, `train_replay_ratio`)."""
     from streamrank.train.learner import OnlineLearner
 
     learner = OnlineLearner(settings, preset, device=device)
+    learner.replay_paused = not replay
     clock = StageClock(learner)
     for batch in batches[:warmup]:
         learner.learn(batch)
@@ -137,6 +140,7 @@ def time_pipelined(settings: Settings, preset: str, batches: list[list[features_
     from streamrank.train.learner import OnlineLearner
 
     learner = OnlineLearner(settings, preset, device=device)
+    learner.replay_paused = True
     for batch in batches[:warmup]:
         learner.learn(batch)
     sync = _sync_for(device)
@@ -148,27 +152,32 @@ def time_pipelined(settings: Settings, preset: str, batches: list[list[features_
 
 
 def time_bare(settings: Settings, preset: str, batches: list[list[features_pb2.TrainingSample]],
-              warmup: int, device: torch.device) -> float:
-    """The physical limit of the same model: samples/s of forward + backward + optimizer step alone, on the
-    same batches tensorised beforehand and already on the device, in a tight loop (no decode, no
-    vocabularies, no prediction bookkeeping), with the trainer's own optimizer."""
+              warmup: int, device: torch.device, replay: bool = False) -> float:
+    """The physical limit of the same model: fresh samples/s of forward + backward + optimizer step alone, on
+    the same batches tensorised beforehand and already on the device, in a tight loop (no decode, no
+    vocabularies, no prediction bookkeeping), with the trainer's own optimizer. With `replay`, each fresh
+    step is followed by a step on the replay batch the learner drew for it (the same steps learn() takes)."""
     from streamrank.train.learner import OnlineLearner
     from streamrank.train.offline import train_step
 
     learner = OnlineLearner(settings, preset, device=device)
+    learner.replay_paused = not replay
     prepared = [learner.prepare(b) for b in batches]
     for p in prepared:
         learner.model.sync_vocab(learner.optimizer, p.recycled)
-    tensors = [p.batch.to(device) for p in prepared if p.batch is not None]
-    for batch in tensors[:warmup]:
-        train_step(learner.model, batch, learner.optimizer)
+    steps = [[t.to(device) for t in (p.batch, p.replay_batch) if t is not None] for p in prepared
+             if p.batch is not None]
+    for group in steps[:warmup]:
+        for batch in group:
+            train_step(learner.model, batch, learner.optimizer)
     sync = _sync_for(device)
     sync()
     t0 = time.perf_counter()
-    for batch in tensors[warmup:]:
-        train_step(learner.model, batch, learner.optimizer)
+    for group in steps[warmup:]:
+        for batch in group:
+            train_step(learner.model, batch, learner.optimizer)
     sync()
-    return sum(len(b) for b in tensors[warmup:]) / (time.perf_counter() - t0)
+    return sum(len(group[0]) for group in steps[warmup:]) / (time.perf_counter() - t0)
 
 
 def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", ratings: int | None = None,
@@ -215,11 +224,15 @@ def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", rat
                     row = time_model(settings, model, chunks, warmup_batches, dev)
                     row["bare"] = time_bare(settings, model, chunks, warmup_batches, dev)
                     row["pipelined"] = time_pipelined(settings, model, chunks, warmup_batches, dev)
+                    row["with_replay"] = time_model(settings, model, chunks, warmup_batches, dev,
+                                                    replay=True)["samples_per_s"]
+                    row["bare_with_replay"] = time_bare(settings, model, chunks, warmup_batches, dev, replay=True)
                     rows[model].append(row)
                     if progress:
                         print(f"rep {rep + 1}/{reps} {model}: {row['samples_per_s']:,.0f} samples/s "
                               f"({row['ms_per_batch']:.1f} ms/batch), bare {row['bare']:,.0f}, "
-                              f"pipelined {row['pipelined']:,.0f}", flush=True)
+                              f"pipelined {row['pipelined']:,.0f}; with replay {row['with_replay']:,.0f}, "
+                              f"bare {row['bare_with_replay']:,.0f}", flush=True)
             timed = samples[warmup_batches * size:]
             history = statistics.mean(len(s.behaviors.item_ids) for s in timed)
         result_models = {}
@@ -233,6 +246,10 @@ def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", rat
                 "ratio_to_bare": statistics.median(r["samples_per_s"] / r["bare"] for r in runs),
                 "bare_runs": [r["bare"] for r in runs],
                 "pipelined": statistics.median(r["pipelined"] for r in runs),
+                "with_replay": statistics.median(r["with_replay"] for r in runs),
+                "bare_with_replay": statistics.median(r["bare_with_replay"] for r in runs),
+                "with_replay_ratio_to_bare": statistics.median(r["with_replay"] / r["bare_with_replay"]
+                                                               for r in runs),
                 "ms_per_batch": statistics.median(r["ms_per_batch"] for r in runs),
                 "parts_ms": {k: statistics.median(r["parts_ms"][k] for r in runs) for k in PARTS},
                 "prequential_auc_last_rep": runs[-1]["prequential_auc"],
@@ -240,6 +257,7 @@ def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", rat
         return {
             "dataset": dataset, "ratings": ratings, "samples_built": built,
             "batch_size": size, "warmup_batches": warmup_batches, "batches": batches, "reps": reps,
+            "replay_ratio": settings.train_replay_ratio, "replay_buffer": settings.train_replay_buffer,
             "mean_history": history, "threads": torch.get_num_threads(), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "CPU",
             "cuda_available": torch.cuda.is_available(), "parse_per_s": statistics.median(parse_rates),
@@ -250,14 +268,17 @@ def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", rat
 
 
 def write_throughput(result: dict, command: str, out_dir: Path = DOCS, before: dict | None = None,
-                     notes: str = "") -> Path:
+                     notes: str = "", before_replay: dict | None = None) -> Path:
     """Writes train-throughput.md and .json into out_dir; returns the markdown path. `before`: the result
-    of the same benchmark on the previous code, measured beside this run, shown as its own columns;
+    of the same benchmark on the previous code with replay off, measured beside this run, shown as its own
+    columns (`before_replay`: with the previous code's replay defaults, beside the replay figures);
     `notes`: markdown appended (e.g. the before/after quality check)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {**result, "command": command}
     if before is not None:
         payload["before"] = {m: r["median"] for m, r in before["models"].items()}
+    if before_replay is not None:
+        payload["before_with_replay"] = {m: r["median"] for m, r in before_replay["models"].items()}
     (out_dir / "train-throughput.json").write_text(json.dumps(payload, indent=1) + "\n")
     m = result["machine"]
     if result["device"].startswith("cuda"):
@@ -277,14 +298,15 @@ def write_throughput(result: dict, command: str, out_dir: Path = DOCS, before: d
         f"(mean behaviour sequence {result['mean_history']:.1f}).  ",
         f"Device: {device}. Python {m['python']}, torch {m['torch']}, {result['date']}.",
         "",
-        f"Samples per second inside `OnlineLearner.learn()` (test-then-train: predict the batch, then one "
-        f"optimizer step) on micro-batches of {result['batch_size']}: a fresh learner per model and repetition "
+        f"Samples per second inside `OnlineLearner.learn()` as the trainer runs while behind the stream "
+        f"(test-then-train: predict the batch, then one optimizer step; replay paused) on micro-batches of "
+        f"{result['batch_size']}: a fresh learner per model and repetition "
         f"learns warm-up batches untimed ({result['warmup_batches']}), then timed ones ({result['batches']}). "
         f"Models run round-robin within each repetition; medians over repetitions ({result['reps']}). "
         "`bare` is the same model's forward + backward + optimizer step alone on the same batches, tensorised "
         "beforehand (the physical limit of this model on this machine); `pipelined` is `learn_stream`, which "
         "prepares the next batch in a background thread." + (
-            " `before` is the code before the fast trainer, run by the same command in the same hour." if before
+            " `before` is the previous code with replay off, run by the same command in the same hour." if before
             else ""),
         "",
         f"| model | samples/s (median) | runs | bare | ratio to bare | pipelined |{head_before} ms / batch "
@@ -301,6 +323,27 @@ def write_throughput(result: dict, command: str, out_dir: Path = DOCS, before: d
         lines.append(f"| {DISPLAY_NAMES.get(model, model)} | **{r['median']:,.0f}** | {runs} | {r['bare']:,.0f} | "
                      f"{r['ratio_to_bare']:.2f} | {r['pipelined']:,.0f} |{cells_before} {r['ms_per_batch']:.1f} | "
                      f"{p['tensorize']:.1f} | {p['score_forward']:.1f} | {p['train_forward']:.1f} | {p['rest']:.1f} |")
+    lines += [
+        "",
+        f"**While caught up** the trainer also replays: after each fresh step, a step on "
+        f"{result['replay_ratio']:g}x as many samples drawn from the last {result['replay_buffer']:,} learned "
+        "(`train_replay_ratio`, `train_replay_buffer`); while more than `train_replay_max_lag` samples wait it "
+        "does not (the figures above). Fresh samples/s of learn() with replay, its bare loop (the same fresh and "
+        "replay steps on pre-built tensors)" + (", and the previous code's learn() with its replay defaults, "
+                                                  "which tensorised every replayed sample again" if before_replay
+                                                  else "") + ":",
+        "",
+        "| model | with replay | bare with replay | ratio to bare |" + (" before | x before |" if before_replay
+                                                                         else ""),
+        "|---|---:|---:|---:|" + ("---:|---:|" if before_replay else ""),
+    ]
+    for model, r in result["models"].items():
+        cells = ""
+        if before_replay:
+            b = before_replay["models"].get(model, {}).get("median")
+            cells = f" {b:,.0f} | {r['with_replay'] / b:.2f} |" if b else " - | - |"
+        lines.append(f"| {DISPLAY_NAMES.get(model, model)} | **{r['with_replay']:,.0f}** | "
+                     f"{r['bare_with_replay']:,.0f} | {r['with_replay_ratio_to_bare']:.2f} |{cells}")
     lines += [
         "",
         "The breakdown columns are milliseconds per batch (medians): `tensorize` is Tensorizer.encode_samples "

@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--batch-size", type=int, help="micro-batch size (default: settings.train_batch_size)")
     g.add_argument("--threads", type=int, help="torch threads (default: torch's own default)")
     g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--before", type=Path, help="train-throughput.json of the previous code, run beside this one")
+    g.add_argument("--before", type=Path, help="train-throughput.json of the previous code, run beside this one "
+                   "with replay off (its figures go beside this run's replay-paused ones)")
+    g.add_argument("--before-replay", type=Path, help="the same with the previous code's replay defaults (beside "
+                   "this run's replay figures)")
     g.add_argument("--notes", type=Path, help="a markdown file appended to train-throughput.md")
     g = parser.add_argument_group("freshness")
     g.add_argument("--model", default="din", help="the model the trainer learns")
@@ -72,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({m: round(r["median"]) for m, r in result["models"].items()}, indent=1))
         if not args.no_write:
             before = json.loads(args.before.read_text()) if args.before else None
+            before_replay = json.loads(args.before_replay.read_text()) if args.before_replay else None
             notes = args.notes.read_text() if args.notes else ""
-            print(f"wrote {write_throughput(result, command, args.out, before, notes)}")
+            print(f"wrote {write_throughput(result, command, args.out, before, notes, before_replay)}")
     if args.only in (None, "freshness"):
         result = run_freshness(args.model, args.runs, args.rate, args.warmup, args.duration, args.drain,
                                args.guardrail_margin)

@@ -19,7 +19,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,8 +67,7 @@ class PreparedBatch:
     batch: Batch | None
     recycled: dict[str, list[int]]  # per vocabulary, rows this batch's encoding handed to new ids
     generation: int  # the learner's vocabulary generation it was encoded against (a restore starts a new one)
-    replayed: list[features_pb2.TrainingSample] = field(default_factory=list)  # drawn from the replay buffer
-    replay_batch: Batch | None = None
+    replay_batch: Batch | None = None  # drawn from the replay buffer (samples learned before this batch)
 
 
 def _crc(sample_id: str) -> int:
@@ -91,8 +90,12 @@ class OnlineLearner:
         self.tensorizer = Tensorizer(self.model.spec)
         self.optimizer = self._new_optimizer()
         self.generation = 0
-        self.replay: ReplayBuffer[features_pb2.TrainingSample] = ReplayBuffer(settings.train_replay_buffer, seed)
+        self.replay = ReplayBuffer(settings.train_replay_buffer, seed)
         self.replayed = 0  # samples learned again from the replay buffer (not in `learned`)
+        # Set by the trainer while it is behind the stream: fresh batches are learned without replay steps
+        # (replay spends spare capacity only; `train_replay_max_lag`), counted in `replay_paused_batches`.
+        self.replay_paused = False
+        self.replay_paused_batches = 0
         self.window = PrequentialWindow(settings.prequential_window)
         self.steps = 0
         self.learned = 0
@@ -142,6 +145,7 @@ class OnlineLearner:
         self.optimizer = self._new_optimizer()
         self.optimizer.load_state_dict(self._good["optimizer"])
         self.generation += 1  # batches prepared against the discarded vocabularies must be encoded again
+        self.replay.clear()  # its rows may reference indices the restored vocabularies do not have
         self.restores += 1
 
     # -- learning -----------------------------------------------------------------------------------
@@ -189,14 +193,10 @@ class OnlineLearner:
         if not fresh:
             return PreparedBatch(len(samples), [], [], 0, None, {}, self.generation)
         stamps = [s.impression_ts_ms for s in fresh]
-        now = max(stamps)
-        # Replay draws from samples learned before this batch, then the batch joins the buffer.
-        replayed = self.replay.draw(round(self.settings.train_replay_ratio * len(fresh)))
-        self.replay.add(fresh)
-        return self._encode(len(samples), fresh, stamps, now, replayed)
+        return self._encode(len(samples), fresh, stamps, max(stamps))
 
     def _encode(self, received: int, fresh: list[features_pb2.TrainingSample], stamps: list[int],
-                now: int, replayed: list[features_pb2.TrainingSample]) -> PreparedBatch:
+                now: int) -> PreparedBatch:
         generation = self.generation  # read before the tensorizer: a restore replaces it, then counts
         tensorizer = self.tensorizer
         spec = tensorizer.spec
@@ -204,9 +204,15 @@ class OnlineLearner:
         advance_clock(spec, now)
         group = getattr(self.model, "groups_user_rows", False)
         batch = tensorizer.encode_samples(fresh, grow=True, group_users=group)
-        replay_batch = tensorizer.encode_samples(replayed, grow=True, group_users=group) if replayed else None
-        return PreparedBatch(received, fresh, stamps, now, batch, drain_recycled(spec), generation, replayed,
-                             replay_batch)
+        # Replay draws from samples learned before this batch (their tensors), then the batch joins the buffer
+        # stamped with the clock its ids were stamped with (what lets expiry drop exactly the stale rows).
+        replay_batch = None
+        if self.replay_paused:
+            self.replay_paused_batches += 1
+        else:
+            replay_batch = self.replay.draw(round(self.settings.train_replay_ratio * len(fresh)))
+        self.replay.add(batch, min(v.clock for v in spec.vocabs.values() if v.clock is not None))
+        return PreparedBatch(received, fresh, stamps, now, batch, drain_recycled(spec), generation, replay_batch)
 
     def apply(self, prepared: PreparedBatch) -> StepReport:
         """Stage 2: bring the tables in line, predict (test), then learn (train) from a prepared batch."""
@@ -214,7 +220,7 @@ class OnlineLearner:
         if p.batch is None:
             return StepReport(0, p.received, False, False, float("nan"))
         if p.generation != self.generation:  # encoded against vocabularies a restore discarded
-            p = self._encode(p.received, p.fresh, p.stamps, p.now, p.replayed)
+            p = self._encode(p.received, p.fresh, p.stamps, p.now)
         assert p.batch is not None
         self.model.sync_vocab(self.optimizer, p.recycled)
         batch = p.batch.to(self.device)
@@ -282,6 +288,7 @@ class OnlineLearner:
         self.last_expiry_ms = now
         freed = expire_all(spec, now - s.vocab_ttl_ms)
         self.expired_ids += sum(len(v) for v in freed.values())
+        self.replay.expire(now - s.vocab_ttl_ms)
 
     # -- checkpoint state ---------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
@@ -291,7 +298,7 @@ class OnlineLearner:
                 "samples_learned": float(self.learned), "steps": float(self.steps),
                 "duplicates": float(self.duplicates), "non_finite_batches": float(self.non_finite_batches),
                 "restores": float(self.restores), "expired_ids": float(self.expired_ids),
-                "replayed": float(self.replayed)}
+                "replayed": float(self.replayed), "replay_paused_batches": float(self.replay_paused_batches)}
 
     def state(self) -> dict[str, Any]:
         """Everything needed to resume exactly here."""
@@ -306,7 +313,7 @@ class OnlineLearner:
                          "duplicates": self.duplicates, "non_finite_batches": self.non_finite_batches,
                          "restores": self.restores, "trained_through_ms": self.trained_through_ms,
                          "last_expiry_ms": self.last_expiry_ms, "expired_ids": self.expired_ids,
-                         "replayed": self.replayed},
+                         "replayed": self.replayed, "replay_paused_batches": self.replay_paused_batches},
         }
 
     @classmethod

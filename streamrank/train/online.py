@@ -97,6 +97,8 @@ class OnlineTrainer:
                     self._maybe_checkpoint(feed)
                     continue
                 idle_since = time.monotonic()
+                waiting = feed.lag(self.offsets) - len(records)  # beyond this micro-batch
+                self.learner.replay_paused = 0 <= s.train_replay_max_lag < waiting
                 self._learn(records)
                 self.lag = feed.lag(self.offsets)
                 if time.monotonic() - self._last_commit >= COMMIT_EVERY_S:

@@ -7,57 +7,136 @@ the model more than one pass over recent data and decorrelates its steps without
 sample: the fresh batch is still predicted before it is learned (the prequential metrics stay honest), and
 only samples already learned are replayed.
 
-The buffer keeps the newest `capacity` samples in a ring (oldest evicted first) and draws uniformly without
-replacement, from a seeded generator so a run is reproducible. It is not checkpointed: a restarted trainer
-refills it from what it learns next (docs/online-training.md, "Replay").
+The buffer holds samples **as tensors** (the rows of the batches they were learned in, one user row per
+sample), in preallocated ring columns: adding a batch is one slice copy per column and drawing is one
+`index_select` per column, so a replayed sample is never decoded or tensorised again (which used to cost
+the trainer as much as the replay step itself: docs/online-training.md, "Trainer speed"). Index columns are
+kept as int32 (vocabularies stay far below 2^31 rows), halving the memory of the behaviour sequences.
+
+Rows hold vocabulary indices, which stay valid while their ids are live. Every id of a row was stamped
+with the vocabulary clock when the row was encoded, so a row whose `stamp` (that clock) is not older than
+an expiry's cut-off references no freed index; `expire(older_than)` drops the rows older than it (the
+oldest ones: stamps never decrease), and `clear()` empties the buffer after the learner restores older
+vocabularies. The buffer is not checkpointed: a restarted trainer refills it from what it learns next.
+Draws are uniform without replacement over the rows held, from a seeded generator (reproducible runs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Generic, TypeVar
+from dataclasses import fields
 
 import numpy as np
+import torch
 
-T = TypeVar("T")
+from streamrank.features.batch import Batch, ItemSide, UserSide
+
+_USER = [f.name for f in fields(UserSide)]
+_ITEM = [f.name for f in fields(ItemSide)]
 
 
-class ReplayBuffer(Generic[T]):
-    """The newest `capacity` items, drawn uniformly at random."""
+def batch_columns(batch: Batch) -> dict[str, torch.Tensor]:
+    """The batch as named row columns, one user row per candidate (`u.`/`i.` prefixes, and `labels`)."""
+    users = batch.users if batch.owner_is_identity else batch.users.index(batch.owner)
+    out = {f"u.{n}": getattr(users, n) for n in _USER}
+    out.update({f"i.{n}": getattr(batch.items, n) for n in _ITEM})
+    if batch.labels is not None:
+        out["labels"] = batch.labels
+    return out
+
+
+def columns_batch(cols: dict[str, torch.Tensor]) -> Batch:
+    """Inverse of `batch_columns` (owner = arange)."""
+    users = UserSide(**{n: cols[f"u.{n}"] for n in _USER})
+    items = ItemSide(**{n: cols[f"i.{n}"] for n in _ITEM})
+    return Batch(users, items, torch.arange(len(items)), cols.get("labels"))
+
+
+class ReplayBuffer:
+    """The newest `capacity` learned samples as tensor rows, drawn uniformly at random."""
 
     def __init__(self, capacity: int, seed: int = 0) -> None:
         if capacity < 0:
             raise ValueError(f"replay buffer capacity must be >= 0, got {capacity}")
         self.capacity = capacity
-        self._items: list[T] = []
-        self._cursor = 0  # where the next item goes once the ring is full
+        self._cols: dict[str, torch.Tensor] = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+        self._stamps = np.zeros(capacity, dtype=np.int64)
+        self._start = 0  # ring position of the oldest row
+        self._size = 0
         self._rng = np.random.default_rng(seed)
         self.added = 0
         self.drawn = 0
+        self.dropped = 0  # rows dropped by expiry or clear (not by eviction)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._size
 
-    def add(self, items: Sequence[T]) -> None:
-        """Appends items in order; once full, each evicts the oldest."""
-        if not self.capacity:
+    def _allocate(self, cols: dict[str, torch.Tensor]) -> None:
+        for name, t in cols.items():
+            store = torch.int32 if t.dtype == torch.int64 else t.dtype
+            self._dtypes[name] = t.dtype
+            self._cols[name] = torch.zeros((self.capacity, *t.shape[1:]), dtype=store)
+
+    def add(self, batch: Batch, stamp: int) -> None:
+        """Appends the batch's rows (all stamped `stamp`, the vocabulary clock they were encoded at); once
+        full, each evicts the oldest. A batch larger than the capacity keeps only its last rows."""
+        if not self.capacity or not len(batch):
             return
-        self.added += len(items)
-        for item in items[-self.capacity:]:
-            if len(self._items) < self.capacity:
-                self._items.append(item)
-            else:
-                self._items[self._cursor] = item
-                self._cursor = (self._cursor + 1) % self.capacity
+        cols = {k: v.detach().cpu() for k, v in batch_columns(batch).items()}
+        if not self._cols:
+            self._allocate(cols)
+        elif cols.keys() != self._cols.keys() or any(
+                cols[k].shape[1:] != self._cols[k].shape[1:] for k in cols):
+            self.clear()  # another layout (a model with other features): start over
+            self._allocate(cols)
+        n = len(batch)
+        keep = min(n, self.capacity)
+        self.added += n
+        pos = (self._start + self._size) % self.capacity
+        first = min(keep, self.capacity - pos)  # rows up to the end of the ring, then the rest from 0
+        for name, col in cols.items():
+            src = col[n - keep:].to(self._cols[name].dtype)
+            self._cols[name][pos:pos + first] = src[:first]
+            self._cols[name][:keep - first] = src[first:]
+        self._stamps[pos:pos + first] = stamp
+        self._stamps[:keep - first] = stamp
+        overflow = max(0, self._size + keep - self.capacity)
+        self._start = (self._start + overflow) % self.capacity
+        self._size = min(self.capacity, self._size + keep)
 
-    def draw(self, n: int) -> list[T]:
-        """min(n, len) distinct items, uniformly at random."""
-        n = min(n, len(self._items))
+    def draw(self, n: int) -> Batch | None:
+        """min(n, len) distinct rows, uniformly at random, as one batch (None when nothing is held)."""
+        n = min(n, self._size)
         if n <= 0:
-            return []
+            return None
         self.drawn += n
-        return [self._items[int(i)] for i in self._rng.choice(len(self._items), size=n, replace=False)]
+        picks = self._rng.choice(self._size, size=n, replace=False)
+        rows = torch.from_numpy((self._start + picks) % self.capacity)
+        return columns_batch({k: c.index_select(0, rows).to(self._dtypes[k]) for k, c in self._cols.items()})
 
-    def oldest_first(self) -> list[T]:
-        """The buffer's items from oldest to newest (for tests and inspection)."""
-        return self._items[self._cursor:] + self._items[: self._cursor]
+    def _drop_oldest(self, k: int) -> None:
+        k = min(k, self._size)
+        self._start = (self._start + k) % self.capacity
+        self._size -= k
+        self.dropped += k
+
+    def expire(self, older_than: int) -> int:
+        """Drops the rows stamped before `older_than` (they may reference indices an expiry freed); returns
+        how many. Stamps never decrease, so they are the oldest rows."""
+        if not self._size:
+            return 0
+        order = (self._start + np.arange(self._size)) % self.capacity
+        stale = int(np.searchsorted(self._stamps[order], older_than, side="left"))
+        self._drop_oldest(stale)
+        return stale
+
+    def clear(self) -> None:
+        """Drops every row (after the learner went back to older vocabularies)."""
+        self._drop_oldest(self._size)
+
+    def oldest_first(self) -> Batch | None:
+        """Every row held, from oldest to newest (for tests and inspection)."""
+        if not self._size:
+            return None
+        rows = torch.from_numpy((self._start + np.arange(self._size)) % self.capacity)
+        return columns_batch({k: c.index_select(0, rows).to(self._dtypes[k]) for k, c in self._cols.items()})
