@@ -78,7 +78,8 @@ def _settings(plan: DemoPlan, bootstrap: str) -> Settings:
         checkpoint_every_s=10.0, publish_every_s=plan.publish_every_s,
         min_samples_to_publish=plan.min_samples_to_publish, guardrail_margin=plan.guardrail_margin,
         topic_prefix=plan.topic_prefix, serve_port=free_port(), serve_metrics_port=free_port(),
-        serve_models=f"{plan.treatment},{plan.control}", serve_retrieval="retrieval", serve_poll_s=1.0)
+        serve_models=f"{plan.treatment},{plan.control}", serve_retrieval="retrieval", serve_poll_s=1.0,
+        train_torch_threads=1)  # two trainers beside the worker and the scorer: one torch thread each
 
 
 def _wait_for_versions(settings: Settings, models: list[str], procs: list[Any], timeout_s: float = 600) -> None:
