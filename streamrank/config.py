@@ -97,6 +97,8 @@ class Settings:
     # behind the stream catches up at its no-replay speed (-1: replay regardless, as an offline protocol
     # over a backlog wants).
     train_replay_max_lag: int = 4096
+    # Seconds between the progress lines the worker and the trainer write to their log (0: none).
+    progress_every_s: float = 30.0
     # Threads torch uses in `streamrank train` (0: torch's default, one per core). On a machine the trainer
     # shares with the worker and the broker, fewer threads than cores avoid oversubscription.
     train_torch_threads: int = 0
@@ -224,7 +226,8 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("registry_keep", "min_samples_to_publish", "guardrail_margin", "publish_every_s",
-                     "train_replay_buffer", "train_replay_ratio", "guardrail_min_per_class", "train_torch_threads",
+                     "progress_every_s", "train_replay_buffer", "train_replay_ratio", "guardrail_min_per_class",
+                     "train_torch_threads",
                      "serve_port", "serve_metrics_port", "serve_grace_s", "serve_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")

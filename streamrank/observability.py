@@ -1,4 +1,5 @@
-"""Prometheus `/metrics` for the worker and the trainer (the scorer has its own, `serve/metrics.py`).
+"""Prometheus `/metrics` for the worker and the trainer (the scorer has its own, `serve/metrics.py`), and
+the steady progress line both write to their log (`ProgressLog`).
 
 Each service hands a function that returns its current numbers; they are turned into metric families at
 scrape time, so the hot loops only keep plain counters. Process metrics (CPU, memory, file descriptors) come
@@ -8,7 +9,9 @@ from prometheus_client's own collectors. Names follow the Prometheus conventions
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,3 +68,32 @@ def serve_metrics(read: Callable[[], Iterable[Series]], host: str, port: int) ->
     except OSError as exc:
         raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
     return int(server.server_address[1]), server
+
+
+class ProgressLog:
+    """One INFO line every `every_s` seconds from a long-running loop (0: never), with per-second rates of its
+    counters since the previous line, so an operator reading the log sees the service work without a
+    metrics stack. `maybe` is cheap enough to call after every batch and on every idle poll; `base` holds
+    the counters' values at start (a resumed trainer's), so the first rates are not inflated by them."""
+
+    def __init__(self, logger: logging.Logger, every_s: float, base: Mapping[str, float] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._log, self.every_s, self._clock = logger, every_s, clock
+        self._last_t = clock()
+        self._last = dict(base or {})
+        self.lines = 0
+
+    def maybe(self, counters: Mapping[str, float],
+              render: Callable[[Mapping[str, float], Mapping[str, float]], str]) -> bool:
+        """Logs `render(counters, rates per second)` if a line is due; True when it logged."""
+        if self.every_s <= 0:
+            return False
+        now = self._clock()
+        elapsed = now - self._last_t
+        if elapsed < self.every_s:
+            return False
+        rates = {k: (float(v) - self._last.get(k, 0.0)) / elapsed for k, v in counters.items()}
+        self._log.info(render(counters, rates))
+        self._last_t, self._last = now, {k: float(v) for k, v in counters.items()}
+        self.lines += 1
+        return True

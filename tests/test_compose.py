@@ -138,3 +138,28 @@ def test_cpu_and_gpu_trainers_are_exclusive_and_prometheus_scrapes_every_service
         assert job in jobs[job]["names"]
         assert str(jobs[job]["port"]) == port, job
     assert default["prometheus"]["ports"][0]["host_ip"] == "127.0.0.1"
+
+
+def test_the_image_installs_under_constraints_that_pin_every_dependency() -> None:
+    """deploy/constraints.txt pins each dependency pyproject.toml names (torch excepted: the Dockerfile pins
+    it per build), within pyproject's own range, and the Dockerfile installs with it before the sources."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "deploy" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"] + project["optional-dependencies"]["cpu"]:
+        req = Requirement(spec)
+        name = req.name.lower().replace("_", "-")
+        if name == "torch":
+            assert name not in pins
+            continue
+        assert name in pins, f"{name} has no pin in deploy/constraints.txt (run `make constraints`)"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {spec}"
+    docker = (ROOT / "Dockerfile").read_text()
+    assert docker.index("-c deploy/constraints.txt") < docker.index("COPY streamrank")

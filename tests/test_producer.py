@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -19,6 +20,7 @@ from streamrank.data.requests import SizedIterator, count_events
 from streamrank.events.producer import (
     ProduceError,
     TokenBucket,
+    make_producer,
     open_source,
     produce_events,
     produce_items,
@@ -99,6 +101,23 @@ def test_events_keyed_by_user_and_spread(settings: Settings) -> None:
     for part in by_partition.values():
         order = [position[e.event_id] for e in part]
         assert order == sorted(order)
+
+
+def test_producers_say_nothing_about_idempotence(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """acks=1 turns kafka-python's idempotent default off; the producers state it, so it warns nothing."""
+    from streamrank.registry.publisher import RegistryPublisher
+    from streamrank.v1 import registry_pb2
+
+    ensure_topics(settings)
+    caplog.set_level(logging.WARNING, logger="kafka")
+    producer = make_producer(settings)
+    producer.send(settings.topic("events"), b"x")
+    producer.flush()
+    producer.close()
+    publisher = RegistryPublisher(settings, "din")
+    publisher.send(registry_pb2.ModelAnnouncement(model="din", version=1))
+    publisher.close()
+    assert not [r for r in caplog.records if "dempoten" in r.getMessage()]
 
 
 def test_items_keyed_by_item_id(settings: Settings) -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import urllib.request
 
+import pytest
 from kafka import KafkaProducer
 
 from streamrank.broker import free_port
 from streamrank.config import Settings
 from streamrank.events.producer import open_source, produce_events
-from streamrank.observability import serve_metrics
+from streamrank.observability import ProgressLog, serve_metrics
 from streamrank.pipeline import end_offsets, start_worker, stop_worker, wait_caught_up
 from streamrank.topics import ensure_topics
 from streamrank.train.online import OnlineTrainer
@@ -32,7 +34,7 @@ def _value(text: str, series: str) -> float:
 
 def test_worker_metrics(settings: Settings) -> None:
     port = free_port()
-    s = settings.with_overrides(worker_metrics_port=port)
+    s = settings.with_overrides(worker_metrics_port=port, progress_every_s=0.5)
     ensure_topics(s)
     events = list(open_source("movielens:ml-100k", limit=300).events)
     produce_events(s, events, progress=False)
@@ -59,11 +61,20 @@ def test_worker_metrics(settings: Settings) -> None:
     assert _value(text, "streamrank_worker_batch_seconds_count") >= 1
     assert "streamrank_worker_lag_records{partition=" in text
     assert _value(text, "process_cpu_seconds_total") > 0  # process metrics come along
+    # the worker's log: one format for every library (Faust's included), no terminal escape codes, and the
+    # steady progress line
+    lines = [line for line in log_path(s, "worker").read_text().splitlines() if line.strip()]
+    assert lines and not any("\x1b[" in line for line in lines)
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+    assert all(stamp.match(line) for line in lines), [line for line in lines if not stamp.match(line)][:3]
+    progress = [line for line in lines if re.search(r"worker \S+: [\d,]+ records \([\d,]+/s\), [\d,]+ samples", line)]
+    assert progress and "dead letters, lag" in progress[-1] and "mean batch" in progress[-1]
 
 
-def test_trainer_metrics(settings: Settings) -> None:
+def test_trainer_metrics(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     s = settings.with_overrides(train_batch_size=256, train_batch_within_s=0.2, publish_every_s=0.0,
-                                min_samples_to_publish=100_000)
+                                min_samples_to_publish=100_000, progress_every_s=0.3)
+    caplog.set_level(logging.INFO, logger="streamrank.train.online")
     ensure_topics(s)
     producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, linger_ms=20)
     samples = make_samples(600)
@@ -84,3 +95,30 @@ def test_trainer_metrics(settings: Settings) -> None:
     assert 0.0 <= _value(text, 'streamrank_trainer_prequential_auc{model="din"}') <= 1.0
     assert _value(text, 'streamrank_trainer_versions_published_total{model="din"}') == 0  # below the minimum
     assert "process_resident_memory_bytes" in text
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trainer din: ")]
+    assert lines, "the trainer writes its progress line while it runs (here: while idle before it exits)"
+    assert re.match(r"trainer din: 600 samples learned \([\d,]+/s\), lag 0, prequential AUC [0-9.]+, "
+                    r"versions published 0, blocked 0, replay paused in \d+% of batches$", lines[-1]), lines[-1]
+
+
+def test_the_progress_log_keeps_its_interval_and_its_rates() -> None:
+    now = [100.0]
+    logger = logging.getLogger("tests.progress")
+    seen: list[tuple[dict, dict]] = []
+
+    def render(counters: object, rates: object) -> str:
+        seen.append((dict(counters), dict(rates)))  # type: ignore[call-overload]
+        return "line"
+
+    progress = ProgressLog(logger, 10.0, base={"n": 1000}, clock=lambda: now[0])
+    assert not progress.maybe({"n": 1500}, render), "not due before the interval"
+    now[0] = 110.0
+    assert progress.maybe({"n": 1500}, render) and seen[-1][1] == {"n": 50.0}, "rate from the base, not from 0"
+    now[0] = 115.0
+    assert not progress.maybe({"n": 9999}, render)
+    now[0] = 130.0
+    assert progress.maybe({"n": 2500}, render) and seen[-1][1] == {"n": 50.0}
+    assert progress.lines == 2
+    off = ProgressLog(logger, 0.0, clock=lambda: now[0])
+    now[0] = 1e9
+    assert not off.maybe({"n": 1}, render) and off.lines == 0

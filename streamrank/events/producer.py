@@ -112,6 +112,9 @@ def make_producer(settings: Settings, **overrides: Any) -> Any:
         "linger_ms": 20,
         "batch_size": 256 * 1024,
         "acks": 1,
+        # stated, so kafka-python does not warn per producer that acks=1 turns its idempotent default off:
+        # events carry their event_id and the worker drops duplicates, so a retried send loses nothing
+        "enable_idempotence": False,
         "compression_type": None,
         "max_request_size": 4 * 1024 * 1024,
         "client_id": "streamrank-producer",

@@ -72,8 +72,10 @@ class RegistryPublisher:
         from kafka import KafkaProducer
 
         if self._producer is None:
+            # an announcement sent twice is harmless (readers compare versions): no idempotence, and no
+            # warning from kafka-python that acks=1 turned it off
             self._producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, acks=1,
-                                           **kafka_security.kafka_python(self.settings))
+                                           enable_idempotence=False, **kafka_security.kafka_python(self.settings))
         self._producer.send(self.settings.topic("models"), key=msg.model.encode(), value=msg.SerializeToString())
         self._producer.flush(timeout=10)
 

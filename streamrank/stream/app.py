@@ -142,7 +142,11 @@ class Worker:
 
     def run(self, loglevel: str = "warning") -> None:
         """Runs until SIGINT/SIGTERM; the store is closed on the way out."""
-        worker = faust.Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        # override_logging=False: the CLI's logging stays (one format for every library); mode's own set-up
+        # would replace it with colorlog handlers that write terminal escape codes into log files
+        worker = faust.Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
+                              override_logging=False)
+        worker.spinner = None  # Faust's start-up spinner writes terminal escape codes, into log files too
 
         @self.app.on_before_shutdown.connect  # type: ignore[misc]
         def _close(*_: Any, **__: Any) -> None:

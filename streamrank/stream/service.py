@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -21,6 +22,7 @@ from mode import Service
 
 from streamrank import kafka_security
 from streamrank.config import Settings
+from streamrank.observability import ProgressLog
 from streamrank.stream.processor import BatchProcessor, BatchResult, DeadLetter, Record
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class EventsService(Service):
         self.first_record_at = 0.0  # when the first batch arrived (wall clock)
         self.last_batch_at = 0.0  # when the last batch became durable
         self.idle = asyncio.Event()
+        self.progress = ProgressLog(log, settings.progress_every_s)
         self._not_busy = asyncio.Event()
         self._not_busy.set()
 
@@ -116,6 +119,7 @@ class EventsService(Service):
         s = self.settings
         while not self.should_stop:
             records = await self._collect(s.batch_size, s.batch_within_s)
+            self.progress.maybe(self._progress_counters(), self._progress_line)
             if not records:
                 self.idle.set()
                 continue
@@ -225,6 +229,19 @@ class EventsService(Service):
         except (CommitFailedError, KafkaError) as exc:
             # Harmless: positions come from RocksDB; Kafka's commit only tells a new owner where we were.
             log.warning("offset commit to Kafka failed (%s); state is durable in RocksDB", exc)
+
+    def _progress_counters(self) -> dict[str, float]:
+        c = self.counters
+        return {k: float(c[k]) for k in ("records", "samples", "dead_letters", "batches")} | {
+            "batch_seconds": self.batch_seconds}
+
+    def _progress_line(self, counters: Mapping[str, float], rates: Mapping[str, float]) -> str:
+        """The steady progress line: records and samples with their rates, dead letters, lag, batch latency."""
+        batch_ms = 1000 * rates["batch_seconds"] / rates["batches"] if rates["batches"] else 0.0
+        return (f"worker {self.settings.worker_id}: {int(counters['records']):,} records ({rates['records']:,.0f}/s), "
+                f"{int(counters['samples']):,} samples ({rates['samples']:,.0f}/s), "
+                f"{int(counters['dead_letters']):,} dead letters, lag {sum(self.lag.values()):,}, "
+                f"mean batch {batch_ms:.0f} ms")
 
     def _count(self, result: BatchResult, n: int) -> None:
         c = self.counters

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from streamrank.config import Settings
 from streamrank.models.factory import Ranker
 from streamrank.models.ranking.artifact import model_files
-from streamrank.observability import Series, serve_metrics
+from streamrank.observability import ProgressLog, Series, serve_metrics
 from streamrank.train.checkpoint import load_checkpoint, save_checkpoint
 from streamrank.train.feed import SampleFeed
 from streamrank.train.learner import OnlineLearner
@@ -78,6 +78,7 @@ class OnlineTrainer:
         self._last_publish = 0.0
         self._seen_at_publish = self.learner.window.seen
         self.stop_event = threading.Event()
+        self.progress = ProgressLog(log, settings.progress_every_s, base=self._progress_counters())
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self, max_samples: int | None = None, idle_exit_s: float | None = None) -> dict[str, Any]:
@@ -95,6 +96,7 @@ class OnlineTrainer:
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
                     self._maybe_checkpoint(feed)
+                    self.progress.maybe(self._progress_counters(), self._progress_line)
                     continue
                 idle_since = time.monotonic()
                 waiting = feed.lag(self.offsets) - len(records)  # beyond this micro-batch
@@ -105,6 +107,7 @@ class OnlineTrainer:
                     feed.commit(self.offsets, asynchronous=True)  # the training lag others read (simulator.lag)
                     self._last_commit = time.monotonic()
                 self._maybe_checkpoint(feed)
+                self.progress.maybe(self._progress_counters(), self._progress_line)
                 if max_samples is not None and self.learner.learned >= max_samples:
                     break
             self.checkpoint(feed)
@@ -189,6 +192,19 @@ class OnlineTrainer:
             self.published.append(self.learner.steps)
         else:
             self.blocked += 1
+
+    def _progress_counters(self) -> dict[str, float]:
+        learner = self.learner
+        return {"learned": learner.learned, "batches": learner.steps + learner.non_finite_batches,
+                "paused": learner.replay_paused_batches}
+
+    def _progress_line(self, counters: Mapping[str, float], rates: Mapping[str, float]) -> str:
+        """The steady progress line: samples learned and their rate, lag, recent AUC, versions, replay."""
+        auc = self.learner.window.metrics().get("auc", float("nan"))
+        paused = rates["paused"] / rates["batches"] if rates["batches"] else 0.0
+        return (f"trainer {self.preset}: {int(counters['learned']):,} samples learned ({rates['learned']:,.0f}/s), "
+                f"lag {self.lag:,}, prequential AUC {auc:.4f}, versions published {len(self.published)}, "
+                f"blocked {self.blocked}, replay paused in {paused:.0%} of batches")
 
     def status(self) -> dict[str, Any]:
         """Counters, offsets and window metrics (also written to status.json)."""
