@@ -83,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retrieve-k", type=int, default=100, help="candidates Retrieve returns (default 100)")
     p.add_argument("--negatives", type=int, default=99, help="sampled candidates besides the logged item (default 99)")
     p.add_argument("--slate", type=int, default=10, help="impressions published per request")
+    p.add_argument("--feedback", choices=["slate", "sampled"], default="slate",
+                   help="impressions published: the arm's own top --slate (as production would; its unclicked "
+                        "items are negatives the log never had), or the logged item among random catalog items, "
+                        "the same for every arm (unbiased labels for trainers that keep up; docs/simulator.md)")
     p.add_argument("--shadow", action="store_true", help="every arm ranks every request (paired comparison)")
     p.add_argument("--limit", type=int, help="replay only the first N interactions")
     p.add_argument("--speedup", type=float, help="event-time ms per wall ms (e.g. 3600: an hour per second)")
@@ -197,7 +201,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         result = run_replay(logged, args.arms, client=client, sink=sink, salt=args.salt,
                             candidates=args.candidates, catalog=catalog, attributes=attributes,
                             retrieve_k=args.retrieve_k, exclude_seen=exclude_seen, negatives=args.negatives,
-                            slate_size=args.slate, shadow=args.shadow, concurrency=args.concurrency,
+                            slate_size=args.slate, feedback=args.feedback, shadow=args.shadow,
+                            concurrency=args.concurrency,
                             speedup=args.speedup, rate=args.rate, seed=args.seed, request_prefix=args.request_prefix,
                             lag_probe=lag.lags if lag is not None else None, lag_every=args.lag_every,
                             pace_to_trainers=args.pace_to_trainers,

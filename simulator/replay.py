@@ -15,6 +15,14 @@ For each logged interaction (`simulator.replay_log`), in log order:
    them (`include_logged`, so every request has its positive), then the logged CLICK (ts + 1 ms) and, for
    a purchase, ADD_TO_CART and PURCHASE (ts + 2, + 3 ms) with the request's id.
 
+What the events teach the trainers (`feedback`): ``"slate"`` publishes the arm's own top `slate_size` as the
+impressions, as production would; but a replayed user never saw that slate, so its unclicked items are
+negatives the log does not contain, and they are exactly the items the model ranks highest: a trainer that
+keeps up learns to push down whatever it currently prefers, and its ranking of the logged items degrades
+(docs/simulator.md, "Feedback"). ``"sampled"`` publishes the logged item among `slate_size - 1` catalog items
+drawn uniformly at random (shuffled), the same for every arm: labels as unbiased as an interaction-only log
+allows, independent of the arm that ranked the request (the metrics above still come from the arm's order).
+
 A request is *long-tail* when its user had at most `long_tail_max` logged interactions before it (the log
 is fixed, so this does not depend on the arms). Pacing: `speedup` (event-time ms per wall ms) or `rate`
 (requests per second); neither: as fast as possible.
@@ -80,7 +88,7 @@ def run_replay(interactions: Iterable[LoggedInteraction], arms: Sequence[Arm], *
                catalog: Sequence[str] = (), attributes: dict[str, events_pb2.ItemAttributes] | None = None,
                retrieve_k: int = 100, exclude_seen: bool = False, negatives: int = 99, slate_size: int = 10,
                ks: Sequence[int] = (1, 5, 10), shadow: bool = False, include_logged: bool = True,
-               long_tail_max: int = 5, concurrency: int = 16, speedup: float | None = None,
+               feedback: str = "slate", long_tail_max: int = 5, concurrency: int = 16, speedup: float | None = None,
                rate: float | None = None, seed: int = 0, request_prefix: str = "replay",
                lag_probe: Callable[[], dict[str, int | None]] | None = None, lag_every: int = 500,
                pace_to_trainers: int | None = None,
@@ -92,6 +100,8 @@ def run_replay(interactions: Iterable[LoggedInteraction], arms: Sequence[Arm], *
     behind. `progress` receives a line every `progress_every` requests.
     """
     check_arms(arms)
+    if feedback not in FEEDBACK:
+        raise ValueError(f"feedback must be one of {', '.join(FEEDBACK)}, got {feedback!r}")
     if candidates not in ("retrieve", "sampled"):
         raise ValueError(f"candidates must be retrieve or sampled, got {candidates!r}")
     if client is None and (candidates == "retrieve" or any(a.uses_scorer for a in arms)):
@@ -104,8 +114,10 @@ def run_replay(interactions: Iterable[LoggedInteraction], arms: Sequence[Arm], *
     result = ReplayResult([{"name": a.name, "ranker": a.describe(), "weight": a.weight} for a in arms],
                           tuple(ks), shadow)
     state = _ReplayState(arms, universe, attributes or {}, np.random.default_rng([seed, 5]))
+    if feedback == "sampled" and len(universe) < slate_size:
+        raise ValueError(f"sampled feedback needs a catalog of at least {slate_size} items")
     opts = _Opts(client, sink, salt, candidates, retrieve_k, exclude_seen, negatives, slate_size, tuple(ks), shadow,
-                 include_logged, long_tail_max, request_prefix, _Pacer(speedup, rate))
+                 include_logged, feedback, long_tail_max, request_prefix, _Pacer(speedup, rate))
     batch: list[tuple[int, LoggedInteraction]] = []
     watch = _Watch(result, lag_probe, lag_every, pace_to_trainers, progress, progress_every, known_length(interactions))
     for n, logged in enumerate(interactions):
@@ -156,6 +168,9 @@ class _Watch:
             self.progress(f"replayed {done:,}{total} interactions ({rate:.0f}/s){lag}")
 
 
+FEEDBACK = ("slate", "sampled")
+
+
 @dataclass
 class _Opts:
     client: ScorerClient | None
@@ -169,6 +184,7 @@ class _Opts:
     ks: Sequence[int]
     shadow: bool
     include_logged: bool
+    feedback: str
     long_tail_max: int
     prefix: str
     pace: _Pacer
@@ -306,7 +322,8 @@ def _tick(batch: list[tuple[int, LoggedInteraction]], result: ReplayResult, stat
             if rank is not None:
                 state.session_scores(result, arm.name, logged, row, [c == logged.item_id for c in order], scores)
             if arm is assigned and o.sink is not None:
-                o.sink.send(_events(logged, order, f"{o.prefix}-{n}", o.slate_size, o.include_logged,
+                shown = order if o.feedback == "slate" else state.sample(logged.item_id, o.slate_size - 1)
+                o.sink.send(_events(logged, shown, f"{o.prefix}-{n}", o.slate_size, o.include_logged,
                                     state.attributes))
         state.user_counts[logged.user_id] = prior + 1
         state.item_counts[logged.item_id] = state.item_counts.get(logged.item_id, 0) + 1

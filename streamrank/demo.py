@@ -65,6 +65,9 @@ class DemoPlan:
     guardrail_margin: float = 0.02
     topic_prefix: str = "streamrank."
     seed: int = 0
+    # What the replay teaches the trainers: "sampled" (the logged item among random catalog items, the same for
+    # both arms) or "slate" (the arm's own top 10, whose unclicked items the log never had; simulator.replay)
+    feedback: str = "sampled"
 
 
 def say(message: str) -> None:
@@ -131,6 +134,7 @@ def _replay(settings: Settings, plan: DemoPlan, data: InteractionLog, catalog: l
             result = run_replay(logged, arms, client=client, sink=sink, candidates="retrieve",
                                 retrieve_k=plan.retrieve_k, exclude_seen=exclude_seen,
                                 catalog=[it.item_id for it in catalog], seed=plan.seed, lag_probe=lag.lags,
+                                feedback=plan.feedback,
                                 pace_to_trainers=plan.pace_to_trainers,
                                 lag_every=max(plan.replay_ratings // 20, 16), progress=lambda line: say("  " + line),
                                 progress_every=max(plan.replay_ratings // 10, 1))

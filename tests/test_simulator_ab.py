@@ -99,6 +99,35 @@ def test_replay_of_movielens_with_builtin_rankers(tmp_path: Path) -> None:
     assert data["paired"] and ctr_free(data)["diff"] > 0
 
 
+def test_sampled_feedback_does_not_depend_on_the_arm() -> None:
+    """With feedback="sampled" the published impressions are the logged item among random catalog items, drawn
+    apart from the arm's order; with "slate" they are the arm's own top items (plus the logged one)."""
+    from simulator.replay_log import LoggedInteraction
+
+    catalog = [f"i{k}" for k in range(200)]
+    logged = [LoggedInteraction(user_id=f"u{k % 7}", item_id=f"i{k}", ts_ms=1_000 * k, kind=events_pb2.CLICK)
+              for k in range(60)]
+    shown: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for feedback in ("slate", "sampled"):
+        for ranker in ("random", "popularity"):
+            sink = MemorySink()
+            run_replay(logged, [Arm("only", builtin=ranker)], sink=sink, catalog=catalog, negatives=49,
+                       feedback=feedback, seed=3)
+            per_request: dict[str, list[str]] = {}
+            for e in sink.events:
+                if e.type == events_pb2.IMPRESSION:
+                    per_request.setdefault(e.request_id, []).append(e.item_id)
+            shown[(feedback, ranker)] = per_request
+    for ranker in ("random", "popularity"):
+        sampled = shown[("sampled", ranker)]
+        assert len(sampled) == 60 and all(len(v) == 10 for v in sampled.values())
+        assert all(f"i{int(r.rsplit('-', 1)[1])}" in v for r, v in sampled.items()), "the logged item is shown"
+    assert shown[("slate", "random")] != shown[("slate", "popularity")], "a slate is the arm's own order"
+    assert any(len(v) == 11 for v in shown[("slate", "random")].values()), "the logged item appended to a slate"
+    with pytest.raises(ValueError, match="feedback"):
+        run_replay(logged, [Arm("only", builtin="random")], catalog=catalog, feedback="arm")
+
+
 def ctr_free(data: dict) -> dict:
     return next(c for c in data["comparisons"] if c["metric"] == "HIT@10")
 
