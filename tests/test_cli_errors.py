@@ -47,7 +47,7 @@ def test_settings_mistakes(tmp_path: Path, capsys, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("command", [["produce", "movielens:ml-100k"], ["train", "--model", "din"],
-                                     ["serve", "--models", "din"]])
+                                     ["serve", "--models", "din"], ["worker"]])
 def test_an_unreachable_broker_is_one_line_within_seconds(command: list[str], capsys) -> None:
     line = _one_line(capsys, 2, main([*command, "--bootstrap-servers", "127.0.0.1:1"]))
     assert line.startswith("error: cannot reach Kafka at 127.0.0.1:1 within 3 s")

@@ -110,6 +110,7 @@ def test_scenario_profile_trains_saml_that_the_scorer_serves() -> None:
     assert "--models aw_moe_cl,saml" in serve
     mounts = {v["source"]: v["target"] for v in services["trainer-saml"]["volumes"]}
     assert mounts["registry"] == "/var/lib/streamrank-registry"
+    assert mounts["trainer-saml-state"] == "/var/lib/streamrank", "a volume per trainer (CPU and GPU are one)"
 
 
 @pytest.mark.parametrize("profiles", [(), ("gpu",), ("scenario",)])
