@@ -202,3 +202,23 @@ def test_the_decomposition_row_of_the_defaults_is_the_defaults(tmp_path: Path) -
     tuned = BASE | next(o for key, _, o in ONLINE_ROWS if key == "online_tuned")
     defaults = Settings(data_dir=str(tmp_path))
     assert {k: getattr(defaults, k) for k in tuned} == tuned
+
+
+def test_a_batch_prepared_before_a_restore_leaves_no_stale_rows(tmp_path: Path) -> None:
+    """learn_stream prepares batch k+1 in a thread while batch k trains; if k restores the last good state,
+    k+1's prepare may add rows of the discarded vocabularies after the restore emptied the buffer. Its apply
+    (a generation mismatch) empties the buffer again and encodes k+1 against the restored vocabularies."""
+    settings = Settings(data_dir=str(tmp_path), train_replay_buffer=10_000)
+    learner = OnlineLearner(settings, "dnn")
+    samples = make_samples(400, seed=7)
+    learner.learn(samples[:200])
+    learner.mark_good()
+    prepared = learner.prepare(samples[200:400])  # rows added, against the current vocabularies
+    learner.restore_good()  # what a non-finite batch k does
+    assert prepared.batch is not None
+    learner.replay.add(prepared.batch, stamp=0)  # the thread's add landing after the restore's clear
+    report = learner.apply(prepared)
+    assert report.learned == 200 and len(learner.replay) == 200
+    back = learner.replay.oldest_first()
+    assert back is not None
+    assert torch.equal(back.items.item, learner.tensorizer.encode_samples(samples[200:400]).items.item)

@@ -220,6 +220,9 @@ class OnlineLearner:
         if p.batch is None:
             return StepReport(0, p.received, False, False, float("nan"))
         if p.generation != self.generation:  # encoded against vocabularies a restore discarded
+            # its prepare (in learn_stream's thread) may have added rows of those vocabularies after the
+            # restore emptied the buffer: empty it again, then encode against the restored ones
+            self.replay.clear()
             p = self._encode(p.received, p.fresh, p.stamps, p.now)
         assert p.batch is not None
         self.model.sync_vocab(self.optimizer, p.recycled)
