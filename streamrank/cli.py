@@ -14,6 +14,7 @@ from streamrank.broker import check_reachable
 from streamrank.cli_retrieval import add_retrieval_parsers
 from streamrank.config import ConfigError, Settings, load_settings
 
+log = logging.getLogger(__name__)
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(
@@ -58,8 +59,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     with broker_for(settings.bootstrap_servers) as bootstrap:
         settings = settings.with_overrides(bootstrap_servers=bootstrap)
         ensure_topics(settings)
-        logging.getLogger("streamrank.stream.app").info("worker %s on %s, state in %s", settings.worker_id,
-                                                         bootstrap, settings.data_dir)
+        log.info("worker %s on %s, state in %s", settings.worker_id, bootstrap, settings.data_dir)
         Worker(settings).run(loglevel=args.loglevel)
     return 0
 

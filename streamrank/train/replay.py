@@ -36,9 +36,9 @@ _ITEM = [f.name for f in fields(ItemSide)]
 
 def batch_columns(batch: Batch) -> dict[str, torch.Tensor]:
     """The batch as named row columns, one user row per candidate (`u.`/`i.` prefixes, and `labels`)."""
-    users = batch.users if batch.owner_is_identity else batch.users.index(batch.owner)
-    out = {f"u.{n}": getattr(users, n) for n in _USER}
-    out.update({f"i.{n}": getattr(batch.items, n) for n in _ITEM})
+    rows = batch if batch.owner_is_identity else batch.per_candidate()
+    out = {f"u.{n}": getattr(rows.users, n) for n in _USER}
+    out.update({f"i.{n}": getattr(rows.items, n) for n in _ITEM})
     if batch.labels is not None:
         out["labels"] = batch.labels
     return out
@@ -110,8 +110,14 @@ class ReplayBuffer:
         if n <= 0:
             return None
         self.drawn += n
-        picks = self._rng.choice(self._size, size=n, replace=False)
-        rows = torch.from_numpy((self._start + picks) % self.capacity)
+        return self._gather(self._rng.choice(self._size, size=n, replace=False))
+
+    def _ring(self, ages: np.ndarray) -> np.ndarray:
+        """Ring positions of the rows `ages` places after the oldest."""
+        return (self._start + ages) % self.capacity
+
+    def _gather(self, ages: np.ndarray) -> Batch:
+        rows = torch.from_numpy(self._ring(ages))
         return columns_batch({k: c.index_select(0, rows).to(self._dtypes[k]) for k, c in self._cols.items()})
 
     def _drop_oldest(self, k: int) -> None:
@@ -125,8 +131,7 @@ class ReplayBuffer:
         how many. Stamps never decrease, so they are the oldest rows."""
         if not self._size:
             return 0
-        order = (self._start + np.arange(self._size)) % self.capacity
-        stale = int(np.searchsorted(self._stamps[order], older_than, side="left"))
+        stale = int(np.searchsorted(self._stamps[self._ring(np.arange(self._size))], older_than, side="left"))
         self._drop_oldest(stale)
         return stale
 
@@ -136,7 +141,4 @@ class ReplayBuffer:
 
     def oldest_first(self) -> Batch | None:
         """Every row held, from oldest to newest (for tests and inspection)."""
-        if not self._size:
-            return None
-        rows = torch.from_numpy((self._start + np.arange(self._size)) % self.capacity)
-        return columns_batch({k: c.index_select(0, rows).to(self._dtypes[k]) for k, c in self._cols.items()})
+        return self._gather(np.arange(self._size)) if self._size else None
