@@ -110,6 +110,24 @@ def test_a_second_scorer_on_a_busy_port_fails_to_start(tmp_path: Path) -> None:
     assert "another scorer" in asyncio.run(run())
 
 
+@pytest.mark.parametrize("busy", ["--port", "--metrics-port"])
+def test_serve_on_a_busy_port_is_one_line_naming_it(broker, tmp_path: Path, busy: str) -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        ports = {"--port": "0", "--metrics-port": "0", busy: str(port)}
+        done = subprocess.run([sys.executable, "-m", "streamrank.cli", "serve", "--models", "din",
+                               *[x for kv in ports.items() for x in kv],
+                               "--bootstrap-servers", broker.bootstrap_servers, "--data-dir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=120)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], done.stderr
+
+
 def test_help_and_version(capsys) -> None:
     with pytest.raises(SystemExit) as done:
         main(["--version"])
