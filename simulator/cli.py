@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -59,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, help="catalog size (default 2000)")
     p.add_argument("--hit-k", type=int, default=5, help="K of HIT@K: a click in the top K (default 5)")
     p.add_argument("--id-prefix", default="", help="request id prefix (default sim<seed>)")
+    p.add_argument("--drift-period", type=float, default=0.0, metavar="SECONDS",
+                   help="drifting preferences: every user's interest moves to a new mix of categories every "
+                        "SECONDS of event time, linearly in between (requests are ~0.5 s of event time apart; "
+                        "default 0 = no drift)")
     p = sub.add_parser("replay", help="replay an event log through the scorer and the arms")
     _common(p)
     p.add_argument("source", nargs="?", help="movielens:ml-100k | movielens:ml-1m | path to a .jsonl/.csv event log")
@@ -126,6 +131,13 @@ def _client(args: argparse.Namespace, arms: Sequence[Arm], needed: bool) -> Any:
     return client
 
 
+def drift_period_ms(seconds: float) -> int:
+    """`--drift-period` (event-time seconds, 0 = off) as the environment's `drift_period_ms`."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"--drift-period must be a number of seconds >= 0 (0 = no drift), got {seconds}")
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0
+
+
 def cmd_online(args: argparse.Namespace) -> int:
     """Runs the synthetic online A/B and writes its report."""
     from simulator.catalog import CatalogParams
@@ -134,7 +146,7 @@ def cmd_online(args: argparse.Namespace) -> int:
     from simulator.publish import KafkaSink
     from simulator.report import online_report
 
-    params = EnvParams(seed=args.seed, id_prefix=args.id_prefix)
+    params = EnvParams(seed=args.seed, id_prefix=args.id_prefix, drift_period_ms=drift_period_ms(args.drift_period))
     if args.users:
         params = replace(params, n_users=args.users)
     if args.items:
@@ -149,7 +161,10 @@ def cmd_online(args: argparse.Namespace) -> int:
             sink.close()
         if client is not None:
             client.close()
-    path = online_report(result, args.out, args.control, args.n_boot, args.permutations, args.seed)
+    title = "Online A/B (synthetic environment)"
+    if params.drift_period_ms:
+        title += f", preferences drifting every {params.drift_period_ms / 1000:g} s of event time"
+    path = online_report(result, args.out, args.control, args.n_boot, args.permutations, args.seed, title=title)
     result.save(path.parent / "requests.json")
     print(f"report: {path}")
     return 0

@@ -14,6 +14,14 @@
   position p with probability ``sigmoid(logit) * (1 + p) ** -position_decay`` (position bias).
 - **After a click**: add-to-cart with ``sigmoid(cart_logit_s + 0.5 * <u, v_i> * 3)``, then purchase with
   ``sigmoid(purchase_logit_s - 0.5 * sensitivity_u * log relative price)``.
+- **Drifting preferences** (``drift_period_ms`` > 0; 0, the default, is the static world above): the
+  interest vector u moves over event time. At the anchors ``t_k = epoch_ms + k * drift_period_ms`` the
+  user's interest is ``a_k``: ``a_0`` is the vector above, ``a_k`` (k >= 1) a fresh mix of 1-3 favourite
+  category centroids plus noise, drawn the same way from the generator ``(seed, 4, user, k)``. In between,
+  ``u(t) = (f_t * a_{k+1} + (1 - f_t) * a_k) / ||...||`` with ``k = floor((t - epoch_ms) / drift_period_ms)``
+  and ``f_t`` the elapsed fraction of that period. Click and cart affinities use ``u(ts)`` of the request;
+  a search query is one of the favourite categories of the nearest anchor. Brands, price sensitivity and
+  activity do not drift.
 
 The feedback loop: clicks and purchases change what a user will click next (satiation), built-in
 popularity learns from the clicks it caused, and model arms learn from the events the simulator publishes.
@@ -23,6 +31,7 @@ request stream, and the outcome of request j uses the same random numbers whiche
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +39,7 @@ import numpy as np
 from simulator.catalog import Catalog, CatalogParams, make_catalog
 
 EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z: simulated event time starts here by default
+DRIFT_STREAM = 4  # generator stream of the drifting interests' anchors: (seed, DRIFT_STREAM, user, k)
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,9 @@ class EnvParams:
     # Request (and so event) ids start with this; empty: ``sim<seed>``. Ids are deterministic per seed, so a
     # second run into the same topics is recognised by the worker as duplicates unless this changes.
     id_prefix: str = ""
+    # Drifting preferences: each user's interest moves to a new anchor every this many event-time ms,
+    # linearly in between (module docstring). 0: off, the static world.
+    drift_period_ms: int = 0
 
     def validate(self) -> None:
         """ValueError naming the first parameter that is out of range."""
@@ -93,6 +106,8 @@ class EnvParams:
             raise ValueError("n_candidates cannot exceed the catalog size")
         if self.mean_gap_ms <= 0 or self.epoch_ms <= 0:
             raise ValueError("mean_gap_ms and epoch_ms must be > 0")
+        if self.drift_period_ms < 0:
+            raise ValueError(f"drift_period_ms must be >= 0 (0 = no drift), got {self.drift_period_ms}")
 
 
 @dataclass(frozen=True)
@@ -140,16 +155,16 @@ class Environment:
         p = self.params
         rng = np.random.default_rng([p.seed, 0])
         self.catalog: Catalog = make_catalog(p.catalog, rng)
-        n_cat = p.catalog.n_categories
         self.user_ids: tuple[str, ...] = tuple(f"user-{u}" for u in range(p.n_users))
         vectors = np.zeros((p.n_users, p.catalog.dim))
         self.interests: list[np.ndarray] = []
         for u in range(p.n_users):
-            cats = rng.choice(n_cat, size=int(rng.integers(1, 4)), replace=False)
-            mix = rng.dirichlet(np.ones(len(cats)))
-            vectors[u] = mix @ self.catalog.centroids[cats] + p.interest_noise * rng.normal(size=p.catalog.dim)
+            vectors[u], cats = self._draw_interest(rng)
             self.interests.append(cats)
+        # Anchor 0 of every user (the static world's interests); later anchors are drawn when first needed.
         self.user_vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        self._anchors: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._last_interest: tuple[tuple[int, int], np.ndarray] = ((-1, -1), self.user_vectors[0])
         self.price_sensitivity = rng.lognormal(0.0, p.price_sensitivity_sigma, size=p.n_users)
         self.favourite_brands = np.zeros((p.n_users, p.catalog.n_brands), dtype=bool)
         for u in range(p.n_users):
@@ -184,7 +199,7 @@ class Environment:
                 session_no[u] = session_no.get(u, 0) + 1
             last_seen[u] = ts
             spec = p.scenarios[s]
-            query_cat = int(rng.choice(self.interests[u])) if spec.query else -1
+            query_cat = int(rng.choice(self.favourite_categories_at(u, ts))) if spec.query else -1
             candidates = self._candidates(rng, query_cat, spec.query_candidate_share)
             out.append(Request(index=j, request_id=f"{prefix}-r{j}", user=u, user_id=self.user_ids[u],
                                scenario=s, scenario_name=spec.name,
@@ -205,14 +220,68 @@ class Environment:
         rng.shuffle(candidates)
         return candidates
 
+    # --- the users' interests, over event time ---------------------------------------------------------
+    def _draw_interest(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """An interest vector (not normalised) and its favourite categories: 1-3 centroids mixed, plus noise."""
+        p = self.params
+        cats = rng.choice(p.catalog.n_categories, size=int(rng.integers(1, 4)), replace=False)
+        mix = rng.dirichlet(np.ones(len(cats)))
+        return mix @ self.catalog.centroids[cats] + p.interest_noise * rng.normal(size=p.catalog.dim), cats
+
+    def anchor(self, user: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The user's interest anchor `k` (unit vector, favourite categories); anchor 0 is `user_vectors[user]`.
+
+        Anchors k >= 1 come from the generator (seed, DRIFT_STREAM, user, k), independent of the arms and of
+        the order they are asked for, and are cached.
+        """
+        if k == 0:
+            return self.user_vectors[user], self.interests[user]
+        got = self._anchors.get((user, k))
+        if got is None:
+            vector, cats = self._draw_interest(np.random.default_rng([self.params.seed, DRIFT_STREAM, user, k]))
+            got = self._anchors[(user, k)] = (vector / np.linalg.norm(vector), cats)
+        return got
+
+    def drift_position(self, ts_ms: int) -> tuple[int, float]:
+        """(k, f): event time `ts_ms` lies a fraction f in [0, 1) of the way from anchor k to anchor k + 1."""
+        period = self.params.drift_period_ms
+        if period <= 0:
+            return 0, 0.0
+        k, rest = divmod(max(0, int(ts_ms) - self.params.epoch_ms), period)
+        return int(k), rest / period
+
+    def interest_at(self, user: int, ts_ms: int) -> np.ndarray:
+        """The user's unit interest vector at event time `ts_ms`: between its two neighbouring anchors.
+
+        Without drift (or exactly at an anchor) this is the stored vector itself, bit for bit.
+        """
+        k, f = self.drift_position(ts_ms)
+        start = self.anchor(user, k)[0]
+        if f == 0.0:
+            return start
+        if self._last_interest[0] == (user, ts_ms):  # a request asks several times (logits, cart affinity)
+            return self._last_interest[1]
+        mixed = (1.0 - f) * start + f * self.anchor(user, k + 1)[0]
+        mixed /= max(math.sqrt(float(mixed @ mixed)), 1e-12)
+        self._last_interest = ((user, ts_ms), mixed)
+        return mixed
+
+    def favourite_categories_at(self, user: int, ts_ms: int) -> np.ndarray:
+        """The favourite categories of the user's anchor nearest to `ts_ms` (what a search query is drawn from)."""
+        k, f = self.drift_position(ts_ms)
+        return self.anchor(user, k + int(f >= 0.5))[1]
+
     # --- ground truth ------------------------------------------------------------------------------
     def logits(self, request: Request, items: np.ndarray) -> np.ndarray:
-        """True click logits of `items` for this request's user, scenario and query, given the user's state."""
+        """True click logits of `items` for this request's user, scenario and query, given the user's state.
+
+        The state: what the user clicked and bought so far, and the interest at the request's event time.
+        """
         p = self.params
         spec = p.scenarios[request.scenario]
         cat = self.catalog
         u = request.user
-        affinity = 3.0 * (cat.vectors[items] @ self.user_vectors[u])
+        affinity = 3.0 * (cat.vectors[items] @ self.interest_at(u, request.ts_ms))
         logit = (spec.base_logit + spec.affinity * affinity + cat.quality[items]
                  + p.brand_bonus * self.favourite_brands[u, cat.brand[items]]
                  - spec.price_weight * self.price_sensitivity[u] * cat.log_price_rel[items])
@@ -248,7 +317,7 @@ class Environment:
         relevance_all = self.true_relevance(request)
         relevance = self.true_relevance(request, shown)
         clicked = draws[0] < relevance * self.examination(k)
-        affinity = 3.0 * (self.catalog.vectors[shown] @ self.user_vectors[request.user])
+        affinity = 3.0 * (self.catalog.vectors[shown] @ self.interest_at(request.user, request.ts_ms))
         carted = clicked & (draws[1] < _sigmoid(spec.cart_logit + 0.5 * affinity))
         price_term = 0.5 * self.price_sensitivity[request.user] * self.catalog.log_price_rel[shown]
         purchased = carted & (draws[2] < _sigmoid(spec.purchase_logit - price_term))

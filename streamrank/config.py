@@ -17,6 +17,8 @@ from typing import Any, get_type_hints
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
+LABEL_POLICIES = ("window", "fake_negative")
+FAKE_NEGATIVE_MODES = ("fnw", "fnc", "none", "window")
 
 
 class ConfigError(ValueError):
@@ -57,6 +59,10 @@ class Settings:
     cooc_top_m: int = 100
     # Clicks/purchases within this long after an impression label it.
     attribution_window_ms: int = HOUR_MS
+    # How the worker emits samples (docs/delayed-feedback.md): "window", one sample per impression when its
+    # window closes; "fake_negative", a negative at impression time, the impression again as a positive when
+    # it is clicked (or carted, bought), and the final labels at the window's close (for evaluation).
+    label_policy: str = "window"
     # Scenario statistics: the recent window and its bucket width.
     stats_window_ms: int = DAY_MS
     stats_bucket_ms: int = HOUR_MS
@@ -124,6 +130,13 @@ class Settings:
     # events carry them (the MovieLens producer writes "age:<bucket>"); every other scenario is served by
     # the shared "other" branch. Changing it needs a fresh model (the branches are fixed at creation).
     train_scenarios: str = ""
+    # How the trainer learns from a fake_negative stream: "fnw" (fake negative weighted, importance weights
+    # 1 + p on positives and (1 - p)(1 + p) on negatives), "fnc" (fake negative calibrated: plain log loss,
+    # scores p = b / (1 - b)) or "none" (the biased labels as they come); Ktena et al., RecSys 2019.
+    # "window" makes a trainer learn only the window-closed emissions of such a stream (today's behaviour).
+    train_fake_negative: str = "fnw"
+    # Predictions waiting for their final labels (fake_negative: scored when the window closes), at most.
+    prequential_pending: int = 500_000
     # When set, the trainer appends every prediction it makes before learning (sample id, impression time,
     # label, probability) to this TSV file, for offline analysis of the prequential run.
     prediction_log: str = ""
@@ -218,7 +231,8 @@ class Settings:
             "user_cache_size", "click_retention_ms", "add_to_cart_retention_ms", "purchase_retention_ms",
             "max_future_skew_ms", "train_batch_size", "checkpoint_every_steps", "prequential_window",
             "vocab_ttl_ms", "vocab_expire_every_ms", "train_lr", "checkpoint_every_s",
-            "train_batch_within_s", "train_passes", "serve_poll_s", "serve_torch_threads", "serve_max_inflight",
+            "train_batch_within_s", "train_passes", "prequential_pending",
+            "serve_poll_s", "serve_torch_threads", "serve_max_inflight",
             "serve_timeout_s", "serve_max_candidates", "serve_max_k", "serve_max_behaviors",
             "serve_max_query_chars",
         ]
@@ -231,6 +245,11 @@ class Settings:
                      "serve_port", "serve_metrics_port", "serve_grace_s", "serve_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.label_policy not in LABEL_POLICIES:
+            raise ConfigError(f"label_policy must be one of {', '.join(LABEL_POLICIES)}, got {self.label_policy!r}")
+        if self.train_fake_negative not in FAKE_NEGATIVE_MODES:
+            raise ConfigError(f"train_fake_negative must be one of {', '.join(FAKE_NEGATIVE_MODES)}, "
+                              f"got {self.train_fake_negative!r}")
         if self.train_row_optimizer not in ("adam", "adagrad"):
             raise ConfigError(f"train_row_optimizer must be adam or adagrad, got {self.train_row_optimizer!r}")
         if not 0 < self.guardrail_alpha < 1:

@@ -111,9 +111,9 @@ def test_a_non_finite_loss_skips_the_batch_and_is_never_published(settings: Sett
     real_loss = offline.ranking_loss
     calls = [0]
 
-    def poisoned(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def poisoned(logits: torch.Tensor, labels: torch.Tensor, fnw_rows: torch.Tensor | None = None) -> torch.Tensor:
         calls[0] += 1
-        loss = real_loss(logits, labels)
+        loss = real_loss(logits, labels, fnw_rows)
         return loss * float("nan") if calls[0] == 3 else loss
 
     monkeypatch.setattr(offline, "ranking_loss", poisoned)

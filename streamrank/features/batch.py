@@ -83,6 +83,9 @@ class Batch:
     items: ItemSide
     owner: Tensor  # (N,) long, row of `users` for each candidate
     labels: Tensor | None = None  # (N,) float
+    # (N,) bool: rows labelled under the fake_negative policy whose loss takes the FNW importance weights
+    # (streamrank.train.losses.ranking_loss); None: none of them
+    fnw_rows: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -102,16 +105,18 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         """Move every tensor to `device`."""
         labels = None if self.labels is None else self.labels.to(device)
-        return Batch(self.users.to(device), self.items.to(device), self.owner.to(device), labels)
+        fnw = None if self.fnw_rows is None else self.fnw_rows.to(device)
+        return Batch(self.users.to(device), self.items.to(device), self.owner.to(device), labels, fnw)
 
     def per_candidate(self) -> Batch:
         """The same batch with the user side repeated per candidate (owner becomes arange)."""
         users = self.users.index(self.owner)
         owner = torch.arange(len(self.items), device=self.owner.device)
-        return Batch(users, self.items, owner, self.labels)
+        return Batch(users, self.items, owner, self.labels, self.fnw_rows)
 
     def select(self, rows: Tensor) -> Batch:
         """Candidate rows `rows` with their users (one user row per selected candidate)."""
         users = self.users.index(self.owner.index_select(0, rows))
         labels = None if self.labels is None else self.labels.index_select(0, rows)
-        return Batch(users, self.items.index(rows), torch.arange(len(rows), device=rows.device), labels)
+        fnw = None if self.fnw_rows is None else self.fnw_rows.index_select(0, rows)
+        return Batch(users, self.items.index(rows), torch.arange(len(rows), device=rows.device), labels, fnw)

@@ -24,6 +24,7 @@ from streamrank.features.tensorize import Tensorizer
 from streamrank.models.factory import Ranker
 from streamrank.models.ranking.artifact import model_from_files
 from streamrank.registry.store import Registry, RegistryError
+from streamrank.train.losses import fnc_probability
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,11 +45,16 @@ class LoadedRanker:
     tensorizer: Tensorizer
     checksum: str
     loaded_at: float = field(default_factory=time.time)
+    # "fnc": the model learned fake negatives by plain log loss, so its outputs b become p = b / (1 - b)
+    calibration: str = ""
 
     def score(self, context: RequestContext, candidates: list[Candidate]) -> np.ndarray:
         """Click probabilities of the candidates for one request (user side and gate computed once)."""
         batch = self.tensorizer.encode_request(context, candidates, grow=False)
-        return self.model.score_request(batch).numpy()
+        probs = self.model.score_request(batch)
+        if self.calibration == "fnc":
+            probs = fnc_probability(probs)
+        return probs.numpy()
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,11 @@ def load_ranker(registry: Registry, version: int) -> LoadedRanker:
     """Reads, verifies and rebuilds a ranking version; raises RegistryError / IncompatibleVersion."""
     (model, preset), info = _rebuild(registry, version, "ranking model", model_from_files)
     _check_inputs(registry, version, model.spec)
-    loaded = LoadedRanker(registry.model, version, preset, model, Tensorizer(model.spec), info.checksum)
+    calibration = info.meta.get("calibration", "")
+    if calibration not in ("", "fnc"):
+        raise IncompatibleVersion(f"{registry.model} v{version}: unknown score calibration {calibration!r}")
+    loaded = LoadedRanker(registry.model, version, preset, model, Tensorizer(model.spec), info.checksum,
+                          calibration=calibration)
     scores = loaded.score(*smoke_context())
     if scores.shape != (2,) or not np.all(np.isfinite(scores)) or scores.min() < 0 or scores.max() > 1:
         raise IncompatibleVersion(f"{registry.model} v{version}: smoke request gave {scores!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streamrank.config import Settings
-from streamrank.stream.userstate import PendingRequest, UserState
+from streamrank.stream.userstate import PendingImpression, PendingRequest, UserState
 from streamrank.v1 import features_pb2
 
 
@@ -15,37 +15,61 @@ def _fill_sequence(seq: features_pb2.BehaviorSequence, items: list[str], types: 
     seq.categories.extend(cats)
 
 
-def sample_messages(user_id: str, request_id: str, req: PendingRequest) -> list[tuple[bytes, bytes]]:
-    """One serialized TrainingSample per impression of a closed request, keyed by user."""
-    key = user_id.encode()
-    out: list[tuple[bytes, bytes]] = []
-    # The point-in-time part is the same for every impression of the request: build it once.
+def _request_template(user_id: str, request_id: str, req: PendingRequest, policy: int) -> features_pb2.TrainingSample:
+    """The point-in-time part shared by every impression of a request (built once per request)."""
     template = features_pb2.TrainingSample(
         user_id=user_id, request_id=request_id, session_id=req.session_id, scenario=req.scenario,
-        query=req.query, impression_ts_ms=req.ts_ms,
+        query=req.query, impression_ts_ms=req.ts_ms, label_policy=policy,  # type: ignore[arg-type]
     )
     _fill_sequence(template.behaviors, req.seq_items, req.seq_types, req.seq_ts, req.seq_cats)
-    for item_id, imp in req.impressions.items():
-        sample = features_pb2.TrainingSample()
-        sample.CopyFrom(template)
-        sample.sample_id = imp.event_id
-        sample.item_id = item_id
-        sample.position = imp.position
+    return template
+
+
+def _impression_sample(template: features_pb2.TrainingSample, item_id: str, imp: PendingImpression,
+                       emission: int, emitted_ts_ms: int) -> bytes:
+    sample = features_pb2.TrainingSample()
+    sample.CopyFrom(template)
+    sample.sample_id = imp.event_id
+    sample.item_id = item_id
+    sample.position = imp.position
+    sample.emission = emission  # type: ignore[assignment]
+    sample.emitted_ts_ms = emitted_ts_ms
+    if emission != features_pb2.EMISSION_IMPRESSION:  # a provisional emission has every label false
         click, atc, purchase = imp.labels
         sample.labels.click = click
         sample.labels.add_to_cart = atc
         sample.labels.purchase = purchase
-        attrs = sample.item
-        attrs.category = imp.category
-        attrs.brand = imp.brand
-        attrs.shop = imp.shop
-        if imp.price is not None:
-            attrs.price = imp.price
-        counts = sample.counts
-        (counts.item_impressions, counts.item_clicks, counts.item_purchases,
-         counts.user_item_clicks, counts.user_category_clicks) = imp.counts
-        out.append((key, sample.SerializeToString()))
-    return out
+    attrs = sample.item
+    attrs.category = imp.category
+    attrs.brand = imp.brand
+    attrs.shop = imp.shop
+    if imp.price is not None:
+        attrs.price = imp.price
+    counts = sample.counts
+    (counts.item_impressions, counts.item_clicks, counts.item_purchases,
+     counts.user_item_clicks, counts.user_category_clicks) = imp.counts
+    return sample.SerializeToString()
+
+
+def sample_messages(user_id: str, request_id: str, req: PendingRequest,
+                    policy: int = features_pb2.LABEL_POLICY_WINDOW, emitted_ts_ms: int = 0
+                    ) -> list[tuple[bytes, bytes]]:
+    """One serialized TrainingSample per impression of a request whose window closed (final labels), keyed
+    by user. Under either policy these carry the full features, so a window-policy trainer can learn from a
+    fake_negative stream."""
+    key = user_id.encode()
+    template = _request_template(user_id, request_id, req, policy)
+    return [(key, _impression_sample(template, item_id, imp, features_pb2.EMISSION_WINDOW_CLOSED, emitted_ts_ms))
+            for item_id, imp in req.impressions.items()]
+
+
+def emission_message(user_id: str, request_id: str, req: PendingRequest, item_id: str, emission: int,
+                     emitted_ts_ms: int) -> tuple[bytes, bytes]:
+    """One fake_negative emission of one impression (EMISSION_IMPRESSION or EMISSION_POSITIVE), with the
+    impression's point-in-time features, exactly as its window-closed sample will carry them."""
+    template = _request_template(user_id, request_id, req, features_pb2.LABEL_POLICY_FAKE_NEGATIVE)
+    return user_id.encode(), _impression_sample(template, item_id, req.impressions[item_id], emission,
+                                                emitted_ts_ms)
 
 
 def user_snapshot(user: UserState, settings: Settings) -> bytes:

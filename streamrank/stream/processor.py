@@ -17,10 +17,10 @@ from streamrank.config import Settings
 from streamrank.events.types import CLICK, IMPRESSION, TYPE_INDEX
 from streamrank.events.validate import PROCESSING_ERROR, InvalidEvent, decode_event
 from streamrank.stream.aggregates import CoocCounts, ScenarioStats
-from streamrank.stream.encode import cooc_update, item_stats_record, sample_messages, user_snapshot
+from streamrank.stream.encode import cooc_update, emission_message, item_stats_record, sample_messages, user_snapshot
 from streamrank.stream.store import StateStore
 from streamrank.stream.userstate import PendingImpression, PendingRequest, UserState
-from streamrank.v1 import events_pb2
+from streamrank.v1 import events_pb2, features_pb2
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,10 @@ class BatchProcessor:
             for request_id, req in user.pending.items():
                 self._schedule(user.partition, req.ts_ms, user.user_id, request_id)
         self.catalog = store.catalog_cache
+        # fake_negative: impressions go out at once as negatives and again as positives when clicked
+        self.fake_negative = settings.label_policy == "fake_negative"
+        self.policy = (features_pb2.LABEL_POLICY_FAKE_NEGATIVE if self.fake_negative
+                       else features_pb2.LABEL_POLICY_WINDOW)
 
     # ------------------------------------------------------------------------------------------
     def _remember(self, user: UserState) -> None:
@@ -138,7 +142,7 @@ class BatchProcessor:
                 if user.is_duplicate(event.event_id, event.ts_ms, settings):
                     result.duplicates += 1
                     continue
-                self._apply(event, user, record.partition)
+                self._apply(event, user, record.partition, result)
                 touched[user.user_id] = user
                 self._close_due(record.partition, event.ts_ms, result, touched)
                 result.processed += 1
@@ -180,7 +184,7 @@ class BatchProcessor:
             return "", "", "", None
         return item.category, item.brand, "", item.price if item.HasField("price") else None
 
-    def _apply(self, event: events_pb2.Event, user: UserState, partition: int) -> None:
+    def _apply(self, event: events_pb2.Event, user: UserState, partition: int, result: BatchResult) -> None:
         settings = self.settings
         etype = event.type
         ts = event.ts_ms
@@ -204,11 +208,19 @@ class BatchProcessor:
                     (item_counts[0], item_counts[1], item_counts[3],
                      user.item_clicks.get(event.item_id, 0), user.category_clicks.get(category, 0)),
                 )
+                if self.fake_negative:
+                    result.samples.append(emission_message(user.user_id, request_id, req, event.item_id,
+                                                           features_pb2.EMISSION_IMPRESSION, ts))
+                    result.counters["emissions.impression"] += 1
             self.stats.add(event.scenario, event.item_id, etype, ts)
             return
         user.totals[TYPE_INDEX[etype]] += 1
         self.stats.add(event.scenario, event.item_id, etype, ts)
-        user.attribute(etype, event.item_id, event.request_id, ts, settings)
+        labelled = user.label_open(etype, event.item_id, event.request_id, ts, settings)
+        if labelled is not None and labelled[2] and self.fake_negative:
+            result.samples.append(emission_message(user.user_id, labelled[0], labelled[1], event.item_id,
+                                                   features_pb2.EMISSION_POSITIVE, ts))
+            result.counters["emissions.positive"] += 1
         category = self._category(event)[0]
         partners = user.cooc_partners(ts, event.session_id, event.item_id, settings)
         if partners:
@@ -231,5 +243,5 @@ class BatchProcessor:
             if req is None:
                 continue
             touched[user_id] = user
-            result.samples.extend(sample_messages(user.user_id, request_id, req))
+            result.samples.extend(sample_messages(user.user_id, request_id, req, self.policy, watermark))
             result.counters["samples"] += len(req.impressions)

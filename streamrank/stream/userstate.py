@@ -158,29 +158,36 @@ class UserState:
             _bump(self.category_clicks, category)
 
     def attribute(self, etype: int, item_id: str, request_id: str, ts_ms: int, settings: Settings) -> bool:
-        """Labels the pending impression this interaction answers; False when none is open for it.
+        """Labels the pending impression this interaction answers; False when none is open for it."""
+        return self.label_open(etype, item_id, request_id, ts_ms, settings) is not None
+
+    def label_open(self, etype: int, item_id: str, request_id: str, ts_ms: int, settings: Settings
+                   ) -> tuple[str, PendingRequest, bool] | None:
+        """Labels the pending impression this interaction answers: (request id, request, whether the label
+        was newly set), or None when no impression of the item is open for it.
 
         With a request_id the click must belong to that request; without one, the newest open
         impression of the same item within the attribution window gets it.
         """
         label = LABEL_INDEX[etype]
         window = settings.attribution_window_ms
+        found: tuple[str, PendingRequest] | None = None
         if request_id:
             req = self.pending.get(request_id)
             if req is not None and item_id in req.impressions and req.ts_ms <= ts_ms <= req.ts_ms + window:
-                req.impressions[item_id].labels[label] = True
-                return True
-            return False
-        best: PendingRequest | None = None
-        for req in self.pending.values():
-            if item_id in req.impressions and req.ts_ms <= ts_ms <= req.ts_ms + window and (
-                best is None or req.ts_ms >= best.ts_ms
-            ):
-                best = req
-        if best is None:
-            return False
-        best.impressions[item_id].labels[label] = True
-        return True
+                found = (request_id, req)
+        else:
+            for rid, req in self.pending.items():
+                if item_id in req.impressions and req.ts_ms <= ts_ms <= req.ts_ms + window and (
+                    found is None or req.ts_ms >= found[1].ts_ms
+                ):
+                    found = (rid, req)
+        if found is None:
+            return None
+        labels = found[1].impressions[item_id].labels
+        new = not labels[label]
+        labels[label] = True
+        return found[0], found[1], new
 
 
 def _bump(counter: dict[str, int], key: str) -> None:

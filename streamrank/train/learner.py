@@ -32,6 +32,8 @@ from streamrank.features.tensorize import Tensorizer
 from streamrank.features.vocab import advance_clock, expire_all, vocab_stats
 from streamrank.models.factory import Ranker, build_model, is_scenario_preset, model_from_config, same_architecture
 from streamrank.models.layers import drain_recycled
+from streamrank.train.label_policy import FAKE_NEGATIVE, IMPRESSION, POSITIVE, PendingScores, route
+from streamrank.train.losses import fnc_probability
 from streamrank.train.offline import pick_device, train_step_with_output
 from streamrank.train.optim import ModelOptimizer
 from streamrank.train.prequential import PrequentialWindow
@@ -62,12 +64,17 @@ class PreparedBatch:
 
     received: int  # samples handed in (duplicates included)
     fresh: list[features_pb2.TrainingSample]
+    keys: list[str]  # what each fresh sample is deduplicated and counted by (sample id, "+label" for positives)
     stamps: list[int]  # impression times of the fresh samples
     now: int  # newest impression time of the batch
     batch: Batch | None
     recycled: dict[str, list[int]]  # per vocabulary, rows this batch's encoding handed to new ids
     generation: int  # the learner's vocabulary generation it was encoded against (a restore starts a new one)
     replay_batch: Batch | None = None  # drawn from the replay buffer (samples learned before this batch)
+    # fake_negative streams: the fresh rows whose prediction waits for its final label (provisional
+    # negatives), and the window-closed emissions that bring final labels (not learned from)
+    waiting: np.ndarray | None = None
+    finals: list[features_pb2.TrainingSample] | None = None
 
 
 def _crc(sample_id: str) -> int:
@@ -97,6 +104,10 @@ class OnlineLearner:
         self.replay_paused = False
         self.replay_paused_batches = 0
         self.window = PrequentialWindow(settings.prequential_window)
+        # fake_negative: predictions made on provisional negatives, scored when their final labels arrive
+        self.pending = PendingScores(settings.prequential_pending)
+        self.fake_negative_learned = 0  # samples of fake_negative streams learned (FNC calibrates their scores)
+        self.not_learned = 0  # emissions this learner does not learn from (another policy's, another label's)
         self.steps = 0
         self.learned = 0
         # Sum of crc32(sample_id) over every sample learned, mod 2^64: order-independent, checkpointed,
@@ -149,19 +160,21 @@ class OnlineLearner:
         self.restores += 1
 
     # -- learning -----------------------------------------------------------------------------------
-    def _dedupe(self, samples: list[features_pb2.TrainingSample]) -> list[features_pb2.TrainingSample]:
-        fresh = []
+    def _dedupe(self, samples: list[features_pb2.TrainingSample], keys: list[str]
+                ) -> tuple[list[features_pb2.TrainingSample], list[str]]:
+        fresh, fresh_keys = [], []
         recent, recent_set = self._recent, self._recent_set
-        for s in samples:
-            if s.sample_id in recent_set:
+        for s, key in zip(samples, keys, strict=True):
+            if key in recent_set:
                 self.duplicates += 1
                 continue
             if len(recent) == recent.maxlen:
                 recent_set.discard(recent[0])
-            recent.append(s.sample_id)
-            recent_set.add(s.sample_id)
+            recent.append(key)
+            recent_set.add(key)
             fresh.append(s)
-        return fresh
+            fresh_keys.append(key)
+        return fresh, fresh_keys
 
     def learn(self, samples: list[features_pb2.TrainingSample]) -> StepReport:
         """Scores the batch with the current model (prequential), then learns from it."""
@@ -187,16 +200,19 @@ class OnlineLearner:
                 yield self.apply(pending.result())
 
     def prepare(self, samples: list[features_pb2.TrainingSample]) -> PreparedBatch:
-        """Stage 1: drop duplicates, expire and grow the vocabularies, tensorise. Calls must not overlap
-        each other (they own the vocabularies); they may overlap `apply` of the previous batch."""
-        fresh = self._dedupe(samples)
+        """Stage 1: route by label policy, drop duplicates, expire and grow the vocabularies, tensorise. Calls
+        must not overlap each other (they own the vocabularies); they may overlap `apply` of the previous batch."""
+        routed, keys, finals, skipped = route(samples, self.settings.train_fake_negative, self.model.spec.label)
+        self.not_learned += skipped
+        fresh, keys = self._dedupe(routed, keys)
+        duplicates = len(routed) - len(fresh)
         if not fresh:
-            return PreparedBatch(len(samples), [], [], 0, None, {}, self.generation)
+            return PreparedBatch(duplicates, [], [], [], 0, None, {}, self.generation, finals=finals)
         stamps = [s.impression_ts_ms for s in fresh]
-        return self._encode(len(samples), fresh, stamps, max(stamps))
+        return self._encode(len(fresh) + duplicates, fresh, keys, stamps, max(stamps), finals)
 
-    def _encode(self, received: int, fresh: list[features_pb2.TrainingSample], stamps: list[int],
-                now: int) -> PreparedBatch:
+    def _encode(self, received: int, fresh: list[features_pb2.TrainingSample], keys: list[str], stamps: list[int],
+                now: int, finals: list[features_pb2.TrainingSample] | None = None) -> PreparedBatch:
         generation = self.generation  # read before the tensorizer: a restore replaces it, then counts
         tensorizer = self.tensorizer
         spec = tensorizer.spec
@@ -204,6 +220,12 @@ class OnlineLearner:
         advance_clock(spec, now)
         group = getattr(self.model, "groups_user_rows", False)
         batch = tensorizer.encode_samples(fresh, grow=True, group_users=group)
+        waiting = None
+        if any(s.label_policy == FAKE_NEGATIVE for s in fresh):
+            waiting = np.array([s.emission == IMPRESSION for s in fresh])
+            self.fake_negative_learned += sum(s.label_policy == FAKE_NEGATIVE for s in fresh)
+            if self.settings.train_fake_negative == "fnw":
+                batch.fnw_rows = torch.tensor([s.label_policy == FAKE_NEGATIVE for s in fresh])
         # Replay draws from samples learned before this batch (their tensors), then the batch joins the buffer
         # stamped with the clock its ids were stamped with (what lets expiry drop exactly the stale rows).
         replay_batch = None
@@ -212,18 +234,19 @@ class OnlineLearner:
         else:
             replay_batch = self.replay.draw(round(self.settings.train_replay_ratio * len(fresh)))
         self.replay.add(batch, min(v.clock for v in spec.vocabs.values() if v.clock is not None))
-        return PreparedBatch(received, fresh, stamps, now, batch, drain_recycled(spec), generation, replay_batch)
+        return PreparedBatch(received, fresh, keys, stamps, now, batch, drain_recycled(spec), generation, replay_batch,
+                             waiting, finals)
 
     def apply(self, prepared: PreparedBatch) -> StepReport:
         """Stage 2: bring the tables in line, predict (test), then learn (train) from a prepared batch."""
         p = prepared
         if p.batch is None:
-            return StepReport(0, p.received, False, False, float("nan"))
+            return StepReport(0, p.received, False, False, float("nan"), self._score_finals(p.finals, None))
         if p.generation != self.generation:  # encoded against vocabularies a restore discarded
             # its prepare (in learn_stream's thread) may have added rows of those vocabularies after the
             # restore emptied the buffer: empty it again, then encode against the restored ones
             self.replay.clear()
-            p = self._encode(p.received, p.fresh, p.stamps, p.now)
+            p = self._encode(p.received, p.fresh, p.keys, p.stamps, p.now, p.finals)
         assert p.batch is not None
         self.model.sync_vocab(self.optimizer, p.recycled)
         batch = p.batch.to(self.device)
@@ -240,9 +263,7 @@ class OnlineLearner:
             self._extra_steps(batch, p.replay_batch)
         assert batch.labels is not None
         labels = batch.labels.float().cpu().numpy()
-        self.window.add(probs, labels)
-        ids = [s.sample_id for s in p.fresh]
-        predictions = (ids, p.stamps, labels, probs)
+        predictions = self._score(p, labels, probs)
         duplicates = p.received - len(p.fresh)
         skipped = bool(logs.get("skipped_non_finite"))
         if skipped:
@@ -257,9 +278,46 @@ class OnlineLearner:
             return StepReport(0, duplicates, True, restored, float("nan"), predictions)
         self.steps += 1
         self.learned += len(p.fresh)
-        self.learned_hash = (self.learned_hash + sum(_crc(i) for i in ids)) % (1 << 64)
+        self.learned_hash = (self.learned_hash + sum(_crc(k) for k in p.keys)) % (1 << 64)
         self.trained_through_ms = max(self.trained_through_ms, p.now)
         return StepReport(len(p.fresh), duplicates, False, False, logs["loss_rank"], predictions)
+
+    def _score(self, p: PreparedBatch, labels: np.ndarray, probs: np.ndarray
+               ) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
+        """Prequential bookkeeping of a batch's predictions (made before it learned): final labels go to the
+        window now; provisional negatives wait in `pending` for theirs; positive emissions are not scored
+        again (their impression was, as a negative). Returns what reached the window."""
+        if p.waiting is None:  # a window-policy batch: every label is final
+            scored = (p.keys, p.stamps, labels, probs)
+            self.window.add(probs, labels)
+            return scored
+        is_positive = np.array([s.emission == POSITIVE for s in p.fresh])
+        final_now = ~p.waiting & ~is_positive
+        if self.settings.train_fake_negative == "fnc":
+            probs = fnc_probability(torch.from_numpy(probs)).numpy()
+        waiting = np.flatnonzero(p.waiting)
+        self.pending.put([p.fresh[i].sample_id for i in waiting], probs[waiting])
+        now = np.flatnonzero(final_now)
+        if len(now):
+            self.window.add(probs[now], labels[now])
+        scored = ([p.keys[i] for i in now], [p.stamps[i] for i in now], labels[now], probs[now])
+        return self._score_finals(p.finals, scored)
+
+    def _score_finals(self, finals: list[features_pb2.TrainingSample] | None,
+                      scored: tuple[list[str], list[int], np.ndarray, np.ndarray] | None
+                      ) -> tuple[list[str], list[int], np.ndarray, np.ndarray] | None:
+        """Scores the waiting predictions that the window-closed emissions bring final labels for."""
+        if not finals:
+            return scored
+        label = self.model.spec.label
+        probs, found = self.pending.pop([s.sample_id for s in finals])
+        rows = [finals[i] for i in found]
+        final_labels = np.array([float(getattr(s.labels, label)) for s in rows], dtype=np.float32)
+        if len(rows):
+            self.window.add(probs, final_labels)
+        ids, stamps, ys, ps = scored or ([], [], np.zeros(0, np.float32), np.zeros(0, np.float32))
+        return ([*ids, *(s.sample_id for s in rows)], [*stamps, *(s.impression_ts_ms for s in rows)],
+                np.concatenate([ys, final_labels]), np.concatenate([ps, probs]))
 
     def _extra_steps(self, batch: Batch, replay_batch: Batch | None) -> None:
         """The remedies after the fresh step: more passes over the batch, then one step on replayed samples.
@@ -301,7 +359,9 @@ class OnlineLearner:
                 "samples_learned": float(self.learned), "steps": float(self.steps),
                 "duplicates": float(self.duplicates), "non_finite_batches": float(self.non_finite_batches),
                 "restores": float(self.restores), "expired_ids": float(self.expired_ids),
-                "replayed": float(self.replayed), "replay_paused_batches": float(self.replay_paused_batches)}
+                "replayed": float(self.replayed), "replay_paused_batches": float(self.replay_paused_batches),
+                "not_learned": float(self.not_learned), "pending_scores": float(len(self.pending)),
+                "pending_dropped": float(self.pending.dropped)}
 
     def state(self) -> dict[str, Any]:
         """Everything needed to resume exactly here."""
@@ -312,11 +372,13 @@ class OnlineLearner:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "window": self.window.state(),
+            "pending": self.pending.state(),
             "counters": {"steps": self.steps, "learned": self.learned, "learned_hash": self.learned_hash,
                          "duplicates": self.duplicates, "non_finite_batches": self.non_finite_batches,
                          "restores": self.restores, "trained_through_ms": self.trained_through_ms,
                          "last_expiry_ms": self.last_expiry_ms, "expired_ids": self.expired_ids,
-                         "replayed": self.replayed, "replay_paused_batches": self.replay_paused_batches},
+                         "replayed": self.replayed, "replay_paused_batches": self.replay_paused_batches,
+                         "not_learned": self.not_learned, "fake_negative_learned": self.fake_negative_learned},
         }
 
     @classmethod
@@ -333,6 +395,8 @@ class OnlineLearner:
             log.warning("the checkpoint's optimizer state does not fit this optimizer (%s): it restarts; "
                         "weights, vocabularies and offsets are resumed", exc)
         learner.window = PrequentialWindow.from_state(state["window"])
+        if "pending" in state:  # checkpoints before the fake_negative policy have none
+            learner.pending = PendingScores.from_state(settings.prequential_pending, state["pending"])
         for key, value in state["counters"].items():
             setattr(learner, key, value)
         learner.mark_good()

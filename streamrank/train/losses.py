@@ -16,9 +16,28 @@ from streamrank.features.batch import Batch
 from streamrank.models.ranking.moe import RankingModel
 
 
-def ranking_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Binary cross-entropy of the click/purchase label (Eq. 1)."""
-    return F.binary_cross_entropy_with_logits(logits, labels)
+def ranking_loss(logits: Tensor, labels: Tensor, fnw_rows: Tensor | None = None) -> Tensor:
+    """Binary cross-entropy of the click/purchase label (Eq. 1); on `fnw_rows` (fake_negative samples),
+    fake negative weighted (`fnw_weights`)."""
+    if fnw_rows is None:
+        return F.binary_cross_entropy_with_logits(logits, labels)
+    weight = torch.where(fnw_rows, fnw_weights(logits, labels), torch.ones_like(logits))
+    return F.binary_cross_entropy_with_logits(logits, labels, weight=weight)
+
+
+def fnw_weights(logits: Tensor, labels: Tensor) -> Tensor:
+    """FNW's importance weights (Ktena et al., RecSys 2019): under fake negatives every positive is also
+    seen as a negative, so the observed distribution is b(1|x) = p/(1+p), b(0|x) = 1/(1+p); weighting each
+    sample by p(y|x)/b(y|x) gives 1 + p on a positive and (1 - p)(1 + p) on a negative, with p the model's
+    own prediction, held constant (no gradient flows through the weights)."""
+    p = torch.sigmoid(logits.detach())
+    return torch.where(labels > 0.5, 1.0 + p, (1.0 - p) * (1.0 + p))
+
+
+def fnc_probability(probs: Tensor) -> Tensor:
+    """FNC's calibration (Ktena et al.): a model trained by plain log loss on fake-negative data estimates
+    b = p/(1+p), so p = b/(1-b), clipped to [0, 1]."""
+    return (probs / (1.0 - probs).clamp_min(1e-6)).clamp(0.0, 1.0)
 
 
 def mask_behaviours(hist_mask: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:

@@ -201,21 +201,21 @@ def train_step_with_output(model: Ranker, batch: Batch, optimizer: Optimizer,
     Returns the losses and the batch's logits from the step's own forward pass, detached: computed with the
     weights before the update, so for a model without train/eval differences (`train_eval_identical`) they
     are the test-then-train prediction and no second forward is needed.
-    Loss: BCE, plus the auxiliary head's BCE (weight aux_weight) when the model has one (SAML), plus
-    lambda * L_cl when the model's config enables contrastive learning; `user_keys` (N,), one per
-    candidate, identify users so that CL negatives come from other users (default: the encoded user ids). A batch
-    whose loss or gradients are not finite is skipped before the optimizer step (logs carry
-    "skipped_non_finite"), so the weights never see it.
+    Loss: BCE (FNW-weighted on `batch.fnw_rows`), plus the auxiliary head's BCE (weight aux_weight) when the
+    model has one (SAML), plus lambda * L_cl when the model's config enables contrastive learning;
+    `user_keys` (N,), one per candidate, identify users so that CL negatives come from other users (default:
+    the encoded user ids). A batch whose loss or gradients are not finite is skipped before the optimizer
+    step (logs carry "skipped_non_finite"), so the weights never see it.
     """
     assert batch.labels is not None
     model.train()
     out = model(batch)
     logits = out.logits.detach()
-    loss_rank = ranking_loss(out.logits, batch.labels)
+    loss_rank = ranking_loss(out.logits, batch.labels, batch.fnw_rows)
     loss = loss_rank
     logs = {"loss_rank": float(loss_rank.detach())}
     if isinstance(model, ScenarioModel) and out.aux_logits is not None:  # SAML's auxiliary network: own BCE
-        loss_aux = ranking_loss(out.aux_logits, batch.labels)
+        loss_aux = ranking_loss(out.aux_logits, batch.labels, batch.fnw_rows)
         loss = loss + model.cfg.aux_weight * loss_aux
         logs["loss_aux"] = float(loss_aux.detach())
     if isinstance(model, RankingModel) and model.cfg.cl_weight > 0 and out.gate is not None:

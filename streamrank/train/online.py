@@ -77,6 +77,7 @@ class OnlineTrainer:
         self._steps_at_checkpoint = self.learner.steps
         self._last_publish = 0.0
         self._seen_at_publish = self.learner.window.seen
+        self._learned_at_publish = self.learner.learned
         self.stop_event = threading.Event()
         self.progress = ProgressLog(log, settings.progress_every_s, base=self._progress_counters())
 
@@ -168,17 +169,21 @@ class OnlineTrainer:
         s = self.settings
         if self.publisher is None or time.monotonic() - self._last_publish < s.publish_every_s:
             return
-        # A candidate is judged on what it predicted since the last publication only: a window that still
-        # holds older, better predictions would let a regression through (and let the bar creep down).
-        fresh = self.learner.window.seen - self._seen_at_publish
-        if fresh < min(s.min_samples_to_publish, s.prequential_window):
+        # Offered once enough was learned since the last publication; judged on what it predicted since then
+        # only (a window that still holds older, better predictions would let a regression through and let the
+        # bar creep down). Under fake_negative a prediction is scored only when its window closes, so the
+        # scored samples may be few or none: too little evidence publishes (registry.guardrail).
+        if self.learner.learned - self._learned_at_publish < min(s.min_samples_to_publish, s.prequential_window):
             return
         if not self.learner.weights_finite():
             log.error("weights are not finite: nothing published")
             return
+        fresh = min(self.learner.window.seen - self._seen_at_publish, self.learner.window.filled)
         self._last_publish = time.monotonic()
         self._seen_at_publish = self.learner.window.seen
+        self._learned_at_publish = self.learner.learned
         recent = self.learner.window.metrics(last=fresh)
+        calibration = {"calibration": "fnc"} if self._fnc_scores() else {}
         positives = round(recent["positive_rate"] * recent["window"]) if recent["window"] else 0
         metrics = {**self.learner.metrics(), "prequential_auc": recent["auc"], "prequential_logloss": recent["logloss"],
                    "prequential_samples": recent["window"], "prequential_positives": float(positives),
@@ -186,12 +191,17 @@ class OnlineTrainer:
         meta = {
             "preset": self.preset, "metrics": metrics, "offsets": dict(self.offsets),
             "samples_learned": self.learner.learned, "steps": self.learner.steps,
-            "trained_through_ms": self.learner.trained_through_ms,
+            "trained_through_ms": self.learner.trained_through_ms, **calibration,
         }
         if self.publisher(model_files(self.learner.model, self.preset), meta):
             self.published.append(self.learner.steps)
         else:
             self.blocked += 1
+
+    def _fnc_scores(self) -> bool:
+        """Whether this version's scores must be calibrated by FNC at serving (learned fake negatives by plain
+        log loss under `train_fake_negative = "fnc"`)."""
+        return self.settings.train_fake_negative == "fnc" and self.learner.fake_negative_learned
 
     def _progress_counters(self) -> dict[str, float]:
         learner = self.learner

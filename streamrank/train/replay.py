@@ -35,12 +35,15 @@ _ITEM = [f.name for f in fields(ItemSide)]
 
 
 def batch_columns(batch: Batch) -> dict[str, torch.Tensor]:
-    """The batch as named row columns, one user row per candidate (`u.`/`i.` prefixes, and `labels`)."""
+    """The batch as named row columns, one user row per candidate (`u.`/`i.` prefixes, `labels` and
+    `fnw_rows`, all False when the batch has none, so that every batch has the same columns)."""
     rows = batch if batch.owner_is_identity else batch.per_candidate()
     out = {f"u.{n}": getattr(rows.users, n) for n in _USER}
     out.update({f"i.{n}": getattr(rows.items, n) for n in _ITEM})
     if batch.labels is not None:
         out["labels"] = batch.labels
+    fnw = batch.fnw_rows
+    out["fnw_rows"] = torch.zeros(len(batch), dtype=torch.bool, device=batch.owner.device) if fnw is None else fnw
     return out
 
 
@@ -48,7 +51,7 @@ def columns_batch(cols: dict[str, torch.Tensor]) -> Batch:
     """Inverse of `batch_columns` (owner = arange)."""
     users = UserSide(**{n: cols[f"u.{n}"] for n in _USER})
     items = ItemSide(**{n: cols[f"i.{n}"] for n in _ITEM})
-    return Batch(users, items, torch.arange(len(items)), cols.get("labels"))
+    return Batch(users, items, torch.arange(len(items)), cols.get("labels"), cols.get("fnw_rows"))
 
 
 class ReplayBuffer:

@@ -1,11 +1,28 @@
 from streamrank.v1 import events_pb2 as _events_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class LabelPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LABEL_POLICY_WINDOW: _ClassVar[LabelPolicy]
+    LABEL_POLICY_FAKE_NEGATIVE: _ClassVar[LabelPolicy]
+
+class Emission(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EMISSION_WINDOW_CLOSED: _ClassVar[Emission]
+    EMISSION_IMPRESSION: _ClassVar[Emission]
+    EMISSION_POSITIVE: _ClassVar[Emission]
+LABEL_POLICY_WINDOW: LabelPolicy
+LABEL_POLICY_FAKE_NEGATIVE: LabelPolicy
+EMISSION_WINDOW_CLOSED: Emission
+EMISSION_IMPRESSION: Emission
+EMISSION_POSITIVE: Emission
 
 class BehaviorSequence(_message.Message):
     __slots__ = ("item_ids", "types", "ts_ms", "categories")
@@ -80,7 +97,7 @@ class ContextCounts(_message.Message):
     def __init__(self, item_impressions: _Optional[int] = ..., item_clicks: _Optional[int] = ..., item_purchases: _Optional[int] = ..., user_item_clicks: _Optional[int] = ..., user_category_clicks: _Optional[int] = ...) -> None: ...
 
 class TrainingSample(_message.Message):
-    __slots__ = ("sample_id", "user_id", "item_id", "request_id", "session_id", "position", "scenario", "query", "impression_ts_ms", "labels", "behaviors", "item", "counts")
+    __slots__ = ("sample_id", "user_id", "item_id", "request_id", "session_id", "position", "scenario", "query", "impression_ts_ms", "labels", "behaviors", "item", "counts", "label_policy", "emission", "emitted_ts_ms")
     SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +111,9 @@ class TrainingSample(_message.Message):
     BEHAVIORS_FIELD_NUMBER: _ClassVar[int]
     ITEM_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_POLICY_FIELD_NUMBER: _ClassVar[int]
+    EMISSION_FIELD_NUMBER: _ClassVar[int]
+    EMITTED_TS_MS_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     user_id: str
     item_id: str
@@ -107,7 +127,10 @@ class TrainingSample(_message.Message):
     behaviors: BehaviorSequence
     item: _events_pb2.ItemAttributes
     counts: ContextCounts
-    def __init__(self, sample_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., position: _Optional[int] = ..., scenario: _Optional[str] = ..., query: _Optional[str] = ..., impression_ts_ms: _Optional[int] = ..., labels: _Optional[_Union[Labels, _Mapping]] = ..., behaviors: _Optional[_Union[BehaviorSequence, _Mapping]] = ..., item: _Optional[_Union[_events_pb2.ItemAttributes, _Mapping]] = ..., counts: _Optional[_Union[ContextCounts, _Mapping]] = ...) -> None: ...
+    label_policy: LabelPolicy
+    emission: Emission
+    emitted_ts_ms: int
+    def __init__(self, sample_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., position: _Optional[int] = ..., scenario: _Optional[str] = ..., query: _Optional[str] = ..., impression_ts_ms: _Optional[int] = ..., labels: _Optional[_Union[Labels, _Mapping]] = ..., behaviors: _Optional[_Union[BehaviorSequence, _Mapping]] = ..., item: _Optional[_Union[_events_pb2.ItemAttributes, _Mapping]] = ..., counts: _Optional[_Union[ContextCounts, _Mapping]] = ..., label_policy: _Optional[_Union[LabelPolicy, str]] = ..., emission: _Optional[_Union[Emission, str]] = ..., emitted_ts_ms: _Optional[int] = ...) -> None: ...
 
 class CoocUpdate(_message.Message):
     __slots__ = ("item_id", "neighbor_ids", "deltas", "producer", "batch", "ts_ms")
