@@ -134,8 +134,9 @@ def start_trainer(settings: Settings, model: str, log_path: Path | None = None,
 
 
 def start_scorer(settings: Settings, log_path: Path | None = None,
-                 ready_timeout_s: float = 300) -> subprocess.Popen[bytes]:
-    """Starts `streamrank serve` with these settings and waits until its health check says SERVING.
+                 ready_timeout_s: float = 300, wait: bool = True) -> subprocess.Popen[bytes]:
+    """Starts `streamrank serve` with these settings and (with `wait`) waits until its health check says
+    SERVING, which it does once its default model has a version.
 
     settings.serve_port must be a real port (not 0): the caller connects to it.
     """
@@ -147,6 +148,8 @@ def start_scorer(settings: Settings, log_path: Path | None = None,
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
     proc = subprocess.Popen([sys.executable, "-m", "streamrank.cli", "serve"], env=settings_env(settings),
                             stdout=out, stderr=subprocess.STDOUT)
+    if not wait:
+        return proc
     deadline = time.monotonic() + ready_timeout_s
     with tls_channel(f"{settings.serve_host}:{settings.serve_port}", settings.serve_tls_ca_file) as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import itertools
 import json
@@ -12,9 +11,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any
+from typing import Any, NamedTuple
 
-from streamrank.bench.trainbench_common import DOCS, machine, percentile
+from streamrank.bench.freshness_served import RankProbe, ServedAt, first_covering
+from streamrank.bench.trainbench_common import machine, percentile
 from streamrank.config import Settings, load_settings
 from streamrank.v1 import events_pb2, features_pb2
 
@@ -24,27 +24,10 @@ def freshness_ms(samples: Sequence[tuple[int, int, int]],
     """Freshness of each sample: when the first version trained on it was created, minus its impression time.
 
     samples: (partition, offset, impression_ts_ms) of samples-topic records. versions: (offsets, created_ms)
-    of registry versions, where offsets maps partition (int or str, as JSON leaves it) to the next offset
-    of that partition the version had consumed. A version covers a sample when offsets[partition] > the
-    sample's offset; the first covering version in creation order counts. None where no version covers it.
+    of registry versions (`first_covering`). None where no version covers it.
     """
-    covers: dict[int, tuple[list[int], list[int]]] = {}
-    for offsets, created in sorted(versions, key=lambda v: v[1]):
-        for part, next_offset in offsets.items():
-            marks, times = covers.setdefault(int(part), ([], []))
-            # A running maximum, so that bisect finds the first version (in time) past the offset.
-            marks.append(max(int(next_offset), marks[-1] if marks else -1))
-            times.append(int(created))
-    out: list[int | None] = []
-    for part, offset, ts in samples:
-        entry = covers.get(int(part))
-        if entry is None:
-            out.append(None)
-            continue
-        marks, times = entry
-        i = bisect.bisect_right(marks, offset)  # first index whose mark > offset
-        out.append(times[i] - ts if i < len(marks) else None)
-    return out
+    found = first_covering([(p, o) for p, o, _ in samples], [(off, created, 0) for off, created in versions])
+    return [None if f is None else f[0] - ts for f, (_, _, ts) in zip(found, samples, strict=True)]
 
 
 class LiveTraffic:
@@ -74,6 +57,7 @@ class LiveTraffic:
         self.measure_end_ms = 0
         self.requests = 0
         self.clicks = 0
+        self.click_ts: dict[str, int] = {}  # request id -> when its click was sent
 
     def __iter__(self) -> Iterator[events_pb2.Event]:
         rng = random.Random(self.seed)
@@ -107,6 +91,7 @@ class LiveTraffic:
                 click = heapq.heappop(pending)[2]
                 click.ts_ms = ts
                 self.clicks += 1
+                self.click_ts[click.request_id] = ts
                 yield click
                 continue
             n = self.requests
@@ -136,8 +121,21 @@ class LiveTraffic:
             yield from events
 
 
-def read_samples(settings: Settings, ends: dict[int, int]) -> list[tuple[int, int, int, int]]:
-    """(partition, offset, impression_ts_ms, record timestamp ms) of every samples-topic record up to `ends`."""
+class SampleRow(NamedTuple):
+    """One samples-topic record, as freshness needs it."""
+
+    partition: int
+    offset: int
+    impression_ts_ms: int
+    record_ts_ms: int  # when the worker's producer sent it
+    emission: int
+    request_id: str
+    clicked: bool
+    emitted_ts_ms: int
+
+
+def read_samples(settings: Settings, ends: dict[int, int]) -> list[SampleRow]:
+    """Every samples-topic record up to `ends`."""
     from kafka import KafkaConsumer, TopicPartition
 
     topic = settings.topic("samples")
@@ -158,20 +156,22 @@ def read_samples(settings: Settings, ends: dict[int, int]) -> list[tuple[int, in
                     if rec.offset >= ends[rec.partition]:
                         continue
                     sample.ParseFromString(rec.value)
-                    out.append((rec.partition, rec.offset, sample.impression_ts_ms, rec.timestamp))
+                    out.append(SampleRow(rec.partition, rec.offset, sample.impression_ts_ms, rec.timestamp,
+                                         sample.emission, sample.request_id, sample.labels.click,
+                                         sample.emitted_ts_ms))
         return out
     finally:
         consumer.close()
 
 
-def _versions(settings: Settings, model: str) -> list[tuple[dict[str, int], int]]:
+def _versions(settings: Settings, model: str) -> list[tuple[dict[str, int], int, int]]:
     from streamrank.registry.store import Registry
 
     registry = Registry(settings.registry_root(), model)
     out = []
     for v in registry.list_versions():
         info = registry.info(v)
-        out.append((info.meta.get("offsets", {}), info.created_ms))
+        out.append((info.meta.get("offsets", {}), info.created_ms, v))
     return out
 
 
@@ -182,11 +182,42 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def measured_rows(rows: Sequence[SampleRow], policy: str, click_ts: Mapping[str, int], start_ms: int,
+                  end_ms: int) -> tuple[list[tuple[SampleRow, int]], list[tuple[SampleRow, int]]]:
+    """(every sample, the positives), each row with the time its freshness counts from, in [start, end).
+
+    Every sample: its first learnable emission (fake_negative: the provisional negative; window: the
+    window-closed sample), from the impression. Positives: the emission that first carries the click
+    (fake_negative: the positive emission, from the click it answers; window: the window-closed sample
+    with its click, from the click as the traffic sent it)."""
+    first = features_pb2.EMISSION_IMPRESSION if policy == "fake_negative" else features_pb2.EMISSION_WINDOW_CLOSED
+    every = [(r, r.impression_ts_ms) for r in rows if r.emission == first]
+    if policy == "fake_negative":
+        positives = [(r, r.emitted_ts_ms) for r in rows if r.emission == features_pb2.EMISSION_POSITIVE and r.clicked]
+    else:
+        positives = [(r, click_ts[r.request_id]) for r, _ in every if r.clicked and r.request_id in click_ts]
+    keep = [(r, t) for r, t in every if start_ms <= t < end_ms]
+    return keep, [(r, t) for r, t in positives if start_ms <= t < end_ms]
+
+
+def served_ms(rows: Sequence[tuple[SampleRow, int]], versions: Sequence[tuple[dict[str, int], int, int]],
+              served_at: ServedAt) -> list[tuple[int, int] | None]:
+    """Per row: (ms to the first version that learned it, ms to the first Rank answer with that version or a
+    later one), or None while either is missing."""
+    found = first_covering([(r.partition, r.offset) for r, _ in rows], versions)
+    out: list[tuple[int, int] | None] = []
+    for (_, t), f in zip(rows, found, strict=True):
+        served = None if f is None else served_at(f[1])
+        out.append(None if f is None or served is None else (f[0] - t, served - t))
+    return out
+
+
 def freshness_run(settings: Settings, model: str, rate: float, warmup_s: float, duration_s: float,
                   drain_s: float, seed: int = 0, progress: bool = True) -> dict:
-    """One run: worker + trainer as processes, live traffic, then every measured sample's freshness."""
+    """One run: worker, trainer and scorer as processes, live traffic and a Rank probe, then every measured
+    sample's time to its first version and to the first Rank answer with it (`served_ms`)."""
     from streamrank.events.producer import produce_events
-    from streamrank.pipeline import end_offsets, start_trainer, start_worker, stop_worker
+    from streamrank.pipeline import end_offsets, start_scorer, start_trainer, start_worker, stop_worker
     from streamrank.registry.store import Registry
     from streamrank.topics import ensure_topics
     from streamrank.train.online import trainer_dir
@@ -194,13 +225,16 @@ def freshness_run(settings: Settings, model: str, rate: float, warmup_s: float, 
     ensure_topics(settings)
     data = Path(settings.data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    logs = {"worker": data / "worker.log", "trainer": data / "trainer.log"}
-    worker = start_worker(settings, logs["worker"])
-    trainer = start_trainer(settings, model, logs["trainer"])
+    logs = {name: data / f"{name}.log" for name in ("worker", "trainer", "scorer")}
+    procs = {"worker": start_worker(settings, logs["worker"]),
+             "trainer": start_trainer(settings, model, logs["trainer"]),
+             "scorer": start_scorer(settings, logs["scorer"], wait=False)}
     registry = Registry(settings.registry_root(), model)
+    probe = RankProbe(f"{settings.serve_host}:{settings.serve_port}", model)
+    probe.start()
 
     def check() -> None:
-        for name, proc in (("worker", worker), ("trainer", trainer)):
+        for name, proc in procs.items():
             if proc.poll() is not None:
                 raise RuntimeError(f"the {name} exited with code {proc.returncode}:\n{_tail(logs[name])}")
 
@@ -215,169 +249,130 @@ def freshness_run(settings: Settings, model: str, rate: float, warmup_s: float, 
     at_start: dict[str, Any] = {}
 
     def ready() -> bool:
-        if registry.latest_version() is None:
+        if registry.latest_version() is None or not probe.newest_version:
             return False
         at_start.update(trainer_status())  # the guardrail's count when the measured interval begins
         return True
 
-    window_s = settings.attribution_window_ms / 1000
-    traffic = LiveTraffic(rate, warmup_s, duration_s, tail_s=window_s + 3.0, click_delay_s=0.75 * window_s,
-                          ready=ready, check=check, seed=seed)
+    policy = settings.label_policy
+    tail_s = 3.0 + (settings.attribution_window_ms / 1000 if policy == "window" else 0.0)
+    traffic = LiveTraffic(rate, warmup_s, duration_s, tail_s=tail_s, click_delay_s=1.5, ready=ready, check=check,
+                          seed=seed)
     try:
         report = produce_events(settings, traffic, progress=False, strict=True)
         if progress:
             print(f"  produced {report.sent:,} events ({report.rate:,.0f}/s); measuring "
                   f"{duration_s:.0f}s from {traffic.measure_start_ms}", flush=True)
         time.sleep(settings.batch_within_s + 1.0)  # the worker's last batch reaches the samples topic
-        ends = end_offsets(settings, settings.topic("samples"))
-        rows = [r for r in read_samples(settings, ends)
-                if traffic.measure_start_ms <= r[2] < traffic.measure_end_ms]
-        keys = [(p, o, ts) for p, o, ts, _ in rows]
+        rows = read_samples(settings, end_offsets(settings, settings.topic("samples")))
+        every, positives = measured_rows(rows, policy, traffic.click_ts, traffic.measure_start_ms,
+                                         traffic.measure_end_ms)
         deadline = time.monotonic() + drain_s
         while True:
             check()
-            fresh = freshness_ms(keys, _versions(settings, model))
-            if all(f is not None for f in fresh) or time.monotonic() > deadline:
+            versions = _versions(settings, model)
+            served_at = ServedAt(list(probe.responses))
+            fresh = served_ms(every, versions, served_at)
+            fresh_pos = served_ms(positives, versions, served_at)
+            if all(f is not None for f in fresh + fresh_pos) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
     finally:
-        stop_worker(trainer)
-        stop_worker(worker)
+        probe.stop()
+        for name in ("scorer", "trainer", "worker"):
+            stop_worker(procs[name])
     status = trainer_status()
-    covered = [(f, r) for f, r in zip(fresh, rows, strict=True) if f is not None]
-    values = [f for f, _ in covered]
-    to_topic = [r[3] - r[2] for _, r in covered]
-    to_version = [f - (r[3] - r[2]) for f, r in covered]
-    versions = _versions(settings, model)
-    in_window = sorted(c for _, c in versions if traffic.measure_start_ms <= c < traffic.measure_end_ms)
-    gaps = [b - a for a, b in itertools.pairwise(in_window)]
+    return {**_summary(fresh, fresh_pos, [r for r, _ in every]), "events_sent": report.sent,
+            "events_per_s": report.rate, "requests": traffic.requests, "clicks": traffic.clicks,
+            "samples_per_s": len(every) / duration_s, "probes": len(probe.responses), "probe_failures": probe.failures,
+            "versions": sum(c >= traffic.measure_start_ms for _, c, _ in versions), "versions_total": len(versions),
+            "blocked": status.get("blocked", 0) - at_start.get("blocked", 0),
+            "prequential_auc": status.get("metrics", {}).get("prequential_auc"),
+            "samples_learned": status.get("metrics", {}).get("samples_learned")}
+
+
+def _summary(fresh: list[tuple[int, int] | None], fresh_pos: list[tuple[int, int] | None],
+             rows: list[SampleRow]) -> dict[str, float]:
+    """Percentiles of one run (ms): to the version, to the served answer, for every sample and for positives."""
+    covered = [f for f in fresh if f is not None]
+    pos = [f for f in fresh_pos if f is not None]
+    to_topic = [r.record_ts_ms - r.impression_ts_ms for r in rows]
     return {
-        "events_sent": report.sent, "events_per_s": report.rate, "requests": traffic.requests,
-        "clicks": traffic.clicks, "samples": len(rows), "covered": len(values), "not_covered": len(rows) - len(values),
-        "samples_per_s": len(rows) / duration_s,
-        "p50_ms": percentile(values, 50), "p95_ms": percentile(values, 95),
-        "max_ms": float(max(values)) if values else float("nan"),
-        "mean_ms": float(statistics.mean(values)) if values else float("nan"),
-        "to_topic_p50_ms": percentile(to_topic, 50), "to_topic_p95_ms": percentile(to_topic, 95),
-        "to_version_p50_ms": percentile(to_version, 50), "to_version_p95_ms": percentile(to_version, 95),
-        "versions": sum(c >= traffic.measure_start_ms for _, c in versions), "versions_total": len(versions),
-        "version_gap_median_ms": statistics.median(gaps) if gaps else float("nan"),
-        "blocked": status.get("blocked", 0) - at_start.get("blocked", 0), "blocked_total": status.get("blocked"),
-        "prequential_auc": status.get("metrics", {}).get("prequential_auc"),
-        "samples_learned": status.get("metrics", {}).get("samples_learned"),
+        "samples": len(fresh), "covered": len(covered), "not_covered": len(fresh) - len(covered),
+        "positives": len(fresh_pos), "positives_not_covered": len(fresh_pos) - len(pos),
+        "p50_ms": percentile([v for v, _ in covered], 50), "p95_ms": percentile([v for v, _ in covered], 95),
+        "served_p50_ms": percentile([s for _, s in covered], 50),
+        "served_p95_ms": percentile([s for _, s in covered], 95),
+        "served_max_ms": float(max((s for _, s in covered), default=float("nan"))),
+        "positives_served_p50_ms": percentile([s for _, s in pos], 50),
+        "positives_served_p95_ms": percentile([s for _, s in pos], 95),
+        "pickup_p50_ms": percentile([s - v for v, s in covered], 50),
+        "to_topic_p50_ms": percentile(to_topic, 50),
+        "mean_served_ms": float(statistics.mean(s for _, s in covered)) if covered else float("nan"),
     }
 
 
-def freshness_settings(broker: str, data_dir: Path, run: int, guardrail_margin: float | None = None) -> Settings:
-    """The latency-tuned settings of a freshness run (shared by the worker and the trainer via env vars)."""
+def freshness_settings(broker: str, data_dir: Path, run: str, policy: str, window_ms: int, model: str = "din",
+                       guardrail_margin: float | None = None) -> Settings:
+    """The latency-tuned settings of a freshness run (shared by worker, trainer and scorer via env vars)."""
+    from streamrank.broker import free_port
+
     overrides: dict[str, Any] = {
         "bootstrap_servers": broker, "topic_prefix": f"fresh{run}.", "worker_id": f"fresh-worker-{run}",
-        "data_dir": str(data_dir), "batch_within_s": 0.2, "attribution_window_ms": 2000,
+        "data_dir": str(data_dir), "batch_within_s": 0.2, "attribution_window_ms": window_ms, "label_policy": policy,
         "train_batch_within_s": 0.5, "checkpoint_every_s": 2.0, "publish_every_s": 2.0,
         "min_samples_to_publish": 200, "registry_keep": 100_000,  # every version stays, to be looked up
+        "serve_port": free_port(), "serve_metrics_port": 0, "serve_retrieval": "", "serve_models": model, "serve_poll_s": 0.25,
+        "train_torch_threads": 1,
     }
     if guardrail_margin is not None:
         overrides["guardrail_margin"] = guardrail_margin
     return load_settings(**overrides)
 
 
-SETTING_NAMES = ("attribution_window_ms", "batch_within_s", "batch_size", "train_batch_size", "train_batch_within_s",
-                 "checkpoint_every_s", "checkpoint_every_steps", "publish_every_s", "min_samples_to_publish",
-                 "guardrail_margin", "partitions")
+SETTING_NAMES = ("batch_within_s", "batch_size", "train_batch_size", "train_batch_within_s", "checkpoint_every_s",
+                 "checkpoint_every_steps", "publish_every_s", "min_samples_to_publish", "guardrail_margin",
+                 "train_fake_negative", "train_torch_threads", "serve_poll_s", "partitions")
+# (label policy, attribution window ms) measured; the window policy with 1 h is derived (see write_freshness)
+CASES = (("fake_negative", 3_600_000), ("fake_negative", 2_000), ("window", 2_000))
+KEYS = ("served_p50_ms", "served_p95_ms", "positives_served_p50_ms", "positives_served_p95_ms", "p50_ms", "p95_ms",
+        "pickup_p50_ms", "to_topic_p50_ms", "events_per_s")
 
 
-def run_freshness(model: str = "din", runs: int = 3, rate: float = 800.0, warmup_s: float = 30.0,
+def run_freshness(model: str = "din", runs: int = 2, rate: float = 800.0, warmup_s: float = 30.0,
                   duration_s: float = 60.0, drain_s: float = 30.0, guardrail_margin: float | None = None,
-                  progress: bool = True) -> dict:
-    """All freshness runs on one embedded broker (a fresh topic prefix and data dir each)."""
+                  cases: Sequence[tuple[str, int]] = CASES, progress: bool = True) -> dict:
+    """Every (policy, window) case `runs` times on one embedded broker (a fresh topic prefix and data dir each)."""
     from streamrank.broker import EmbeddedBroker
 
-    rows: list[dict] = []
+    out: dict[str, dict[str, Any]] = {}
     settings: Settings | None = None
     with TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
-        for i in range(runs):
-            settings = freshness_settings(broker.bootstrap_servers, Path(tmp) / f"run{i}", i, guardrail_margin)
-            row = {"run": i + 1, **freshness_run(settings, model, rate, warmup_s, duration_s, drain_s, seed=i,
-                                                 progress=progress)}
-            rows.append(row)
-            if progress:
-                print(f"run {i + 1}/{runs}: freshness p50 {row['p50_ms']:,.0f} ms, p95 {row['p95_ms']:,.0f} ms, "
-                      f"max {row['max_ms']:,.0f} ms over {row['covered']:,} samples "
-                      f"({row['not_covered']} not covered); {row['versions']} versions, {row['blocked']} blocked",
-                      flush=True)
+        for policy, window_ms in cases:
+            rows = []
+            for i in range(runs):
+                name = f"{policy}-{window_ms}-{i}"
+                settings = freshness_settings(broker.bootstrap_servers, Path(tmp) / name, name.replace("_", ""),
+                                              policy, window_ms, model, guardrail_margin)
+                row = {"run": i + 1, **freshness_run(settings, model, rate, warmup_s, duration_s, drain_s, seed=i,
+                                                     progress=progress)}
+                rows.append(row)
+                if progress:
+                    print(f"{policy}, window {window_ms / 1000:g} s, run {i + 1}/{runs}: served p50 "
+                          f"{row['served_p50_ms']:,.0f} ms, p95 {row['served_p95_ms']:,.0f} ms, positives p95 "
+                          f"{row['positives_served_p95_ms']:,.0f} ms ({row['not_covered']} not covered); "
+                          f"{row['versions']} versions, {row['blocked']} blocked", flush=True)
+            case = {k: statistics.median(r[k] for r in rows) for k in KEYS}
+            out.setdefault(policy, {})[window_key(window_ms)] = {
+                **{f"{k[:-3]}_s": case[k] / 1000 for k in KEYS if k.endswith("_ms")},
+                "events_per_s": case["events_per_s"], "attribution_window_ms": window_ms, "derived": False,
+                "runs": rows}
     assert settings is not None
-    keys = ("p50_ms", "p95_ms", "max_ms", "to_topic_p50_ms", "to_version_p50_ms", "events_per_s", "samples_per_s")
-    return {
-        "model": model, "runs": rows, "rate": rate, "warmup_s": warmup_s, "duration_s": duration_s,
-        "settings": {k: getattr(settings, k) for k in SETTING_NAMES},
-        "median": {k: statistics.median(r[k] for r in rows) for k in keys},
-        "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-    }
+    return {"model": model, "policies": out, "rate": rate, "warmup_s": warmup_s, "duration_s": duration_s,
+            "runs": runs, "settings": {k: getattr(settings, k) for k in SETTING_NAMES},
+            "machine": machine(), "date": time.strftime("%Y-%m-%d")}
 
 
-def write_freshness(result: dict, command: str, out_dir: Path = DOCS) -> Path:
-    """Writes freshness.md and .json into out_dir; returns the markdown path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "freshness.json").write_text(json.dumps({**result, "command": command}, indent=1) + "\n")
-    s, med, m = result["settings"], result["median"], result["machine"]
-    window = s["attribution_window_ms"]
-    lines = [
-        "# Freshness: from an event to the first published version trained on it",
-        "",
-        f"Command: `{command}`  ",
-        f"Embedded broker (tansu), `streamrank worker` and `streamrank train --model {result['model']}` as child "
-        f"processes on CPU, {m['cpus']} CPUs shared by all of them and the producer; Python {m['python']}, "
-        f"torch {m['torch']}, {result['date']}.",
-        "",
-        f"Traffic: a live synthetic request stream at {result['rate']:,.0f} events/s (3 impressions per request, at "
-        f"most one click, 0.1-{0.75 * window / 1000:.1f} s later; clicks depend on the item's category and the "
-        f"user's favourite ones, see `LiveTraffic`), event time = produce time. After a warm-up (at least "
-        f"{result['warmup_s']:.0f} s and until the first version is out), the "
-        f"samples whose impressions fall in the next {result['duration_s']:.0f} s are measured: freshness = "
-        "creation time of the first registry version whose offsets cover the sample minus the impression's time.",
-        "",
-        "| run | events/s | samples | p50 | p95 | max | not covered | impression -> samples topic (p50) "
-        "| samples topic -> version (p50) | versions published (blocked) since the warm-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in result["runs"]:
-        lines.append(
-            f"| {r['run']} | {r['events_per_s']:,.0f} | {r['samples']:,} | {r['p50_ms'] / 1000:.2f} s | "
-            f"{r['p95_ms'] / 1000:.2f} s | {r['max_ms'] / 1000:.2f} s | {r['not_covered']:,} | "
-            f"{r['to_topic_p50_ms'] / 1000:.2f} s | {r['to_version_p50_ms'] / 1000:.2f} s | "
-            f"{r['versions']} ({r['blocked']}) |")
-    lines.append(
-        f"| **median** | {med['events_per_s']:,.0f} | | **{med['p50_ms'] / 1000:.2f} s** | "
-        f"**{med['p95_ms'] / 1000:.2f} s** | {med['max_ms'] / 1000:.2f} s | | {med['to_topic_p50_ms'] / 1000:.2f} s | "
-        f"{med['to_version_p50_ms'] / 1000:.2f} s | |")
-    lines += [
-        "",
-        "Where the time goes (the floor, from the settings below):",
-        "",
-        f"- attribution window, {window / 1000:.1f} s: a sample exists only once its impression's window has "
-        "closed, and a window closes when a later event of the same partition passes impression time + window "
-        "(at this rate, a few ms later);",
-        f"- the worker's micro-batch, up to {s['batch_within_s']} s, then its send to the samples topic. "
-        "Together with the window this is the *impression -> samples topic* column (the samples' record "
-        "timestamps, set by the worker's producer);",
-        f"- the trainer's micro-batch, up to {s['train_batch_within_s']} s (or {s['train_batch_size']} samples), "
-        "and its learn() step;",
-        f"- the checkpoint and publication interval, {s['checkpoint_every_s']} s / {s['publish_every_s']} s: a "
-        "version is published at a checkpoint, so a learned sample waits on average about half the interval, "
-        "plus writing the checkpoint and the version (fsync). These two are the *samples topic -> version* column.",
-        "",
-        "Versions blocked by the guardrail (prequential AUC over the samples since the last publication more than "
-        f"{s['guardrail_margin']} below the live version's) are not published; their samples count from the next "
-        "published version, so each block adds a publication interval to them. \"Not covered\": measured "
-        "samples that no version had consumed by the end of the run.",
-        "",
-        "| setting | value |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in s.items()],
-        "",
-    ]
-    path = out_dir / "freshness.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
+def window_key(window_ms: int) -> str:
+    """The JSON key of an attribution window: window_2s, window_3600s."""
+    return f"window_{window_ms / 1000:g}s"

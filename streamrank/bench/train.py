@@ -1,4 +1,5 @@
-"""Online training benchmarks: samples/s per model, and freshness from an event to the first version trained on it.
+"""Online training benchmarks: samples/s per model, and freshness from an event to the first Rank answer
+that learned it.
 
 throughput  In-process `OnlineLearner.learn()` (test-then-train: tensorize, score, train step) on real
             TrainingSamples of a MovieLens request stream. The samples come from the stream worker's own
@@ -8,19 +9,20 @@ throughput  In-process `OnlineLearner.learn()` (test-then-train: tensorize, scor
             `--warmup-batches` micro-batches untimed, then `--batches` timed ones, taken from the end of the
             stream (users with mature histories). samples/s = timed samples / time inside learn(); the
             median over the repetitions is reported, with a breakdown of where a batch's time goes.
-freshness   The embedded broker, `streamrank worker` and `streamrank train` as child processes, and a live
-            synthetic request stream (impressions, then a click on one of them a moment later) produced at a
-            fixed rate with event time = produce time. Every sample of the measured interval is read back
-            from the samples topic; its freshness is the creation time of the first registry version whose
-            offsets cover it (meta offsets[partition] > the sample's offset) minus the impression's time.
-            p50 / p95 / max per run, the samples no version covered, and the two stages (impression ->
-            sample in the samples topic; sample -> version) so the reader sees what dominates.
+freshness   The embedded broker, `streamrank worker`, `streamrank train` and `streamrank serve` as child
+            processes, a live synthetic request stream (impressions, then a click on one of them a moment
+            later) produced at a fixed rate with event time = produce time, and a Rank probe every 50 ms.
+            Per label policy and attribution window: every sample of the measured interval is read back from
+            the samples topic; its served freshness is the first Rank answer of the first registry version
+            whose offsets cover it (meta offsets[partition] > the sample's offset), or of a later one, minus
+            the impression's time (every sample) or the click's (positives). p50 / p95 per case, with the
+            time to the version's creation and the scorer's pick-up beside it (bench/freshness.py).
 
 Results go to docs/benchmarks/train-throughput.{md,json} and docs/benchmarks/freshness.{md,json}.
 
-    python -m streamrank.bench.train                          # both parts (about 8 minutes on 2 CPUs)
+    python -m streamrank.bench.train                          # both parts (about 20 minutes on 2 CPUs)
     python -m streamrank.bench.train --only throughput        # samples/s per model
-    python -m streamrank.bench.train --only freshness         # event -> published version
+    python -m streamrank.bench.train --only freshness         # event -> served version, per label policy
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ import json
 import sys
 from pathlib import Path
 
-from streamrank.bench.freshness import run_freshness, write_freshness
+from streamrank.bench.freshness import CASES, run_freshness
+from streamrank.bench.freshness_report import add_derived_window_hour, write_freshness
 from streamrank.bench.throughput import run_throughput, write_throughput
 from streamrank.bench.trainbench_common import DOCS, MODELS
 
@@ -58,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--notes", type=Path, help="a markdown file appended to train-throughput.md")
     g = parser.add_argument_group("freshness")
     g.add_argument("--model", default="din", help="the model the trainer learns")
-    g.add_argument("--runs", type=int, default=3)
+    g.add_argument("--runs", type=int, default=2, help="runs per (label policy, window) case")
+    g.add_argument("--policies", default="fake_negative,window",
+                   help="label policies measured (fake_negative: 1 h and 2 s windows; window: 2 s, 1 h derived)")
     g.add_argument("--rate", type=float, default=800.0, help="events/s of the live stream")
     g.add_argument("--warmup", type=float, default=30.0, help="minimum seconds of traffic before measuring")
     g.add_argument("--duration", type=float, default=60.0, help="seconds of measured traffic per run")
@@ -79,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             notes = args.notes.read_text() if args.notes else ""
             print(f"wrote {write_throughput(result, command, args.out, before, notes, before_replay)}")
     if args.only in (None, "freshness"):
+        cases = [(p, w) for p, w in CASES if p in args.policies.split(",")]
         result = run_freshness(args.model, args.runs, args.rate, args.warmup, args.duration, args.drain,
-                               args.guardrail_margin)
-        print(json.dumps(result["median"], indent=1))
+                               args.guardrail_margin, cases)
+        add_derived_window_hour(result)
+        print(json.dumps({p: {w: {k: v for k, v in c.items() if k.endswith("_s")} for w, c in cases.items()}
+                          for p, cases in result["policies"].items()}, indent=1))
         if not args.no_write:
             print(f"wrote {write_freshness(result, command, args.out)}")
     return 0
