@@ -139,9 +139,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             model_name, _, version = args.warm_start.partition(":")
             _, files = open_registry(settings, model_name).read(int(version) if version else None)
         warm, _ = model_from_files(files)
-    publisher = RegistryPublisher(settings, args.model)
+    name = args.name or args.model
+    publisher = RegistryPublisher(settings, name)
     try:
-        trainer = OnlineTrainer(settings, args.model, publisher=publisher, warm_start=warm)
+        trainer = OnlineTrainer(settings, args.model, publisher=publisher, warm_start=warm, name=name)
     except CheckpointError as exc:
         publisher.close()
         print(f"train: {exc}", file=sys.stderr)
@@ -154,7 +155,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if tuple(branches[1:]) != settings.scenario_list:
             print(f"note: the model's branches come from its checkpoint or warm start, not from train_scenarios="
                   f"{settings.train_scenarios!r} (branches are fixed when a model is created)", flush=True)
-    print(f"training {args.model} from {settings.topic('samples')}; registry {settings.registry_root()}", flush=True)
+    print(f"training {args.model} as {name} from {settings.topic('samples')}; registry {settings.registry_root()}",
+          flush=True)
     try:
         status = trainer.run(max_samples=args.max_samples, idle_exit_s=args.idle_exit)
     finally:
@@ -361,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "own, as events name them (e.g. age:18,age:25); others share one (setting train_scenarios)")
     p.add_argument("--warm-start", help="MODEL[:VERSION] from the registry, or a directory written by "
                    "streamrank.models.ranking.artifact.write_model_dir (an offline model), to start from")
+    p.add_argument("--name", help="registry name, checkpoint folder and consumer group (default: the preset), so "
+                   "that two trainers of one preset with other settings can run side by side")
     p.add_argument("--max-samples", type=int, help="stop after learning this many samples")
     p.add_argument("--idle-exit", type=float, help="stop after this many seconds without samples")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (setting train_metrics_port; 0 = off)")

@@ -157,3 +157,21 @@ def test_the_scorer_applies_fnc_calibration_of_a_version() -> None:
     calibrated = LoadedRanker("m", 1, "dnn", model, Tensorizer(model.spec), "x", calibration="fnc")
     b = plain.score(*smoke_context())
     assert calibrated.score(*smoke_context()) == pytest.approx(np.minimum(b / (1 - b), 1.0), rel=1e-5)
+
+
+def test_the_delayed_feedback_bench_scores_every_mode_on_the_same_impressions(tmp_path) -> None:
+    from streamrank.bench.delayed_feedback import evaluate, run_mode
+
+    imps, positives, finals = _fake_negative_stream(4000, seed=6)
+    # the worker's order: batches of impressions with their clicks, the window-closed emissions later
+    stream = [s for k in range(0, 4000, 500) for s in imps[k:k + 500] + [
+        p for p in positives if k <= int(p.sample_id[1:]) < k + 500]] + finals
+    settings = Settings(data_dir=str(tmp_path), train_batch_size=256)
+    rows = {mode: run_mode(settings, "dnn", stream, mode, seed=0) for mode in ("window", "fnw", "fnc")}
+    assert rows["window"]["learned"] == len(finals)
+    assert rows["fnw"]["learned"] == len(imps) + len(positives)
+    result = evaluate(rows)
+    assert result["scored"] == len(finals) and result["held_out"] >= len(finals) // 10
+    assert 0.6 < result["fnw"]["auc"] <= 1 and "vs_window" in result["fnw"] and "vs_window" not in result["window"]
+    assert result["fnc"]["vs_window"]["ci_low"] <= result["fnc"]["vs_window"]["difference"] <= \
+        result["fnc"]["vs_window"]["ci_high"]

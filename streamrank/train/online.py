@@ -50,11 +50,14 @@ class OnlineTrainer:
     """Consumes TrainingSamples for one model; resumable from its checkpoint."""
 
     def __init__(self, settings: Settings, preset: str, publisher: Publisher | None = None,
-                 warm_start: Ranker | None = None) -> None:
+                 warm_start: Ranker | None = None, name: str | None = None) -> None:
         self.settings = settings
         self.preset = preset
+        # The registry name, trainer directory and consumer group (default: the preset); two trainers of one
+        # preset with other settings (a label policy, a learning rate) run side by side under two names.
+        self.name = name or preset
         self.publisher = publisher
-        self.dir = trainer_dir(settings, preset)
+        self.dir = trainer_dir(settings, self.name)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = self.dir / "checkpoint.pt"
         state = load_checkpoint(self.checkpoint_path)
@@ -85,7 +88,7 @@ class OnlineTrainer:
     def run(self, max_samples: int | None = None, idle_exit_s: float | None = None) -> dict[str, Any]:
         """Trains until stopped (stop_event / SIGTERM), idle for idle_exit_s, or max_samples learned."""
         s = self.settings
-        feed = SampleFeed(s, f"trainer-{self.preset}", self.offsets)
+        feed = SampleFeed(s, f"trainer-{self.name}", self.offsets)
         if s.train_metrics_port and self._metrics_server is None:
             port, self._metrics_server = serve_metrics(self.metric_series, s.metrics_host, s.train_metrics_port)
             log.info("trainer metrics on %s:%d/metrics", s.metrics_host, port)
@@ -212,14 +215,14 @@ class OnlineTrainer:
         """The steady progress line: samples learned and their rate, lag, recent AUC, versions, replay."""
         auc = self.learner.window.metrics().get("auc", float("nan"))
         paused = rates["paused"] / rates["batches"] if rates["batches"] else 0.0
-        return (f"trainer {self.preset}: {int(counters['learned']):,} samples learned ({rates['learned']:,.0f}/s), "
+        return (f"trainer {self.name}: {int(counters['learned']):,} samples learned ({rates['learned']:,.0f}/s), "
                 f"lag {self.lag:,}, prequential AUC {auc:.4f}, versions published {len(self.published)}, "
                 f"blocked {self.blocked}, replay paused in {paused:.0%} of batches")
 
     def status(self) -> dict[str, Any]:
         """Counters, offsets and window metrics (also written to status.json)."""
         return {
-            "model": self.preset, "pid": os.getpid(), "offsets": {str(k): v for k, v in self.offsets.items()},
+            "model": self.name, "preset": self.preset, "pid": os.getpid(), "offsets": {str(k): v for k, v in self.offsets.items()},
             "metrics": self.learner.metrics(), "learned_hash": self.learner.learned_hash,
             "undecodable": self.undecodable, "checkpoints": self.checkpoints,
             "publications": len(self.published), "blocked": self.blocked,
@@ -228,7 +231,7 @@ class OnlineTrainer:
 
     def metric_series(self) -> list[Series]:
         """The trainer's Prometheus series (read at scrape time; `streamrank.observability`)."""
-        m, model = self.learner.metrics(), {"model": self.preset}
+        m, model = self.learner.metrics(), {"model": self.name}
         labels = ("model",)
 
         def one(name: str, help_: str, kind: str, value: float) -> Series:
