@@ -322,8 +322,8 @@ def freshness_settings(broker: str, data_dir: Path, run: str, policy: str, windo
         "data_dir": str(data_dir), "batch_within_s": 0.2, "attribution_window_ms": window_ms, "label_policy": policy,
         "train_batch_within_s": 0.5, "checkpoint_every_s": 2.0, "publish_every_s": 2.0,
         "min_samples_to_publish": 200, "registry_keep": 100_000,  # every version stays, to be looked up
-        "serve_port": free_port(), "serve_metrics_port": 0, "serve_retrieval": "", "serve_models": model, "serve_poll_s": 0.25,
-        "train_torch_threads": 1,
+        "serve_port": free_port(), "serve_metrics_port": 0, "serve_retrieval": "", "serve_models": model,
+        "serve_poll_s": 0.25, "train_torch_threads": 1,
     }
     if guardrail_margin is not None:
         overrides["guardrail_margin"] = guardrail_margin

@@ -222,7 +222,8 @@ class OnlineTrainer:
     def status(self) -> dict[str, Any]:
         """Counters, offsets and window metrics (also written to status.json)."""
         return {
-            "model": self.name, "preset": self.preset, "pid": os.getpid(), "offsets": {str(k): v for k, v in self.offsets.items()},
+            "model": self.name, "preset": self.preset, "pid": os.getpid(),
+            "offsets": {str(k): v for k, v in self.offsets.items()},
             "metrics": self.learner.metrics(), "learned_hash": self.learner.learned_hash,
             "undecodable": self.undecodable, "checkpoints": self.checkpoints,
             "publications": len(self.published), "blocked": self.blocked,
