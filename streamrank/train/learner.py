@@ -293,8 +293,9 @@ class OnlineLearner:
             return scored
         is_positive = np.array([s.emission == POSITIVE for s in p.fresh])
         final_now = ~p.waiting & ~is_positive
-        if self.settings.train_fake_negative == "fnc":
-            probs = fnc_probability(torch.from_numpy(probs)).numpy()
+        if self.settings.train_fake_negative == "fnc":  # the model learned b on fake-negative rows: p = b/(1-b)
+            fn_rows = np.array([s.label_policy == FAKE_NEGATIVE for s in p.fresh])
+            probs = np.where(fn_rows, fnc_probability(torch.from_numpy(probs)).numpy(), probs)
         waiting = np.flatnonzero(p.waiting)
         self.pending.put([p.fresh[i].sample_id for i in waiting], probs[waiting])
         now = np.flatnonzero(final_now)
