@@ -91,29 +91,39 @@ def run_ab(model: str, requests: int, rate: float, drift_period_s: float, seed: 
     return out
 
 
-def write_report(out_dir: Path, result: dict[str, Any]) -> Path:
-    """docs/benchmarks/delayed-feedback-ab.{md,json}."""
+def run_key(drift_period_s: float, seed: int) -> str:
+    """The JSON key of one run: drift_7200s_seed0."""
+    return f"drift_{drift_period_s:g}s_seed{seed}"
+
+
+def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
+    """docs/benchmarks/delayed-feedback-ab.{md,json}: every run kept (`report["runs"]`), one table row per run
+    and part."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "delayed-feedback-ab.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "delayed-feedback-ab.json").write_text(json.dumps(report, indent=1) + "\n")
+    runs = report["runs"]
+    first = next(iter(runs.values()))
     lines = [
         "# What freshness buys: fake_negative + FNW against the window policy, online A/B in a drifting world", "",
-        f"Command: `{result['command']}` ({result['date']}, CPU, {result['machine']['cpus']} cores)", "",
-        f"{result['requests']:,} requests of the synthetic world (seed {result['seed']}, preferences drifting every "
-        f"{result['drift_period_s']:g} s of event time; {result['event_time_h']:.1f} h of event time in "
-        f"{result['wall_s'] / 60:.1f} min of wall time at {result['rate']:g} requests/s), users split 50/50 between "
-        f"two {result['model'].upper()} trainers on the same fake_negative stream (1 h window): `window` learns each "
-        "impression when its window closes, `fnw` at once with the FNW correction. Both behind one scorer, "
-        "each model's versions published every 2 s. CTR = clicks / impressions with a per-user bootstrap 95% "
-        "interval; p: permutation test over users.", "",
-        "| part | CTR window | CTR fnw | fnw vs window | 95% interval of the difference | p | served by the "
-        "fallback (window / fnw) |", "|---|---:|---:|---:|---|---:|---|",
+        f"{first['requests']:,} requests of the synthetic world per run (preferences drifting every *drift* s of "
+        f"event time; {first['event_time_h']:.1f} h of event time in about {first['wall_s'] / 60:.0f} min of wall "
+        f"time at {first['rate']:g} requests/s), users split 50/50 between two {first['model'].upper()} trainers "
+        "on the same fake_negative stream (1 h window): `window` learns each impression when its window closes, "
+        "`fnw` at once with the FNW correction. Both behind one scorer, each model's versions published every "
+        "2 s. CTR = clicks / impressions with a per-user bootstrap 95% interval; p: permutation test over users. "
+        "Until a trainer's first version its arm is served by the fallback (random order).", "",
+        "| run | part | CTR window | CTR fnw | fnw vs window | 95% interval of the difference | p | served by the "
+        "fallback (window / fnw) |", "|---|---|---:|---:|---:|---|---:|---|",
     ]
-    for part, r in result["parts"].items():
-        lo, hi = r["diff_ci"]
-        fb = r["fallback_share"]
-        lines.append(f"| {part} | {r['ctr']['window']:.4f} | {r['ctr']['fnw']:.4f} | {r['relative']:+.1%} | "
-                     f"[{lo:+.4f}, {hi:+.4f}] | {r['p_value']:.3f} | {fb['window']:.0%} / {fb['fnw']:.0%} |")
-    lines.append("")
+    for run in runs.values():
+        for part, r in run["parts"].items():
+            lo, hi = r["diff_ci"]
+            fb = r["fallback_share"]
+            lines.append(f"| drift {run['drift_period_s']:g} s, seed {run['seed']} | {part} | "
+                         f"{r['ctr']['window']:.4f} | {r['ctr']['fnw']:.4f} | {r['relative']:+.1%} | "
+                         f"[{lo:+.4f}, {hi:+.4f}] | {r['p_value']:.3f} | {fb['window']:.0%} / {fb['fnw']:.0%} |")
+    lines += ["", "Commands (CPU, 2 cores):", "", *[f"- `{run['command']}` ({run['date']})" for run in runs.values()],
+              ""]
     path = out_dir / "delayed-feedback-ab.md"
     path.write_text("\n".join(lines))
     print("\n".join(lines))
@@ -139,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                    "machine": machine(), "date": time.strftime("%Y-%m-%d"),
                    "command": "python -m streamrank.bench.delayed_feedback_ab "
                               + " ".join(argv if argv is not None else sys.argv[1:])})
-    write_report(args.out, result)
+    path = args.out / "delayed-feedback-ab.json"
+    report = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    report["runs"][run_key(args.drift_period, args.seed)] = result
+    write_report(args.out, report)
     return 0
 
 
