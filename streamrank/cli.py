@@ -16,6 +16,7 @@ from streamrank.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
+
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(
         getattr(args, "config", None),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrank.bench.freshness import LiveTraffic, SampleRow, freshness_ms, measured_rows, served_ms
+from streamrank.bench.freshness import LiveTraffic, SampleRow, measured_rows, served_ms
 from streamrank.bench.freshness_report import add_derived_window_hour, write_freshness
 from streamrank.bench.freshness_served import ServedAt, first_covering
 from streamrank.bench.train import main
@@ -33,29 +33,29 @@ def test_throughput_part_writes_positive_figures(tmp_path: Path) -> None:
     assert not (tmp_path / "freshness.md").exists()
 
 
-def test_freshness_is_the_first_covering_version_minus_the_impression_time() -> None:
+def test_the_first_covering_version_is_found_per_partition() -> None:
     versions = [
-        ({"0": 10, "1": 2}, 2000),  # given out of order, and with JSON's string keys
-        ({0: 5, 1: 2}, 1000),
-        ({0: 12, 1: 3, 2: 1}, 3000),
+        ({"0": 10, "1": 2}, 2000, 2),  # given out of order, and with JSON's string keys
+        ({0: 5, 1: 2}, 1000, 1),
+        ({0: 12, 1: 3, 2: 1}, 3000, 3),
     ]
     samples = [
-        (0, 4, 100),    # covered by the first version (offset 4 < next offset 5)
-        (0, 5, 100),    # offset 5 is not in the first version's 5 (next offset): the second covers it
-        (0, 9, 1500),
-        (1, 2, 0),      # the first two versions stop before offset 2 of partition 1
-        (2, 0, 2500),   # partition 2 appears only in the third version
-        (2, 1, 2500),   # no version covers it
-        (3, 0, 0),      # a partition no version mentions
+        (0, 4),    # covered by the first version (offset 4 < next offset 5)
+        (0, 5),    # offset 5 is not in the first version's 5 (next offset): the second covers it
+        (0, 9),
+        (1, 2),    # the first two versions stop before offset 2 of partition 1
+        (2, 0),    # partition 2 appears only in the third version
+        (2, 1),    # no version covers it
+        (3, 0),    # a partition no version mentions
     ]
-    assert freshness_ms(samples, versions) == [900, 1900, 500, 3000, 500, None, None]
-    assert freshness_ms(samples, []) == [None] * len(samples)
-    assert freshness_ms([], versions) == []
+    assert first_covering(samples, versions) == [(1000, 1), (2000, 2), (2000, 2), (3000, 3), (3000, 3), None, None]
+    assert first_covering(samples, []) == [None] * len(samples)
+    assert first_covering([], versions) == []
 
 
-def test_freshness_takes_the_first_version_in_time_even_if_a_later_one_lists_less() -> None:
-    versions = [({0: 8}, 1000), ({0: 6}, 2000), ({0: 9}, 3000)]
-    assert freshness_ms([(0, 7, 0), (0, 8, 0)], versions) == [1000, 3000]
+def test_the_first_version_in_time_covers_even_if_a_later_one_lists_less() -> None:
+    versions = [({0: 8}, 1000, 1), ({0: 6}, 2000, 2), ({0: 9}, 3000, 3)]
+    assert first_covering([(0, 7), (0, 8)], versions) == [(1000, 1), (3000, 3)]
 
 
 def test_live_traffic_is_valid_and_clicks_follow_their_impressions() -> None:

@@ -222,12 +222,12 @@ def test_attribute_with_request_id_labels_only_that_request() -> None:
     u = UserState("u")
     open_request(u, "r1", T0, "a", "b")
     open_request(u, "r2", T0 + 100, "a")
-    assert u.attribute(CLICK, "a", "r1", T0 + 200, s) is True
+    assert u.label_open(CLICK, "a", "r1", T0 + 200, s) is not None
     assert labels(u, "r1", "a") == [True, False, False]
     assert labels(u, "r2", "a") == [False, False, False], "the newer request is not labelled"
     assert labels(u, "r1", "b") == [False, False, False]
-    assert u.attribute(BUY, "b", "r1", T0 + 300, s) is True
-    assert u.attribute(ATC, "b", "r1", T0 + 300, s) is True
+    assert u.label_open(BUY, "b", "r1", T0 + 300, s) is not None
+    assert u.label_open(ATC, "b", "r1", T0 + 300, s) is not None
     assert labels(u, "r1", "b") == [False, True, True]
 
 
@@ -236,13 +236,13 @@ def test_attribute_with_request_id_refuses_other_requests_items_and_times() -> N
     u = UserState("u")
     open_request(u, "r1", T0, "a")
     open_request(u, "r2", T0, "b")
-    assert u.attribute(CLICK, "a", "nope", T0 + 10, s) is False
-    assert u.attribute(CLICK, "b", "r1", T0 + 10, s) is False, "the item was not shown in r1"
-    assert u.attribute(CLICK, "a", "r1", T0 - 1, s) is False, "before the impression"
-    assert u.attribute(CLICK, "a", "r1", T0 + 1_001, s) is False, "after the window"
+    assert u.label_open(CLICK, "a", "nope", T0 + 10, s) is None
+    assert u.label_open(CLICK, "b", "r1", T0 + 10, s) is None, "the item was not shown in r1"
+    assert u.label_open(CLICK, "a", "r1", T0 - 1, s) is None, "before the impression"
+    assert u.label_open(CLICK, "a", "r1", T0 + 1_001, s) is None, "after the window"
     assert labels(u, "r1", "a") == [False, False, False]
     assert labels(u, "r2", "b") == [False, False, False]
-    assert u.attribute(CLICK, "a", "r1", T0 + 1_000, s) is True, "the window end is inclusive"
+    assert u.label_open(CLICK, "a", "r1", T0 + 1_000, s) is not None, "the window end is inclusive"
     assert labels(u, "r1", "a") == [True, False, False]
 
 
@@ -252,7 +252,7 @@ def test_attribute_without_request_id_newest_open_request_wins() -> None:
     open_request(u, "r2", T0 + 100, "a")
     open_request(u, "r1", T0, "a")
     open_request(u, "r3", T0 + 50, "z")
-    assert u.attribute(CLICK, "a", "", T0 + 200, s) is True
+    assert u.label_open(CLICK, "a", "", T0 + 200, s) is not None
     assert labels(u, "r2", "a") == [True, False, False]
     assert labels(u, "r1", "a") == [False, False, False]
 
@@ -262,7 +262,7 @@ def test_attribute_without_request_id_ignores_requests_opened_after_the_event() 
     u = UserState("u")
     open_request(u, "r1", T0, "a")
     open_request(u, "r2", T0 + 100, "a")
-    assert u.attribute(BUY, "a", "", T0 + 50, s) is True
+    assert u.label_open(BUY, "a", "", T0 + 50, s) is not None
     assert labels(u, "r1", "a") == [False, False, True]
     assert labels(u, "r2", "a") == [False, False, False]
 
@@ -273,13 +273,13 @@ def test_attribute_outside_the_attribution_window_is_not_attributed() -> None:
     open_request(u, "old", T0, "a")
     open_request(u, "new", T0 + 900, "a")
     # "new" is the newest; at T0 + 1_500 "old" is out of its window anyway.
-    assert u.attribute(CLICK, "a", "", T0 + 1_500, s) is True
+    assert u.label_open(CLICK, "a", "", T0 + 1_500, s) is not None
     assert labels(u, "new", "a") == [True, False, False]
     assert labels(u, "old", "a") == [False, False, False]
     # Outside every window: not attributed, nothing labelled.
-    assert u.attribute(BUY, "a", "", T0 + 1_901, s) is False
+    assert u.label_open(BUY, "a", "", T0 + 1_901, s) is None
     assert labels(u, "new", "a")[2] is False
-    assert u.attribute(CLICK, "unknown-item", "", T0 + 950, s) is False
+    assert u.label_open(CLICK, "unknown-item", "", T0 + 950, s) is None
 
 
 def test_attribute_tie_goes_to_the_request_opened_last() -> None:
@@ -287,7 +287,7 @@ def test_attribute_tie_goes_to_the_request_opened_last() -> None:
     u = UserState("u")
     open_request(u, "first", T0, "a")
     open_request(u, "second", T0, "a")
-    assert u.attribute(CLICK, "a", "", T0 + 10, s) is True
+    assert u.label_open(CLICK, "a", "", T0 + 10, s) is not None
     assert labels(u, "second", "a") == [True, False, False]
     assert labels(u, "first", "a") == [False, False, False]
 

@@ -62,7 +62,7 @@ def run_mode(settings: Settings, preset: str, stream: list[features_pb2.Training
         report = learner.learn(stream[start:start + size])
         if report.predictions is not None:
             i, t, y, p = report.predictions
-            ids += [k.split("\x1f")[0] for k in i]
+            ids += i  # scored rows are keyed by sample id (a positive emission is never scored)
             stamps += t
             ys.append(y)
             ps.append(p)

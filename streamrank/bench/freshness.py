@@ -8,7 +8,7 @@ import json
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any, NamedTuple
@@ -17,17 +17,6 @@ from streamrank.bench.freshness_served import RankProbe, ServedAt, first_coverin
 from streamrank.bench.trainbench_common import machine, percentile
 from streamrank.config import Settings, load_settings
 from streamrank.v1 import events_pb2, features_pb2
-
-
-def freshness_ms(samples: Sequence[tuple[int, int, int]],
-                 versions: Iterable[tuple[Mapping[Any, int], int]]) -> list[int | None]:
-    """Freshness of each sample: when the first version trained on it was created, minus its impression time.
-
-    samples: (partition, offset, impression_ts_ms) of samples-topic records. versions: (offsets, created_ms)
-    of registry versions (`first_covering`). None where no version covers it.
-    """
-    found = first_covering([(p, o) for p, o, _ in samples], [(off, created, 0) for off, created in versions])
-    return [None if f is None else f[0] - ts for f, (_, _, ts) in zip(found, samples, strict=True)]
 
 
 class LiveTraffic:

@@ -157,10 +157,6 @@ class UserState:
         if category:
             _bump(self.category_clicks, category)
 
-    def attribute(self, etype: int, item_id: str, request_id: str, ts_ms: int, settings: Settings) -> bool:
-        """Labels the pending impression this interaction answers; False when none is open for it."""
-        return self.label_open(etype, item_id, request_id, ts_ms, settings) is not None
-
     def label_open(self, etype: int, item_id: str, request_id: str, ts_ms: int, settings: Settings
                    ) -> tuple[str, PendingRequest, bool] | None:
         """Labels the pending impression this interaction answers: (request id, request, whether the label

@@ -71,9 +71,11 @@ class PreparedBatch:
     recycled: dict[str, list[int]]  # per vocabulary, rows this batch's encoding handed to new ids
     generation: int  # the learner's vocabulary generation it was encoded against (a restore starts a new one)
     replay_batch: Batch | None = None  # drawn from the replay buffer (samples learned before this batch)
-    # fake_negative streams: the fresh rows whose prediction waits for its final label (provisional
-    # negatives), and the window-closed emissions that bring final labels (not learned from)
-    waiting: np.ndarray | None = None
+    # a batch holding fake_negative samples: which fresh rows are (None: none are) and each row's emission
+    # (what decides whether its prediction is scored now or waits for its final label), and the
+    # window-closed emissions that bring final labels (not learned from)
+    fn_rows: np.ndarray | None = None
+    emissions: np.ndarray | None = None
     finals: list[features_pb2.TrainingSample] | None = None
 
 
@@ -220,12 +222,13 @@ class OnlineLearner:
         advance_clock(spec, now)
         group = getattr(self.model, "groups_user_rows", False)
         batch = tensorizer.encode_samples(fresh, grow=True, group_users=group)
-        waiting = None
-        if any(s.label_policy == FAKE_NEGATIVE for s in fresh):
-            waiting = np.array([s.emission == IMPRESSION for s in fresh])
-            self.fake_negative_learned += sum(s.label_policy == FAKE_NEGATIVE for s in fresh)
+        fn_rows = np.array([s.label_policy == FAKE_NEGATIVE for s in fresh])
+        has_fn = bool(fn_rows.any())
+        if has_fn:
+            self.fake_negative_learned += int(fn_rows.sum())
             if self.settings.train_fake_negative == "fnw":
-                batch.fnw_rows = torch.tensor([s.label_policy == FAKE_NEGATIVE for s in fresh])
+                batch.fnw_rows = torch.from_numpy(fn_rows)
+        emissions = np.array([s.emission for s in fresh]) if has_fn else None
         # Replay draws from samples learned before this batch (their tensors), then the batch joins the buffer
         # stamped with the clock its ids were stamped with (what lets expiry drop exactly the stale rows).
         replay_batch = None
@@ -235,7 +238,7 @@ class OnlineLearner:
             replay_batch = self.replay.draw(round(self.settings.train_replay_ratio * len(fresh)))
         self.replay.add(batch, min(v.clock for v in spec.vocabs.values() if v.clock is not None))
         return PreparedBatch(received, fresh, keys, stamps, now, batch, drain_recycled(spec), generation, replay_batch,
-                             waiting, finals)
+                             fn_rows if has_fn else None, emissions, finals)
 
     def apply(self, prepared: PreparedBatch) -> StepReport:
         """Stage 2: bring the tables in line, predict (test), then learn (train) from a prepared batch."""
@@ -287,16 +290,14 @@ class OnlineLearner:
         """Prequential bookkeeping of a batch's predictions (made before it learned): final labels go to the
         window now; provisional negatives wait in `pending` for theirs; positive emissions are not scored
         again (their impression was, as a negative). Returns what reached the window."""
-        if p.waiting is None:  # a window-policy batch: every label is final
+        if p.fn_rows is None or p.emissions is None:  # a window-policy batch: every label is final
             scored = (p.keys, p.stamps, labels, probs)
             self.window.add(probs, labels)
             return scored
-        is_positive = np.array([s.emission == POSITIVE for s in p.fresh])
-        final_now = ~p.waiting & ~is_positive
         if self.settings.train_fake_negative == "fnc":  # the model learned b on fake-negative rows: p = b/(1-b)
-            fn_rows = np.array([s.label_policy == FAKE_NEGATIVE for s in p.fresh])
-            probs = np.where(fn_rows, fnc_probability(torch.from_numpy(probs)).numpy(), probs)
-        waiting = np.flatnonzero(p.waiting)
+            probs = np.where(p.fn_rows, fnc_probability(torch.from_numpy(probs)).numpy(), probs)
+        waiting = np.flatnonzero(p.emissions == IMPRESSION)
+        final_now = (p.emissions != IMPRESSION) & (p.emissions != POSITIVE)
         self.pending.put([p.fresh[i].sample_id for i in waiting], probs[waiting])
         now = np.flatnonzero(final_now)
         if len(now):

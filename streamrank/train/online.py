@@ -204,7 +204,7 @@ class OnlineTrainer:
     def _fnc_scores(self) -> bool:
         """Whether this version's scores must be calibrated by FNC at serving (learned fake negatives by plain
         log loss under `train_fake_negative = "fnc"`)."""
-        return self.settings.train_fake_negative == "fnc" and self.learner.fake_negative_learned
+        return self.settings.train_fake_negative == "fnc" and self.learner.fake_negative_learned > 0
 
     def _progress_counters(self) -> dict[str, float]:
         learner = self.learner
