@@ -133,6 +133,17 @@ def test_bench_writes_all_tables(tmp_path, monkeypatch) -> None:
     assert "AW-MoE vs DIN: session AUC" in md
     assert list(result["recbole"]["runs"]) == ["dnn", "din"]
     assert all(np.isfinite(r["auc"]) for r in result["recbole"]["runs"]["din"])
+    for _, fits in runs.values():  # every fit says how it ended (issue 18's contract)
+        for f in fits:
+            assert 1 <= f["best_epoch"] <= f["epochs_run"] == 1 and f["converged"] is False
+    for cap in (1, 3, 5, 10):  # the long tail as the paper defines it: several history lengths
+        assert f"capped{cap}_full" in runs["aw_moe_cl"][0]
+        assert f"capped{cap}_full/session_auc" in result["chronological"]["pvalues"]["aw_moe_cl|aw_moe"]
+    claims = {c["claim"]: c for c in result["chronological"]["claims"]}
+    assert "aw_moe_cl > aw_moe (session AUC, full test set)" in claims
+    assert any(c.startswith("CL's gain larger on histories cut to 1") for c in claims)
+    assert all(isinstance(c["holds"], bool) for c in claims.values())
+    assert "The paper's claims on these fits" in md and "0 of " in md and "**no**" in md
 
 
 def _bench_json(tmp_path, monkeypatch, *extra: str) -> dict:
@@ -176,6 +187,31 @@ def test_bench_ablation_seeds_and_validation_sample(tmp_path, monkeypatch) -> No
 def test_bench_refuses_bad_options(argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=re.escape(message)):
         bench.parse_args(argv)
+
+
+def test_a_rerun_resumes_from_the_stored_parts(tmp_path, monkeypatch) -> None:
+    """Seeds are added one run at a time: stored fits are reused (same numbers, files untouched), a fit made
+    under other settings is not mixed in."""
+    common = ("--no-ablation", "--models", "dnn,din", "--recbole-models", "dnn", "--parts", str(tmp_path / "parts"))
+    first = _bench_json(tmp_path, monkeypatch, *common, "--seeds", "1")
+    part = tmp_path / "parts" / "chronological.dnn.seed0.json"
+    stamp = part.stat().st_mtime_ns
+    second = _bench_json(tmp_path, monkeypatch, *common, "--seeds", "2")
+    assert part.stat().st_mtime_ns == stamp  # reused, not refitted
+    assert (tmp_path / "parts" / "chronological.dnn.seed1.npz").exists()
+    runs1, runs2 = first["chronological"]["runs"], second["chronological"]["runs"]
+    assert [f["seed"] for f in runs2["dnn"][1]] == [0, 1]
+    assert runs2["dnn"][0]["full"][0] == runs1["dnn"][0]["full"][0]
+    assert [r["seed"] for r in second["recbole"]["runs"]["dnn"]] == [0, 1]
+    other = _bench_json(tmp_path, monkeypatch, *common, "--seeds", "1", "--lr", "0.01")
+    assert other["chronological"]["runs"]["dnn"][0]["full"][0] != runs1["dnn"][0]["full"][0]
+    assert part.stat().st_mtime_ns != stamp  # refitted under the new settings, and stored for them
+
+
+@pytest.mark.parametrize("text", ["", "0,3", "a,b"])
+def test_bad_history_caps_are_refused(text: str) -> None:
+    with pytest.raises(SystemExit, match="--simulated-history takes positive integers"):
+        bench.parse_args(["--simulated-history", text])
 
 
 def test_first_seed_adds_seeds_to_an_earlier_run() -> None:

@@ -76,6 +76,17 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, object]:
     return out
 
 
+def parse_caps(text: str, option: str) -> list[int]:
+    """A comma list of positive integers (e.g. history caps "1,3,5,10"), sorted and unique; one-line error."""
+    try:
+        caps = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise SystemExit(f"{option} takes positive integers separated by commas, got {text!r}") from None
+    if not caps or caps[0] < 1:
+        raise SystemExit(f"{option} takes positive integers separated by commas, got {text!r}")
+    return caps
+
+
 def sample_rows(n: int, keep: int, seed: int) -> np.ndarray:
     """`keep` of `n` row positions, drawn without replacement by `seed`, in order: the fixed training or
     validation sample a reduced-budget run uses, the same on every rerun."""

@@ -32,10 +32,11 @@ def effective_workers(workers: int, device: str | None) -> int:
 
 def run_jobs(jobs: Sequence[J], run: Callable[[J], Any], workers: int, threads_per_worker: int = 1,
              device: str | None = None, desc: str = "fits", progress: bool = True,
-             label: Callable[[J], str] = str) -> list[Any]:
+             label: Callable[[J], str] = str, on_result: Callable[[J, Any], None] | None = None) -> list[Any]:
     """`run(job)` for every job, in parallel processes when `workers` > 1; results in the jobs' order.
 
-    Order the jobs longest first: the pool then does not end waiting on one slow fit.
+    Order the jobs longest first: the pool then does not end waiting on one slow fit. `on_result(job,
+    result)` is called in this process as each fit finishes (a resumable benchmark saves it there).
     """
     n = effective_workers(workers, device)
     results: list[Any] = [None] * len(jobs)
@@ -44,6 +45,8 @@ def run_jobs(jobs: Sequence[J], run: Callable[[J], Any], workers: int, threads_p
         for k, job in enumerate(jobs):
             bar.set_postfix(job=label(job))
             results[k] = run(job)
+            if on_result is not None:
+                on_result(job, results[k])
             bar.update()
     else:
         ctx = mp.get_context("fork")
@@ -52,6 +55,8 @@ def run_jobs(jobs: Sequence[J], run: Callable[[J], Any], workers: int, threads_p
             for fut in as_completed(futures):
                 k = futures[fut]
                 results[k] = fut.result()
+                if on_result is not None:
+                    on_result(jobs[k], results[k])
                 bar.set_postfix(done=label(jobs[k]))
                 bar.update()
     bar.close()

@@ -27,14 +27,16 @@ import numpy as np
 import torch
 
 from streamrank.bench import movielens_cli as cli
-from streamrank.bench.parallel import effective_workers, run_jobs
+from streamrank.bench.parallel import effective_workers
+from streamrank.bench.parts import Part, PartStore, fit_id, run_resumable
+from streamrank.bench.ranking_claims import cl_gain_contrasts, claims
 from streamrank.bench.ranking_report import ABLATION, MAIN, SESSION_METRICS, VARIANTS, render
 from streamrank.data.movielens import MovieLens
 from streamrank.data.protocols import ExampleSet, RankingProtocol, chronological_protocol, recbole_protocol
 from streamrank.features import Tensorizer
 from streamrank.models.ranking import DISPLAY_NAMES, build_model
 from streamrank.train.metrics import evaluate, paired_test, session_metrics
-from streamrank.train.offline import TrainConfig, fit, pick_device, predict, set_seed
+from streamrank.train.offline import FitResult, TrainConfig, fit, pick_device, predict, set_seed
 from streamrank.train.tensor_data import TensorDataset
 
 FULL_SIZES = {"emb_dim": 16, "hidden_dim": 32, "input_mlp_hidden": (64,), "expert_hidden": (200, 80),
@@ -112,9 +114,10 @@ def _build_world(ml: MovieLens, args: argparse.Namespace) -> None:
         p.valid = p.valid.subset(np.flatnonzero(np.isin(p.valid.sessions, kept)))
     masks, threshold = _subsets(p, args.longtail_quantile, args.elderly_age)
     tz = Tensorizer(p.make_spec(args.max_seq_len, args.min_item_count))
-    capped = p.test.with_history_cap(args.simulated_history)
+    capped = {cap: p.test.with_history_cap(cap) for cap in args.simulated_history}
     _WORLD["chronological"] = {"protocol": p, "tz": tz, "masks": masks, "threshold": threshold, "capped": capped,
-                               "tensors": _tensorise(tz, train=p.train, valid=p.valid, test=p.test, capped=capped)}
+                               "tensors": _tensorise(tz, train=p.train, valid=p.valid, test=p.test,
+                                                     **{f"capped{cap}": c for cap, c in capped.items()})}
     if args.recbole_models:
         rb = recbole_protocol(ml, seed=args.data_seed, max_hist=args.max_seq_len)
         rtz = Tensorizer(rb.make_spec(args.max_seq_len, 1))
@@ -132,8 +135,8 @@ def _tensorise(tz: Tensorizer, **splits: ExampleSet) -> dict[str, TensorDataset]
     return out
 
 
-def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> dict:
-    """Trains one fit and returns its test predictions (and, for protocol (a), the capped-history ones)."""
+def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> Part:
+    """Trains one fit and scores it on every test subset, in the worker; returns its part (`bench.parts`)."""
     world = _WORLD[job.protocol]
     p, tz, data = world["protocol"], world["tz"], world["tensors"]
     set_seed(job.seed)
@@ -145,12 +148,28 @@ def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> dict:
                       progress=False, device=args.device, max_steps_per_epoch=args.max_steps_per_epoch)
     res = fit(model, tz, data["train"], data["valid"], cfg)
     dev = pick_device(args.device)
-    probs = {"test": predict(model, tz, data["test"], device=dev)}
+    out = Outcome()
+    probs = predict(model, tz, data["test"], device=dev)
     if job.protocol == "chronological":
-        probs["capped"] = predict(model, tz, data["capped"], device=dev)
-    info = {"seed": job.seed, "best_epoch": res.best_epoch, "best_valid": res.best_valid,
-            "epochs": len(res.history), "seconds": round(res.seconds, 1), "params": model.describe()["params"]}
-    return {"probs": probs, "info": info}
+        _score_subsets(out, probs, p.test, world["masks"])
+        for cap, split in world["capped"].items():  # the long tail as the paper defines it: short histories
+            scores = predict(model, tz, data[f"capped{cap}"], device=dev)
+            _score_subsets(out, scores, split, {"full": world["masks"]["full"]}, f"capped{cap}_")
+    else:
+        out.metrics["test"] = [evaluate(probs, p.test.labels)]
+    info = fit_info(res, args.epochs) | {"seed": job.seed, "params": model.describe()["params"]}
+    return Part({"info": info, "metrics": {k: v[0] for k, v in out.metrics.items()}},
+                {k: v[0].astype(np.float32) for k, v in out.sessions.items()})
+
+
+def fit_info(res: FitResult, max_epochs: int) -> dict:
+    """What a report says about a fit's convergence: best epoch and epochs run (both counted from 1), whether
+    early stopping ended it before its best epoch was the last (`converged`), the validation curve, time."""
+    epochs_run, best = len(res.history), res.best_epoch + 1
+    curve = [round(float(h[k]), 5) for h in res.history for k in h if k == "valid_session_auc" or k == "valid_auc"]
+    return {"best_epoch": best, "epochs_run": epochs_run, "epochs": epochs_run, "converged": best < epochs_run,
+            "max_epochs": max_epochs, "best_valid": res.best_valid, "valid_curve": curve,
+            "seconds": round(res.seconds, 1)}
 
 
 def _jobs(args: argparse.Namespace) -> list[Job]:
@@ -160,26 +179,38 @@ def _jobs(args: argparse.Namespace) -> list[Job]:
     return sorted(jobs, key=lambda j: (j.protocol == "recbole", _COST.get(j.preset, 3)))
 
 
-def _results_of(jobs: list[Job], results: list[dict], protocol: str, key: str) -> list[dict]:
-    """The results of one run key, in seed order."""
+def fit_settings(args: argparse.Namespace, sizes: dict) -> dict:
+    """The settings that change a fit's result: parts (`bench.parts`) are reused only under equal ones."""
+    keys = ("dataset_label", "data_seed", "quick", "epochs", "patience", "lr", "batch_size", "max_seq_len",
+            "negatives", "min_item_count", "max_train_examples", "max_steps_per_epoch", "longtail_quantile",
+            "elderly_age", "simulated_history", "max_valid_sessions", "overrides")
+    return {k: getattr(args, k) for k in keys} | {"sizes": sizes}
+
+
+def _parts_of(jobs: list[Job], parts: list[Part], protocol: str, key: str) -> list[Part]:
+    """The parts of one run key, in seed order."""
     pairs = sorted((j.seed, k) for k, j in enumerate(jobs) if j.protocol == protocol and j.key == key)
-    return [results[k] for _, k in pairs]
+    return [parts[k] for _, k in pairs]
 
 
-def chronological_section(args: argparse.Namespace, jobs: list[Job], results: list[dict]) -> dict:
+def chronological_section(args: argparse.Namespace, jobs: list[Job], parts: list[Part]) -> dict:
     """Protocol (a): metrics of every run key over its seeds and the p-values; the JSON-ready section."""
     w = _WORLD["chronological"]
     p, masks, capped = w["protocol"], w["masks"], w["capped"]
     outcomes = {"popularity": Outcome()}
     _score_subsets(outcomes["popularity"], p.popularity_scores(p.test), p.test, masks)
-    _score_subsets(outcomes["popularity"], p.popularity_scores(capped), capped, {"full": masks["full"]}, "capped_")
+    for cap, split in capped.items():
+        _score_subsets(outcomes["popularity"], p.popularity_scores(split), split, {"full": masks["full"]},
+                       f"capped{cap}_")
     for key in _runs(args):
         out = outcomes.setdefault(key, Outcome())
-        for r in _results_of(jobs, results, "chronological", key):
-            _score_subsets(out, r["probs"]["test"], p.test, masks)
-            _score_subsets(out, r["probs"]["capped"], capped, {"full": masks["full"]}, "capped_")
-            out.fits.append(r["info"])
-    return {"stats": {**p.stats, "train_examples_used": len(p.train),
+        for part in _parts_of(jobs, parts, "chronological", key):
+            for subset, res in part.meta["metrics"].items():
+                out.metrics.setdefault(subset, []).append(res)
+            for name, arr in part.arrays.items():
+                out.sessions.setdefault(name, []).append(arr)
+            out.fits.append(part.meta["info"])
+    section = {"stats": {**p.stats, "train_examples_used": len(p.train),
                       "valid_sessions_used": len(np.unique(p.valid.sessions)),
                       "longtail_threshold": w["threshold"],
                       "longtail_sessions": int(masks["longtail_few"][p.test.labels > 0.5].sum()),
@@ -189,6 +220,12 @@ def chronological_section(args: argparse.Namespace, jobs: list[Job], results: li
             "runs": {k: (outcomes[k].metrics, outcomes[k].fits) for k in outcomes},
             "pvalues": _pvalues(outcomes, [["popularity", *args.models], ["din", "aw_moe"], list(ABLATION),
                                            *(["aw_moe", v] for v in VARIANTS)])}
+    if outcomes.get("aw_moe_cl", Outcome()).sessions and outcomes.get("aw_moe", Outcome()).sessions:
+        tail = np.isin(np.unique(p.test.sessions), np.unique(p.test.sessions[masks["longtail_few"]]))
+        section["cl_gain_vs_full"] = cl_gain_contrasts(outcomes["aw_moe_cl"].sessions, outcomes["aw_moe"].sessions,
+                                                       tail, args.simulated_history)
+    section["claims"] = claims(section)
+    return section
 
 
 def _pvalues(outcomes: dict[str, Outcome], tables: list[list[str]]) -> dict:
@@ -206,14 +243,11 @@ def _pvalues(outcomes: dict[str, Outcome], tables: list[list[str]]) -> dict:
     return out
 
 
-def recbole_section(args: argparse.Namespace, jobs: list[Job], results: list[dict]) -> dict:
+def recbole_section(args: argparse.Namespace, jobs: list[Job], parts: list[Part]) -> dict:
     """Protocol (b): RecBole's context-aware ML-1M setting; AUC and log-loss on the random test split."""
-    p = _WORLD["recbole"]["protocol"]
-    runs: dict[str, list] = {}
-    for name in args.recbole_models:
-        for r in _results_of(jobs, results, "recbole", name):
-            runs.setdefault(name, []).append({**evaluate(r["probs"]["test"], p.test.labels), **r["info"]})
-    return {"stats": p.stats, "runs": runs}
+    runs = {name: [{**part.meta["metrics"]["test"], **part.meta["info"]}
+                   for part in _parts_of(jobs, parts, "recbole", name)] for name in args.recbole_models}
+    return {"stats": _WORLD["recbole"]["protocol"].stats, "runs": runs}
 
 
 def write_gate_once(out_dir: Path, command: str, repeats: int = 100) -> int:
@@ -264,7 +298,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--max-steps-per-epoch", type=int, default=None)
     a.add_argument("--longtail-quantile", type=float, default=0.1)
     a.add_argument("--elderly-age", type=int, default=50)
-    a.add_argument("--simulated-history", type=int, default=5, help="history cap of the simulated long tail")
+    a.add_argument("--simulated-history", default="1,3,5,10",
+                   help="history caps of the simulated long tail (every test history cut to its last K behaviours)")
     a.add_argument("--max-valid-sessions", type=int, default=0,
                    help="early-stop on this many random validation sessions (0 = all)")
     a.add_argument("--ablation-seeds", type=int, default=0, help="seeds of the ablation rows (0 = --seeds)")
@@ -274,6 +309,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a RankingConfig field for every model (e.g. cl_weight=0.01); repeatable")
     a.add_argument("--gate-once", action="store_true", help="time request scoring (200 x 50) instead")
+    a.add_argument("--parts", type=Path, default=None,
+                   help="where each fit's result is kept, so a rerun resumes (default <out>/parts/ranking-<dataset>)")
     args = a.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.max_seq_len, args.batch_size = 1, 1, 20, 256
@@ -284,6 +321,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.recbole_models = cli.split_models(args.recbole_models, DISPLAY_NAMES, "ranking presets")
     args.ablation_seed_list = list(range(args.first_seed, args.first_seed + (args.ablation_seeds or args.seeds)))
     args.overrides = cli.parse_overrides(args.set)
+    args.simulated_history = cli.parse_caps(args.simulated_history, "--simulated-history")
     cli.finish(args)
     if args.recbole_models and cli.is_path(args.dataset):
         print("protocol (b) (RecBole's ML-1M benchmark) needs star ratings: skipped for an event log", flush=True)
@@ -307,12 +345,13 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     workers = effective_workers(args.workers, args.device)
     threads = args.threads or (1 if workers > 1 else torch.get_num_threads())
     jobs = _jobs(args)
-    results = run_jobs(jobs, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,
-                       progress=not args.no_progress, label=lambda j: f"{j.key}/{j.seed}")
+    store = PartStore(args.parts or args.out / "parts" / f"ranking-{args.dataset_label}", fit_settings(args, sizes))
+    parts = run_resumable(jobs, store, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,
+                          lambda j: fit_id(j.protocol, j.key, f"seed{j.seed}"), progress=not args.no_progress)
     result = {**cli.result_head(args, command, threads=threads, workers=workers), "model_sizes": sizes,
-              "chronological": chronological_section(args, jobs, results)}
+              "chronological": chronological_section(args, jobs, parts)}
     if args.recbole_models:
-        result["recbole"] = recbole_section(args, jobs, results)
+        result["recbole"] = recbole_section(args, jobs, parts)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     stem = cli.write_result(args, "ranking", result, render)
     print(f"wrote {stem}.md and .json in {result['wall_seconds']} s")

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from streamrank.bench.ranking_claims import ALPHA, claims_lines
 from streamrank.models.ranking import DISPLAY_NAMES
 
 MAIN = ("dnn", "din", "category_moe", "aw_moe", "aw_moe_cl")
@@ -59,17 +60,43 @@ def _table(sec: dict, rows: list[str], subset: str, against: str | None = None) 
     return lines
 
 
+def _caps(sec: dict) -> list[int]:
+    """The history caps of the simulated long tail present in a section, ascending."""
+    keys = {k.split("_", 1)[0] for runs in sec["runs"].values() for k in runs[0] if k.startswith("capped")}
+    return sorted(int(k.removeprefix("capped")) for k in keys if k.removeprefix("capped").isdigit())
+
+
+def _cap_table(sec: dict, rows: list[str]) -> list[str]:
+    """Session AUC (and AUC@10) of each model on every simulated long tail, next to the full test set."""
+    caps = _caps(sec)
+    head = ["model", "full", *(f"K = {c}" for c in caps), *(f"AUC@10, K = {c}" for c in caps)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in rows:
+        if key not in sec["runs"]:
+            continue
+        m = sec["runs"][key][0]
+        cells = [_name(key), _ms([x["session_auc"] for x in m["full"]]),
+                 *(_ms([x["session_auc"] for x in m.get(f"capped{c}_full", [])]) for c in caps),
+                 *(_ms([x["auc@10"] for x in m.get(f"capped{c}_full", [])]) for c in caps)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _cl_gain(sec: dict) -> list[str]:
     """AW-MoE & CL minus AW-MoE per subset: the paper's claim is a larger gain on long-tail users."""
-    pv = sec["pvalues"].get("aw_moe_cl|aw_moe", {})
-    lines = ["| test set | Δ AUC | p | Δ AUC@10 | p |", "|---|---|---|---|---|"]
-    for subset, label in (("full", "full"), ("longtail_few", "long-tail 1 (few behaviours)"),
-                          ("capped_full", "simulated long tail (history cut)"),
-                          ("longtail_elderly", "long-tail 2 (elderly)")):
+    pv, vs = sec["pvalues"].get("aw_moe_cl|aw_moe", {}), sec.get("cl_gain_vs_full", {})
+    lines = ["| test set | Δ AUC | p | Δ AUC@10 | p | gain minus the full set's | p |",
+             "|---|---|---|---|---|---|---|"]
+    views = [("full", "full"), ("longtail_few", "long-tail 1 (few behaviours)"),
+             *((f"capped{c}_full", f"simulated long tail, histories cut to {c}") for c in _caps(sec)),
+             ("longtail_elderly", "long-tail 2 (elderly)")]
+    for subset, label in views:
         a, b = pv.get(f"{subset}/session_auc"), pv.get(f"{subset}/auc@10")
         if a is None or b is None:
             continue
-        lines.append(f"| {label} | {a['diff']:+.4f} | {_p(a['p'])} | {b['diff']:+.4f} | {_p(b['p'])} |")
+        v = vs.get(subset)
+        rel = f"{v['diff']:+.4f} | {_p(v['p'])}" if v else "- | -"
+        lines.append(f"| {label} | {a['diff']:+.4f} | {_p(a['p'])} | {b['diff']:+.4f} | {_p(b['p'])} | {rel} |")
     return lines
 
 
@@ -107,13 +134,22 @@ def _ablation_seeds(s: dict) -> str:
 
 
 def _fits(sec: dict) -> list[str]:
-    lines = ["| run | params | epochs (best) per seed | train seconds per seed |", "|---|---|---|---|"]
+    lines = ["| run | params | epochs run (best) per seed | converged | train seconds per seed |",
+             "|---|---|---|---|---|"]
     for key, (_, fits) in sec["runs"].items():
         if fits:
-            ep = ", ".join(f"{f['epochs']} ({f['best_epoch']})" for f in fits)
-            lines.append(f"| {_name(key)} | {fits[0]['params']:,} | {ep} | "
+            ep = ", ".join(f"{f.get('epochs_run', f['epochs'])} ({f['best_epoch']})" for f in fits)
+            conv = ", ".join("yes" if f.get("converged") else "**no**" for f in fits)
+            lines.append(f"| {_name(key)} | {fits[0]['params']:,} | {ep} | {conv} | "
                          f"{', '.join(str(f['seconds']) for f in fits)} |")
     return lines
+
+
+def _convergence(sec: dict) -> str:
+    fits = [f for _, fs in sec["runs"].values() for f in fs]
+    done = sum(bool(f.get("converged")) for f in fits)
+    return (f"{done} of {len(fits)} fits converged: early stopping ended them after their best epoch (epochs "
+            "counted from 1). A fit whose best epoch is its last is not converged, and its row says so.")
 
 
 def render(r: dict) -> str:
@@ -137,12 +173,17 @@ def render(r: dict) -> str:
            f"### Table III: long-tail users 1 — at most {st['longtail_threshold']} behaviours at prediction time "
            f"({st['longtail_sessions']} sessions; the {s['longtail_quantile']:.0%} quantile: MovieLens users all "
            "have 20+ ratings)", "", *_table(sec, main, "longtail_few"), "",
-           f"### Table III-b: simulated long tail — every test history cut to its last {s['simulated_history']} "
-           "behaviours", "", *_table(sec, main, "capped_full"), "",
+           "### Table III-b: simulated long tail — every test history cut to its last K behaviours (session AUC)",
+           "", *_cap_table(sec, main), "",
            *([f"### Table IV: long-tail users 2 — elderly (age ≥ {s['elderly_age']}; {st['elderly_sessions']} "
               "sessions)", "", *_table(sec, main, "longtail_elderly"), ""] if st['elderly_sessions'] else
              ["### Table IV: long-tail users 2 — elderly: no user ages in this data set", ""]),
-           "### Contrastive learning gain (AW-MoE & CL - AW-MoE)", "", *_cl_gain(sec), ""]
+           "### Contrastive learning gain (AW-MoE & CL - AW-MoE)", "", *_cl_gain(sec), "",
+           "'gain minus the full set's': on a history cut, the per-session gain there minus the same session's "
+           "gain on its full history (paired t-test); on long-tail 1, the gain on those users minus the gain "
+           "on the other users (Welch's t-test).", "",
+           "### The paper's claims on these fits", "", *claims_lines(sec.get("claims", [])), "",
+           f"A claim holds when the difference is positive with p < {ALPHA}.", ""]
     if not s["no_ablation"]:
         out += ["### Table VI: gate ablation", "", _ablation_seeds(s), "", *_table(sec, list(ABLATION), "full"), "",
                 "### Gate variants (not in the paper)", "",
@@ -167,7 +208,9 @@ def render(r: dict) -> str:
             "| model | JD AUC | JD NDCG@10 | long-tail-1 AUC | Amazon AUC |", "|---|---|---|---|---|",
             *(f"| {m} | {a} | {b} | {c} | {d} |" for m, a, b, c, d in PAPER), "",
             "## Settings", "", f"Model sizes: `{r['model_sizes']}`  ",
-            f"Training: AdamW lr {s['lr']}, batch {s['batch_size']}, up to {s['epochs']} epochs, early stopping "
-            f"on validation (patience {s['patience']}), behaviours ≤ {s['max_seq_len']}, items seen fewer than "
-            f"{s['min_item_count']} times in training share the OOV row.", "", *_fits(sec), ""]
+            f"Training: dense layers AdamW lr {s['lr']}, embedding tables row-wise Adagrad (lr 0.2, the rows a "
+            f"batch touches), batch {s['batch_size']}, up to {s['epochs']} epochs, early stopping on validation "
+            f"(patience {s['patience']}), behaviours ≤ {s['max_seq_len']}, items seen fewer than "
+            f"{s['min_item_count']} times in training share the OOV row.", "", _convergence(sec), "", *_fits(sec),
+            ""]
     return "\n".join(out)

@@ -1,0 +1,108 @@
+"""Resumable benchmark runs: every fit's result is saved as a *part* the moment it finishes.
+
+A converged benchmark on this 2-core machine takes hours per seed, longer than one working session. Each
+fit (protocol, run key, seed) therefore writes `<root>/<fit id>.json` (its summary metrics and fit info,
+plus the settings that produced it) and `<fit id>.npz` (its per-session metric arrays, what the paired
+tests need). A later run with the same settings skips the fits already stored and reports over all of
+them, so seeds can be added one session at a time and a killed run loses only the fits in flight.
+
+A part whose recorded settings differ from the run's is never mixed in: it is ignored with a one-line
+note. Arrays load with `allow_pickle=False`, so nothing read back can execute code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from streamrank.bench.parallel import run_jobs
+
+J = TypeVar("J")
+
+FORMAT = 1
+
+
+@dataclass
+class Part:
+    """One fit's stored result: JSON-ready `meta` and named numpy arrays."""
+
+    meta: dict
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _normalise(settings: dict) -> dict:
+    """The settings as JSON would give them back (tuples as lists, paths as strings), for comparison."""
+    return json.loads(json.dumps(settings, default=str, sort_keys=True))
+
+
+def fit_id(*fields: object) -> str:
+    """A file-name-safe id for a fit, e.g. fit_id("chronological", "aw_moe[gate=user only]", 2)."""
+    raw = ".".join(str(f) for f in fields)
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", raw)
+
+
+class PartStore:
+    """The parts of one benchmark under `root`, valid for one settings dict (see the module docstring)."""
+
+    def __init__(self, root: Path, settings: dict) -> None:
+        self.root = Path(root)
+        self.settings = _normalise(settings)
+        self.ignored: list[str] = []
+
+    def _paths(self, fid: str) -> tuple[Path, Path]:
+        return self.root / f"{fid}.json", self.root / f"{fid}.npz"
+
+    def load(self, fid: str) -> Part | None:
+        """The stored part of fit `fid`, or None if there is none for these settings."""
+        meta_path, arr_path = self._paths(fid)
+        if not meta_path.exists():
+            return None
+        stored = json.loads(meta_path.read_text())
+        if stored.get("format") != FORMAT or stored.get("settings") != self.settings:
+            self.ignored.append(fid)
+            return None
+        arrays: dict[str, np.ndarray] = {}
+        if arr_path.exists():
+            with np.load(arr_path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        return Part(stored["meta"], arrays)
+
+    def save(self, fid: str, part: Part) -> None:
+        """Writes fit `fid`'s part (arrays first, then the JSON that marks it complete)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        meta_path, arr_path = self._paths(fid)
+        if part.arrays:
+            tmp = arr_path.with_suffix(".tmp.npz")
+            np.savez_compressed(tmp, **part.arrays)
+            tmp.replace(arr_path)
+        doc = {"format": FORMAT, "settings": self.settings, "meta": part.meta}
+        tmp_json = meta_path.with_suffix(".json.tmp")
+        tmp_json.write_text(json.dumps(doc, indent=1, default=str))
+        tmp_json.replace(meta_path)
+
+    def note(self) -> str | None:
+        """A one-line note on parts ignored for differing settings, if any."""
+        if not self.ignored:
+            return None
+        return (f"{len(self.ignored)} stored part(s) in {self.root} were made with other settings and are not "
+                f"used (e.g. {self.ignored[0]})")
+
+
+def run_resumable(jobs: Sequence[J], store: PartStore, run: Callable[[J], Part], workers: int, threads: int,
+                  device: str | None, fid: Callable[[J], str], progress: bool = True) -> list[Part]:
+    """Every job's part, in the jobs' order: loaded from `store` where one is kept for these settings, else
+    fitted (`bench.parallel.run_jobs`) and saved the moment it finishes."""
+    stored = [store.load(fid(j)) for j in jobs]
+    todo = [j for j, part in zip(jobs, stored, strict=True) if part is None]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} fits already in {store.root}; {len(todo)} to run", flush=True)
+    if store.note():
+        print(store.note(), flush=True)
+    fresh = iter(run_jobs(todo, run, workers, threads, device, progress=progress, label=fid,
+                          on_result=lambda job, part: store.save(fid(job), part)))
+    return [part if part is not None else next(fresh) for part in stored]
