@@ -52,6 +52,17 @@ def test_quick_benchmark_writes_every_table(tmp_path) -> None:  # type: ignore[n
         assert row["auc"] > 0.55, (model, row["auc"])  # every model learns something in one small epoch (20k rows)
         assert len(row["scenarios"]) == 7
         assert (model == bench.REFERENCE) != ("delong_vs_ref" in row)
+    for f in result["fits"]:  # how each fit ended (issue 18's contract)
+        assert f["epochs_run"] == 1 and f["best_epoch"] == 1 and f["converged"] is False
+    assert "not converged" in md
+    # a rerun with the same settings refits nothing: every fit's part is read back, numbers unchanged
+    parts = sorted((tmp_path / "parts" / "scenario-ml-100k-quick").glob("*.json"))
+    assert len(parts) == len(result["fits"])
+    stamps = [p.stat().st_mtime_ns for p in parts]
+    assert bench.main(["--quick", "--no-progress", "--workers", "1", "--no-individual", "--out", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "scenario-ml-100k-quick.json").read_text())
+    assert [p.stat().st_mtime_ns for p in parts] == stamps
+    assert again["models"] == result["models"]
 
 
 def test_serving_cost_benchmark_times_every_model(tmp_path) -> None:  # type: ignore[no-untyped-def]

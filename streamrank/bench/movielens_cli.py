@@ -11,6 +11,7 @@ import argparse
 import functools
 import json
 import platform
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -74,6 +75,14 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, object]:
         except json.JSONDecodeError:
             out[key] = text
     return out
+
+
+def log_epoch(label: str, record: dict) -> None:
+    """One progress line per epoch of a fit (the fits run for hours on a small CPU machine)."""
+    valid = {k: v for k, v in record.items() if k in ("valid_session_auc", "valid_auc")}
+    shown = ", ".join(f"{k.removeprefix('valid_')} {v:.4f}" for k, v in valid.items())
+    print(f"[{time.strftime('%H:%M:%S')}] {label} epoch {record['epoch'] + 1}: valid {shown}, "
+          f"{record['seconds']:.0f} s", flush=True)
 
 
 def parse_caps(text: str, option: str) -> list[int]:

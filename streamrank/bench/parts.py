@@ -47,6 +47,11 @@ def fit_id(*fields: object) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", raw)
 
 
+def default_root(out: Path, bench: str, dataset_label: str, quick: bool) -> Path:
+    """Where a benchmark keeps its parts unless told: <out>/parts/<bench>-<dataset>[-quick]."""
+    return Path(out) / "parts" / f"{bench}-{dataset_label}{'-quick' if quick else ''}"
+
+
 class PartStore:
     """The parts of one benchmark under `root`, valid for one settings dict (see the module docstring)."""
 

@@ -28,7 +28,7 @@ import torch
 
 from streamrank.bench import movielens_cli as cli
 from streamrank.bench.parallel import effective_workers
-from streamrank.bench.parts import Part, PartStore, fit_id, run_resumable
+from streamrank.bench.parts import Part, PartStore, default_root, fit_id, run_resumable
 from streamrank.bench.ranking_claims import cl_gain_contrasts, claims
 from streamrank.bench.ranking_report import ABLATION, MAIN, SESSION_METRICS, VARIANTS, render
 from streamrank.data.movielens import MovieLens
@@ -36,7 +36,7 @@ from streamrank.data.protocols import ExampleSet, RankingProtocol, chronological
 from streamrank.features import Tensorizer
 from streamrank.models.ranking import DISPLAY_NAMES, build_model
 from streamrank.train.metrics import evaluate, paired_test, session_metrics
-from streamrank.train.offline import FitResult, TrainConfig, fit, pick_device, predict, set_seed
+from streamrank.train.offline import TrainConfig, fit, pick_device, predict, set_seed
 from streamrank.train.tensor_data import TensorDataset
 
 FULL_SIZES = {"emb_dim": 16, "hidden_dim": 32, "input_mlp_hidden": (64,), "expert_hidden": (200, 80),
@@ -146,7 +146,7 @@ def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> Part:
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="session_auc" if p.valid.sessions is not None else "auc",
                       progress=False, device=args.device, max_steps_per_epoch=args.max_steps_per_epoch)
-    res = fit(model, tz, data["train"], data["valid"], cfg)
+    res = fit(model, tz, data["train"], data["valid"], cfg, on_epoch=partial(cli.log_epoch, f"{job.key}/{job.seed}"))
     dev = pick_device(args.device)
     out = Outcome()
     probs = predict(model, tz, data["test"], device=dev)
@@ -157,19 +157,10 @@ def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> Part:
             _score_subsets(out, scores, split, {"full": world["masks"]["full"]}, f"capped{cap}_")
     else:
         out.metrics["test"] = [evaluate(probs, p.test.labels)]
-    info = fit_info(res, args.epochs) | {"seed": job.seed, "params": model.describe()["params"]}
+    info = res.convergence() | {"seed": job.seed, "best_valid": res.best_valid, "max_epochs": args.epochs,
+                                "params": model.describe()["params"]}
     return Part({"info": info, "metrics": {k: v[0] for k, v in out.metrics.items()}},
                 {k: v[0].astype(np.float32) for k, v in out.sessions.items()})
-
-
-def fit_info(res: FitResult, max_epochs: int) -> dict:
-    """What a report says about a fit's convergence: best epoch and epochs run (both counted from 1), whether
-    early stopping ended it before its best epoch was the last (`converged`), the validation curve, time."""
-    epochs_run, best = len(res.history), res.best_epoch + 1
-    curve = [round(float(h[k]), 5) for h in res.history for k in h if k == "valid_session_auc" or k == "valid_auc"]
-    return {"best_epoch": best, "epochs_run": epochs_run, "epochs": epochs_run, "converged": best < epochs_run,
-            "max_epochs": max_epochs, "best_valid": res.best_valid, "valid_curve": curve,
-            "seconds": round(res.seconds, 1)}
 
 
 def _jobs(args: argparse.Namespace) -> list[Job]:
@@ -345,7 +336,8 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     workers = effective_workers(args.workers, args.device)
     threads = args.threads or (1 if workers > 1 else torch.get_num_threads())
     jobs = _jobs(args)
-    store = PartStore(args.parts or args.out / "parts" / f"ranking-{args.dataset_label}", fit_settings(args, sizes))
+    root = args.parts or default_root(args.out, "ranking", args.dataset_label, args.quick)
+    store = PartStore(root, fit_settings(args, sizes))
     parts = run_resumable(jobs, store, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,
                           lambda j: fit_id(j.protocol, j.key, f"seed{j.seed}"), progress=not args.no_progress)
     result = {**cli.result_head(args, command, threads=threads, workers=workers), "model_sizes": sizes,

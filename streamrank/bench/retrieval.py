@@ -16,14 +16,16 @@ import datetime as dt
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from streamrank.bench import movielens_cli as cli
+from streamrank.bench.parts import Part, PartStore, default_root, fit_id
 from streamrank.data.retrieval_protocol import RetrievalProtocol, retrieval_protocol
 from streamrank.data.titles import ENCODER, genre_neighbours, nearest_neighbours, title_embeddings
-from streamrank.features import Tensorizer
+from streamrank.features import ItemSide, Tensorizer
 from streamrank.models.retrieval import DISPLAY_NAMES, build_retrieval_model, make_config
 from streamrank.train.cooc_sampling import NeighbourSampler, session_cooccurrence
 from streamrank.train.metrics import paired_test
@@ -98,26 +100,49 @@ def run(args: argparse.Namespace) -> dict:
     hits: dict[str, list[dict[int, np.ndarray]]] = {"popularity": [pop.hits]}
     log(f"popularity: {_fmt(pop.summary())}")
     corpus = encode_corpus(p, tz)
+    store = PartStore(args.parts or default_root(args.out, "retrieval", args.dataset_label, args.quick),
+                      fit_settings(args, sizes))
     for name in args.models:
         for seed in args.seed_list:
-            set_seed(seed)
-            model = build_retrieval_model(name, tz.spec, **sizes)
-            cfg = RetrievalTrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs,
-                                       patience=args.patience, seed=seed, device=args.device,
-                                       progress=not args.no_progress, max_steps_per_epoch=args.steps_per_epoch)
-            fit = fit_retrieval(model, p, tz, cfg, samplers,
-                                on_epoch=lambda r, n=name, s=seed: log(f"{n} seed {s} epoch {r['epoch']}: "
-                                                                       f"valid {_fmt(r, 'valid_')}"))
-            res = evaluate_model(model, p, tz, p.test, corpus.to(model.device))
+            fid = fit_id(name, f"seed{seed}")
+            part = store.load(fid)
+            if part is None:
+                part = _fit_one(name, seed, args, p, tz, sizes, samplers, corpus)
+                store.save(fid, part)
+            else:
+                log(f"{name} seed {seed}: stored in {store.root}, not refitted")
             run_ = runs.setdefault(name, {"seeds": [], "fits": []})
-            run_["seeds"].append(res.summary())
-            run_["fits"].append({"seed": seed, "best_epoch": fit.best_epoch, "best_valid": fit.best_valid,
-                                 "epochs": len(fit.history), "seconds": round(fit.seconds, 1),
-                                 "params": model.describe()["params"], "history": fit.history})
-            hits.setdefault(name, []).append(res.hits)
-            log(f"{name} seed {seed}: test {_fmt(res.summary())} ({fit.seconds:.0f} s)")
+            run_["seeds"].append(part.meta["summary"])
+            run_["fits"].append(part.meta["fit"])
+            hits.setdefault(name, []).append({k: part.arrays[f"hit@{k}"] for k in KS})
+    if store.note():
+        log(store.note())
     return {"stats": p.stats, "samplers": sampler_info, "runs": runs, "pvalues": _pvalues(hits, args.reference),
             "model_config": {m: make_config(m, **sizes).to_dict() for m in args.models}}
+
+
+def fit_settings(args: argparse.Namespace, sizes: dict) -> dict:
+    """The settings that change a fit's result: stored parts are reused only under equal ones."""
+    keys = ("dataset_label", "quick", "epochs", "steps_per_epoch", "patience", "lr", "batch_size",
+            "max_train_examples")
+    return {k: getattr(args, k) for k in keys} | {"sizes": sizes}
+
+
+def _fit_one(name: str, seed: int, args: argparse.Namespace, p: RetrievalProtocol, tz: Tensorizer, sizes: dict,
+             samplers: CLSamplers, corpus: ItemSide) -> Part:
+    """Trains one (model, seed) and evaluates it on the test users; its part (summary, fit record, hits)."""
+    set_seed(seed)
+    model = build_retrieval_model(name, tz.spec, **sizes)
+    cfg = RetrievalTrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs,
+                               patience=args.patience, seed=seed, device=args.device,
+                               progress=not args.no_progress, max_steps_per_epoch=args.steps_per_epoch)
+    fit = fit_retrieval(model, p, tz, cfg, samplers,
+                        on_epoch=lambda r: log(f"{name} seed {seed} epoch {r['epoch']}: valid {_fmt(r, 'valid_')}"))
+    res = evaluate_model(model, p, tz, p.test, corpus.to(model.device))
+    log(f"{name} seed {seed}: test {_fmt(res.summary())} ({fit.seconds:.0f} s)")
+    info = {"seed": seed, **fit.convergence(), "best_valid": fit.best_valid, "max_epochs": args.epochs,
+            "params": model.describe()["params"], "history": fit.history}
+    return Part({"summary": res.summary(), "fit": info}, {f"hit@{k}": np.asarray(res.hits[k]) for k in KS})
 
 
 def _fmt(m: dict, prefix: str = "") -> str:
@@ -148,7 +173,8 @@ def _ms(values: list[float]) -> str:
 
 
 def _epochs(fit: dict) -> str:
-    return f"{fit['epochs']} ({fit['best_epoch']})"
+    flag = "" if fit.get("converged") else " **not converged**"
+    return f"{fit.get('epochs_run', fit['epochs'])} ({fit['best_epoch']}){flag}"
 
 
 def _p(d: dict | None) -> str:
@@ -211,9 +237,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     cli.add_common(a, quick_help="CI mode: ML-100K, 1 seed, base and popularity only", data_seed=False)
     a.add_argument("--models", default=",".join(MODELS), help="rows of the table, in order")
     a.add_argument("--reference", default="base", help="the row p-values are computed against")
-    a.add_argument("--epochs", type=int, default=3)
-    a.add_argument("--steps-per-epoch", type=int, default=250, help="steps per epoch (0 = a pass over all rows)")
-    a.add_argument("--patience", type=int, default=1)
+    a.add_argument("--epochs", type=int, default=40, help="at most this many epochs (early stopping ends sooner)")
+    a.add_argument("--steps-per-epoch", type=int, default=250,
+                   help="steps per epoch, i.e. between validations (0 = a pass over all rows)")
+    a.add_argument("--patience", type=int, default=3)
     a.add_argument("--lr", type=float, default=3e-3)
     a.add_argument("--batch-size", type=int, default=1024)
     a.add_argument("--negatives", type=int, default=1024, help="random negatives per step (sampled softmax)")
@@ -225,6 +252,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="override a RetrievalConfig field for every model (e.g. cl_temperature=0.2); repeatable")
     a.add_argument("--max-train-examples", type=int, default=0, help="subsample training rows (0 = all)")
     a.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    a.add_argument("--parts", type=Path, default=None,
+                   help="where each fit's result is kept, so a rerun resumes (default <out>/parts/retrieval-<dataset>)")
     args = a.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.batch_size, args.negatives = 1, 1, 256, 512

@@ -19,12 +19,13 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from streamrank.bench import movielens_cli as cli
-from streamrank.bench.parallel import run_jobs
+from streamrank.bench.parts import Part, PartStore, default_root, fit_id, run_resumable
 from streamrank.bench.scenario_report import render
 from streamrank.data.protocols import ExampleSet, recbole_protocol
 from streamrank.features import Tensorizer
@@ -81,8 +82,8 @@ def _split(data: dict[str, TensorDataset], codes: dict[str, np.ndarray],
                  for n in ("train", "valid", "test"))
 
 
-def run_job(job: Job, args: argparse.Namespace) -> dict:
-    """Trains one (model, seed[, scenario]) and returns its test predictions and fit record."""
+def run_job(job: Job, args: argparse.Namespace) -> Part:
+    """Trains one (model, seed[, scenario]); its part holds the fit record and the test predictions."""
     torch.set_num_threads(args.threads_per_worker)
     routed = is_scenario_preset(job.model)
     spec, codes = _WORLD["specs"][routed], _WORLD["codes"]
@@ -93,15 +94,22 @@ def run_job(job: Job, args: argparse.Namespace) -> dict:
     model = build_model(job.model, spec, **sizes)
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="auc", progress=False, device=args.device)
-    res = fit(model, tz, train, valid, cfg)
+    res = fit(model, tz, train, valid, cfg, on_epoch=partial(cli.log_epoch, f"{job.model}/{job.seed}/{job.scenario}"))
     probs = predict(model, tz, test, device=next(model.parameters()).device)
-    info = {"model": job.model, "seed": job.seed, "scenario": job.scenario, "best_epoch": res.best_epoch,
-            "epochs": len(res.history), "best_valid_auc": res.best_valid, "seconds": round(res.seconds, 1),
-            "train_rows": len(train), "params": model.describe()["params"]}
+    info = {"model": job.model, "seed": job.seed, "scenario": job.scenario, **res.convergence(),
+            "max_epochs": args.epochs, "best_valid_auc": res.best_valid, "train_rows": len(train),
+            "params": model.describe()["params"]}
     alpha = model.branches.last_alpha if isinstance(model, ScenarioModel) and model.branches else None
     if alpha is not None:  # the mutual units' gate coefficients on the last test batch (the paper's Fig. 3)
         info["mean_alpha_last_batch"] = float(alpha.mean())
-    return {"job": job, "probs": probs, "info": info}
+    return Part({"info": info}, {"probs": np.asarray(probs, dtype=np.float32)})
+
+
+def fit_settings(args: argparse.Namespace) -> dict:
+    """The settings that change a fit's result: stored parts are reused only under equal ones."""
+    keys = ("dataset_label", "data_seed", "quick", "scenario_field", "epochs", "patience", "lr", "batch_size",
+            "max_seq_len", "max_train_examples")
+    return {k: getattr(args, k) for k in keys} | {"sizes": QUICK_SIZES if args.quick else SIZES, "din": DIN_SIZES}
 
 
 def _jobs(args: argparse.Namespace, n_scenarios: int) -> list[Job]:
@@ -149,14 +157,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--models", default=",".join(MAIN), help="Table II rows, in order")
     a.add_argument("--no-ablation", action="store_true", help="skip Table IV")
     a.add_argument("--no-individual", action="store_true", help="skip BST trained per scenario (Table III)")
-    a.add_argument("--epochs", type=int, default=3)
-    a.add_argument("--patience", type=int, default=1)
+    a.add_argument("--epochs", type=int, default=10)
+    a.add_argument("--patience", type=int, default=2)
     a.add_argument("--lr", type=float, default=1e-3)
     a.add_argument("--batch-size", type=int, default=512)
     a.add_argument("--max-seq-len", type=int, default=20)
     a.add_argument("--max-train-examples", type=int, default=0, help="subsample training rows (0 = all)")
     a.add_argument("--workers", type=int, default=2, help="fits run in parallel, one process each")
     a.add_argument("--threads-per-worker", type=int, default=1)
+    a.add_argument("--parts", type=Path, default=None,
+                   help="where each fit's result is kept, so a rerun resumes (default <out>/parts/scenario-<dataset>)")
     args = a.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.batch_size = 1, 1, 256
@@ -183,8 +193,13 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario")
         raise SystemExit(f"--dataset {args.dataset}: {exc}") from exc
     p, scenarios, codes = _WORLD["protocol"], _WORLD["scenarios"], _WORLD["codes"]
     jobs = _jobs(args, len(scenarios))
-    results = run_jobs(jobs, partial(run_job, args=args), args.workers, args.threads_per_worker, args.device,
-                       progress=not args.no_progress, label=lambda j: f"{j.model}/{j.seed}")
+    root = args.parts or default_root(args.out, "scenario", args.dataset_label, args.quick)
+    store = PartStore(root, fit_settings(args))
+    parts = run_resumable(jobs, store, partial(run_job, args=args), args.workers, args.threads_per_worker,
+                          args.device, lambda j: fit_id(j.model, f"seed{j.seed}", f"scenario{j.scenario}"),
+                          progress=not args.no_progress)
+    results = [{"job": j, "probs": part.arrays["probs"], "info": part.meta["info"]}
+               for j, part in zip(jobs, parts, strict=True)]
     sizes = {"scenario": QUICK_SIZES if args.quick else SIZES, "din": DIN_SIZES}
     result = {**cli.result_head(args, " ".join([prog, *argv]), workers=args.workers,
                                 threads_per_worker=args.threads_per_worker), "model_sizes": sizes,

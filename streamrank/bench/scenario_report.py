@@ -79,11 +79,18 @@ def _per_scenario(r: dict) -> tuple[list[str], int, int]:
 
 
 def _epochs(fit: dict) -> str:
-    return f"{fit['epochs']} ({fit['best_epoch']})"
+    flag = "" if fit.get("converged") else " **not converged**"
+    return f"{fit.get('epochs_run', fit['epochs'])} ({fit['best_epoch']}){flag}"
+
+
+def _convergence(r: dict) -> str:
+    done = sum(bool(f.get("converged")) for f in r["fits"])
+    return (f"{done} of {len(r['fits'])} fits converged: early stopping ended them after their best epoch (epochs "
+            "counted from 1). A fit whose best epoch is its last is marked **not converged**.")
 
 
 def _fits(r: dict) -> list[str]:
-    lines = ["| model | scenario | params | epochs (best) per seed | train s per seed |", "|---|---|---|---|---|"]
+    lines = ["| model | scenario | params | epochs run (best) per seed | train s per seed |", "|---|---|---|---|---|"]
     groups: dict[tuple[str, int], list[dict]] = {}
     for f in r["fits"]:
         groups.setdefault((f["model"], f["scenario"]), []).append(f)
@@ -124,8 +131,9 @@ def render(r: dict) -> str:
            f"8:1:1 split ({p['train']:,} / {p['valid']:,} / {p['test']:,} rows; data seed {s['data_seed']}). The "
            f"scenario is {_scenario(s)} ({len(p['scenarios'])} scenarios, named as the "
            "stream names them). History = the user's earlier kept interactions, the last "
-           f"{s['max_seq_len']}. Every model: AdamW lr {s['lr']}, batch {s['batch_size']}, up to {s['epochs']} "
-           f"epochs, early stopping on validation AUC (patience {s['patience']}); seeds {s['seed_list']}.", "",
+           f"{s['max_seq_len']}. Every model: AdamW lr {s['lr']} (embedding tables: row-wise Adagrad, lr 0.2), "
+           f"batch {s['batch_size']}, up to {s['epochs']} epochs, early stopping on validation AUC "
+           f"(patience {s['patience']}); seeds {s['seed_list']}.", "",
            "Values are mean ± std over seeds. *vs BST per seed*: in how many seeds the model's test AUC is above "
            "the same seed's BST, and the largest of the per-seed DeLong p-values (so 'max p < 0.05' means "
            "significant in every seed). RelaImpr = (AUC - 0.5) / (AUC_BST - 0.5) - 1 on seed means.", "",
@@ -144,5 +152,5 @@ def render(r: dict) -> str:
     out += ["## The paper's figures (Alimama public / industrial): compare orderings, not values", "",
             "| model | public AUC | industrial AUC |", "|---|---|---|",
             *(f"| {m} | {a} | {b} |" for m, (a, b) in PAPER.items()), "",
-            "## Fits", "", f"Model sizes: `{r['model_sizes']}`", "", *_fits(r), ""]
+            "## Fits", "", f"Model sizes: `{r['model_sizes']}`", "", _convergence(r), "", *_fits(r), ""]
     return "\n".join(out)

@@ -134,6 +134,21 @@ class FitResult:
     best_valid: float
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    valid_metric: str = ""
+
+    def convergence(self) -> dict:
+        """What a benchmark records about how the fit ended: best epoch and epochs run (both counted from 1),
+        `converged` = early stopping ended it after its best epoch (a best epoch that is the last means more
+        epochs might still have helped), the validation curve, and the training time."""
+        return convergence_record(self.best_epoch, self.history, self.valid_metric, self.seconds)
+
+
+def convergence_record(best_epoch: int, history: list[dict], valid_metric: str, seconds: float) -> dict:
+    """See `FitResult.convergence`; `best_epoch` counted from 0, as early stopping keeps it."""
+    epochs_run, best = len(history), best_epoch + 1
+    curve = [round(float(h[f"valid_{valid_metric}"]), 5) for h in history if f"valid_{valid_metric}" in h]
+    return {"best_epoch": best, "epochs_run": epochs_run, "epochs": epochs_run, "converged": 0 < best < epochs_run,
+            "valid_curve": curve, "seconds": round(seconds, 1)}
 
 
 @dataclass
@@ -275,7 +290,7 @@ def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: Exam
     optimizer = ModelOptimizer(model, cfg.lr, cfg.weight_decay, cfg.row_optimizer, cfg.row_lr)
     stopper = EarlyStopping(cfg.patience)
     stop = False
-    result = FitResult(best_epoch=-1, best_valid=float("nan"))
+    result = FitResult(best_epoch=-1, best_valid=float("nan"), valid_metric=cfg.valid_metric)
     t0 = time.perf_counter()
     for epoch in range(cfg.max_epochs):
         order = rng.permutation(len(train)) if cfg.shuffle else np.arange(len(train))

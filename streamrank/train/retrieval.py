@@ -104,7 +104,7 @@ def fit_retrieval(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer
     train_users, valid_users = split_contexts(model, proto, tz, train), split_contexts(model, proto, tz, valid)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     stopper = EarlyStopping(cfg.patience)
-    result = RetrievalFit(best_epoch=-1, best_valid=float("nan"))
+    result = RetrievalFit(best_epoch=-1, best_valid=float("nan"), valid_metric="mean_hit")
     t0 = time.perf_counter()
     for epoch in range(cfg.max_epochs):
         model.train()
@@ -126,7 +126,7 @@ def fit_retrieval(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer
         record = {"epoch": epoch, **{f"loss_{k}": v / max(len(starts), 1) for k, v in sums.items()}}
         metrics = evaluate_model(model, proto, tz, valid, corpus, contexts=valid_users)
         value = metrics.mean_hit()
-        record.update({f"valid_{k}": v for k, v in metrics.summary().items()})
+        record.update({f"valid_{k}": v for k, v in metrics.summary().items()}, valid_mean_hit=value)
         record["seconds"] = round(time.perf_counter() - t0, 1)
         stop = stopper.update(epoch, value, model)
         result.history.append(record)

@@ -1,0 +1,52 @@
+"""Resumable benchmark parts: a part round-trips exactly, only under the settings it was made with, and
+nothing read back can execute code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamrank.bench.parts import Part, PartStore, fit_id, run_resumable
+
+
+def test_a_part_round_trips_under_its_own_settings(tmp_path: Path) -> None:
+    store = PartStore(tmp_path, {"epochs": 10, "sizes": {"hidden": (64, 32)}})
+    arr = np.linspace(0, 1, 7, dtype=np.float32)
+    store.save("dnn.seed0", Part({"info": {"best_epoch": 3}}, {"full/session_auc": arr}))
+    same = PartStore(tmp_path, {"sizes": {"hidden": [64, 32]}, "epochs": 10})  # JSON-equal settings
+    got = same.load("dnn.seed0")
+    assert got is not None and got.meta == {"info": {"best_epoch": 3}}
+    assert np.array_equal(got.arrays["full/session_auc"], arr) and got.arrays["full/session_auc"].dtype == np.float32
+    other = PartStore(tmp_path, {"epochs": 12, "sizes": {"hidden": (64, 32)}})
+    assert other.load("dnn.seed0") is None and other.load("missing") is None
+    assert other.note() is not None and "other settings" in other.note()
+    assert same.note() is None
+
+
+def test_stored_arrays_never_unpickle(tmp_path: Path) -> None:
+    store = PartStore(tmp_path, {})
+    store.save("x", Part({}, {"ok": np.zeros(2)}))
+    np.savez(tmp_path / "x.npz", ok=np.array([{"a": 1}], dtype=object))  # a pickled object array planted
+    with pytest.raises(ValueError, match="allow_pickle"):
+        store.load("x")
+
+
+def test_fit_ids_are_file_names() -> None:
+    assert fit_id("chronological", "aw_moe[gate=user only]", "seed2") == "chronological.aw_moe_gate=user_only_.seed2"
+
+
+def test_run_resumable_runs_only_the_missing_fits(tmp_path: Path) -> None:
+    store = PartStore(tmp_path, {"v": 1})
+    calls: list[int] = []
+
+    def run(job: int) -> Part:
+        calls.append(job)
+        return Part({"job": job}, {"a": np.full(3, job)})
+
+    first = run_resumable([1, 2], store, run, 1, 1, "cpu", lambda j: f"job{j}", progress=False)
+    again = run_resumable([1, 2, 3], store, run, 1, 1, "cpu", lambda j: f"job{j}", progress=False)
+    assert calls == [1, 2, 3]  # 1 and 2 were read back the second time
+    assert [p.meta["job"] for p in first] == [1, 2] and [p.meta["job"] for p in again] == [1, 2, 3]
+    assert [int(p.arrays["a"][0]) for p in again] == [1, 2, 3]
