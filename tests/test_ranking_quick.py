@@ -136,6 +136,10 @@ def test_bench_writes_all_tables(tmp_path, monkeypatch) -> None:
     for _, fits in runs.values():  # every fit says how it ended (issue 18's contract)
         for f in fits:
             assert 1 <= f["best_epoch"] <= f["epochs_run"] == 1 and f["converged"] is False
+    gate = runs["aw_moe_cl"][1][0]["gate"]  # how the gate mixes the experts, and the training losses per epoch
+    assert gate["g_norm"] > 0 and 0 <= gate["entropy_share"] <= 1 and 1 / 4 <= gate["top_weight"] <= 1
+    assert runs["dnn"][1][0]["gate"] is None and "loss_cl" in runs["aw_moe_cl"][1][0]["train_losses"][0]
+    assert "How the gated models mix their experts" in md
     for cap in (1, 3, 5, 10):  # the long tail as the paper defines it: several history lengths
         assert f"capped{cap}_full" in runs["aw_moe_cl"][0]
         assert f"capped{cap}_full/session_auc" in result["chronological"]["pvalues"]["aw_moe_cl|aw_moe"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
+import math
 import platform
 import sys
 import time
@@ -34,7 +35,7 @@ from streamrank.bench.ranking_report import ABLATION, MAIN, SESSION_METRICS, VAR
 from streamrank.data.movielens import MovieLens
 from streamrank.data.protocols import ExampleSet, RankingProtocol, chronological_protocol, recbole_protocol
 from streamrank.features import Tensorizer
-from streamrank.models.ranking import DISPLAY_NAMES, build_model
+from streamrank.models.ranking import DISPLAY_NAMES, RankingModel, build_model
 from streamrank.train.metrics import evaluate, paired_test, session_metrics
 from streamrank.train.offline import TrainConfig, fit, pick_device, predict, set_seed
 from streamrank.train.tensor_data import TensorDataset
@@ -158,7 +159,11 @@ def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> Part:
     else:
         out.metrics["test"] = [evaluate(probs, p.test.labels)]
     info = res.convergence() | {"seed": job.seed, "best_valid": res.best_valid, "max_epochs": args.epochs,
-                                "params": model.describe()["params"]}
+                                "params": model.describe()["params"],
+                                "train_losses": [{k: round(v, 5) for k, v in h.items() if k.startswith("loss_")}
+                                                 for h in res.history]}
+    if job.protocol == "chronological":
+        info["gate"] = gate_statistics(model, data["test"], dev)
     return Part({"info": info, "metrics": {k: v[0] for k, v in out.metrics.items()}},
                 {k: v[0].astype(np.float32) for k, v in out.sessions.items()})
 
@@ -168,6 +173,28 @@ def _jobs(args: argparse.Namespace) -> list[Job]:
             for key, (preset, over, seeds) in _runs(args).items() for seed in seeds]
     jobs += [Job("recbole", name, name, seed) for name in args.recbole_models for seed in args.seed_list]
     return sorted(jobs, key=lambda j: (j.protocol == "recbole", _COST.get(j.preset, 3)))
+
+
+@torch.no_grad()
+def gate_statistics(model: torch.nn.Module, source: TensorDataset, device: torch.device,
+                    rows: int = 20_000) -> dict[str, float] | None:
+    """How a gated model mixes its experts on the first `rows` test rows: the mean L2 norm of the raw gate
+    vectors g, and of w = softmax(g) the mean entropy (as a share of log K: 1 = uniform, 0 = one expert) and
+    the mean largest weight. CL's InfoNCE on dot products can only grow by sharpening g: this shows whether
+    it did. None for a model without a gate."""
+    if not isinstance(model, RankingModel) or model.gate is None:
+        return None
+    model.eval()
+    norms, entropy, top = [], [], []
+    for start in range(0, min(rows, len(source)), 4096):
+        idx = np.arange(start, min(start + 4096, rows, len(source)))
+        g = model(source.batch(idx, device)).gate
+        w = torch.softmax(g, dim=-1)
+        norms.append(g.norm(dim=-1))
+        entropy.append(-(w * w.clamp_min(1e-12).log()).sum(-1) / math.log(g.shape[-1]))
+        top.append(w.max(-1).values)
+    return {"g_norm": float(torch.cat(norms).mean()), "entropy_share": float(torch.cat(entropy).mean()),
+            "top_weight": float(torch.cat(top).mean())}
 
 
 def fit_settings(args: argparse.Namespace, sizes: dict) -> dict:

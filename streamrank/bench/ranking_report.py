@@ -145,6 +145,21 @@ def _fits(sec: dict) -> list[str]:
     return lines
 
 
+def _gates(sec: dict) -> list[str]:
+    """How each gated model mixes its experts (first 20,000 test rows), per seed."""
+    lines = ["| run | mean ‖g‖ | entropy of softmax(g) / log K | mean top weight | last-epoch losses |",
+             "|---|---|---|---|---|"]
+    for key, (_, fits) in sec["runs"].items():
+        stats = [f["gate"] for f in fits if f.get("gate")]
+        if stats:
+            last = fits[0].get("train_losses", [{}])[-1] if fits[0].get("train_losses") else {}
+            losses = ", ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in last.items())
+            lines.append(f"| {_name(key)} | {_ms([g['g_norm'] for g in stats])} | "
+                         f"{_ms([g['entropy_share'] for g in stats])} | {_ms([g['top_weight'] for g in stats])} | "
+                         f"{losses or '-'} |")
+    return lines if len(lines) > 2 else []
+
+
 def _convergence(sec: dict) -> str:
     fits = [f for _, fs in sec["runs"].values() for f in fs]
     done = sum(bool(f.get("converged")) for f in fits)
@@ -212,5 +227,5 @@ def render(r: dict) -> str:
             f"batch touches), batch {s['batch_size']}, up to {s['epochs']} epochs, early stopping on validation "
             f"(patience {s['patience']}), behaviours ≤ {s['max_seq_len']}, items seen fewer than "
             f"{s['min_item_count']} times in training share the OOV row.", "", _convergence(sec), "", *_fits(sec),
-            ""]
+            "", *(["### How the gated models mix their experts", "", *_gates(sec), ""] if _gates(sec) else [])]
     return "\n".join(out)
