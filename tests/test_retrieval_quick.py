@@ -34,3 +34,17 @@ def test_quick_ml100k_run_beats_popularity(tmp_path: Path) -> None:
     again = json.loads((tmp_path / "retrieval-ml-100k-quick.json").read_text())
     assert part.stat().st_mtime_ns == stamp
     assert again["runs"]["base"] == result["runs"]["base"] and again["pvalues"] == result["pvalues"]
+
+
+def test_parallel_fits_equal_sequential_fits(tmp_path: Path) -> None:
+    """Forked workers give the numbers of one process: each fit seeds itself and sees the same data."""
+    try:
+        dataset_files("ml-100k")
+    except MovieLensError as exc:
+        pytest.skip(str(exc))
+    common = ["--quick", "--no-progress", "--seeds", "2", "--steps-per-epoch", "40"]
+    assert bench.main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert bench.main([*common, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = (json.loads((tmp_path / d / "retrieval-ml-100k-quick.json").read_text()) for d in ("one", "two"))
+    assert two["machine"]["workers"] == 2
+    assert [s["hit@50"] for s in one["runs"]["base"]["seeds"]] == [s["hit@50"] for s in two["runs"]["base"]["seeds"]]

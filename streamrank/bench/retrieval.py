@@ -16,13 +16,14 @@ import datetime as dt
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from streamrank.bench import movielens_cli as cli
-from streamrank.bench.parts import Part, PartStore, default_root, fit_id
+from streamrank.bench.parts import Part, PartStore, default_root, fit_id, run_resumable
 from streamrank.data.retrieval_protocol import RetrievalProtocol, retrieval_protocol
 from streamrank.data.titles import ENCODER, genre_neighbours, nearest_neighbours, title_embeddings
 from streamrank.features import ItemSide, Tensorizer
@@ -102,21 +103,16 @@ def run(args: argparse.Namespace) -> dict:
     corpus = encode_corpus(p, tz)
     store = PartStore(args.parts or default_root(args.out, "retrieval", args.dataset_label, args.quick),
                       fit_settings(args, sizes))
-    for name in args.models:
-        for seed in args.seed_list:
-            fid = fit_id(name, f"seed{seed}")
-            part = store.load(fid)
-            if part is None:
-                part = _fit_one(name, seed, args, p, tz, sizes, samplers, corpus)
-                store.save(fid, part)
-            else:
-                log(f"{name} seed {seed}: stored in {store.root}, not refitted")
-            run_ = runs.setdefault(name, {"seeds": [], "fits": []})
-            run_["seeds"].append(part.meta["summary"])
-            run_["fits"].append(part.meta["fit"])
-            hits.setdefault(name, []).append({k: part.arrays[f"hit@{k}"] for k in KS})
-    if store.note():
-        log(store.note())
+    jobs = [(name, seed) for name in args.models for seed in args.seed_list]
+    # forked workers inherit the protocol, samplers and corpus built above (copy-on-write)
+    parts = run_resumable(jobs, store, partial(_fit_job, world=(args, p, tz, sizes, samplers, corpus)),
+                          args.workers, args.threads, args.device, lambda j: fit_id(j[0], f"seed{j[1]}"),
+                          progress=False)
+    for (name, _), part in zip(jobs, parts, strict=True):
+        run_ = runs.setdefault(name, {"seeds": [], "fits": []})
+        run_["seeds"].append(part.meta["summary"])
+        run_["fits"].append(part.meta["fit"])
+        hits.setdefault(name, []).append({k: part.arrays[f"hit@{k}"] for k in KS})
     return {"stats": p.stats, "samplers": sampler_info, "runs": runs, "pvalues": _pvalues(hits, args.reference),
             "model_config": {m: make_config(m, **sizes).to_dict() for m in args.models}}
 
@@ -126,6 +122,12 @@ def fit_settings(args: argparse.Namespace, sizes: dict) -> dict:
     keys = ("dataset_label", "quick", "epochs", "steps_per_epoch", "patience", "lr", "batch_size",
             "max_train_examples")
     return {k: getattr(args, k) for k in keys} | {"sizes": sizes}
+
+
+def _fit_job(job: tuple[str, int], world: tuple) -> Part:
+    """`_fit_one` for a (model, seed) job, in a worker process."""
+    args, p, tz, sizes, samplers, corpus = world
+    return _fit_one(job[0], job[1], args, p, tz, sizes, samplers, corpus)
 
 
 def _fit_one(name: str, seed: int, args: argparse.Namespace, p: RetrievalProtocol, tz: Tensorizer, sizes: dict,
@@ -208,7 +210,8 @@ def render(r: dict) -> str:
     return "\n".join([
         f"# Retrieval benchmark: {r['dataset']}{' (quick)' if r['quick'] else ''}", "",
         f"Command: `{r['command']}`  ",
-        f"Date: {dt.date.today()}; machine: {r['machine']['device']}, {r['machine']['threads']} torch thread(s), "
+        f"Date: {dt.date.today()}; machine: {r['machine']['device']}, {r['machine'].get('workers', 1)} fit(s) in "
+        f"parallel x {r['machine']['threads']} torch thread(s), "
         f"torch {r['machine']['torch']}; wall time {r['wall_seconds']} s. Seeds {s['seed_list']}; values are "
         "mean ± std over seeds. Δ and p: paired t-test over test users (per-user hit averaged over seeds) "
         f"against {DISPLAY_NAMES.get(ref, ref)}.", "",
@@ -251,7 +254,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a RetrievalConfig field for every model (e.g. cl_temperature=0.2); repeatable")
     a.add_argument("--max-train-examples", type=int, default=0, help="subsample training rows (0 = all)")
-    a.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    a.add_argument("--threads", type=int, default=1, help="torch threads per fit (1 is fastest on a 2-core box)")
+    a.add_argument("--workers", type=int, default=1, help="fits run in parallel, one process each (CPU only)")
     a.add_argument("--parts", type=Path, default=None,
                    help="where each fit's result is kept, so a rerun resumes (default <out>/parts/retrieval-<dataset>)")
     args = a.parse_args(argv)
@@ -262,7 +266,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             args.models = "base"
     args.models = cli.split_models(args.models, MODELS, "retrieval models")
     args.overrides = cli.parse_overrides(args.set)
-    cli.check_counts(args, ("seeds", "epochs", "batch_size", "negatives", "dim", "max_behaviours", "sem_topk"),
+    cli.check_counts(args, ("seeds", "epochs", "batch_size", "negatives", "dim", "max_behaviours", "sem_topk",
+                            "workers"),
                  ("steps_per_epoch", "max_train_examples", "threads"))
     args.steps_per_epoch = args.steps_per_epoch or None
     return cli.finish(args)
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench retrieval"
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = cli.result_head(args, " ".join([prog, *argv]))
+    result = cli.result_head(args, " ".join([prog, *argv]), workers=args.workers)
     result.update(run(args))
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     stem = cli.write_result(args, "retrieval", result, render)
