@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrank.bench.parts import Part, PartStore, fit_id, run_resumable
+from streamrank.bench.parts import Part, PartStore, config_tag, fit_id, run_resumable
 
 
 def test_a_part_round_trips_under_its_own_settings(tmp_path: Path) -> None:
@@ -35,6 +35,16 @@ def test_stored_arrays_never_unpickle(tmp_path: Path) -> None:
 
 def test_fit_ids_are_file_names() -> None:
     assert fit_id("chronological", "aw_moe[gate=user only]", "seed2") == "chronological.aw_moe_gate=user_only_.seed2"
+
+
+def test_a_changed_model_configuration_gets_a_new_fit_id() -> None:
+    from streamrank.models.factory import model_config
+
+    base = model_config("aw_moe_cl", hidden_dim=32)
+    assert config_tag(base) == config_tag(model_config("aw_moe_cl", hidden_dim=32))
+    assert config_tag(base) == config_tag({**base, "expert_hidden": list(base["expert_hidden"])})  # JSON-equal
+    assert config_tag(base) != config_tag(model_config("aw_moe_cl", hidden_dim=32, cl_weight=0.01))
+    assert config_tag(model_config("deepfm")) != config_tag(model_config("wide_deep"))
 
 
 def test_run_resumable_runs_only_the_missing_fits(tmp_path: Path) -> None:

@@ -198,11 +198,11 @@ def test_a_rerun_resumes_from_the_stored_parts(tmp_path, monkeypatch) -> None:
     under other settings is not mixed in."""
     common = ("--no-ablation", "--models", "dnn,din", "--recbole-models", "dnn", "--parts", str(tmp_path / "parts"))
     first = _bench_json(tmp_path, monkeypatch, *common, "--seeds", "1")
-    part = tmp_path / "parts" / "chronological.dnn.seed0.json"
+    (part,) = (tmp_path / "parts").glob("chronological.dnn.seed0.c*.json")  # id: run key, seed, config digest
     stamp = part.stat().st_mtime_ns
     second = _bench_json(tmp_path, monkeypatch, *common, "--seeds", "2")
     assert part.stat().st_mtime_ns == stamp  # reused, not refitted
-    assert (tmp_path / "parts" / "chronological.dnn.seed1.npz").exists()
+    assert len(list((tmp_path / "parts").glob("chronological.dnn.seed1.c*.npz"))) == 1
     runs1, runs2 = first["chronological"]["runs"], second["chronological"]["runs"]
     assert [f["seed"] for f in runs2["dnn"][1]] == [0, 1]
     assert runs2["dnn"][0]["full"][0] == runs1["dnn"][0]["full"][0]

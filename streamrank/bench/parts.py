@@ -4,7 +4,8 @@ A converged benchmark on this 2-core machine takes hours per seed, longer than o
 fit (protocol, run key, seed) therefore writes `<root>/<fit id>.json` (its summary metrics and fit info,
 plus the settings that produced it) and `<fit id>.npz` (its per-session metric arrays, what the paired
 tests need). A later run with the same settings skips the fits already stored and reports over all of
-them, so seeds can be added one session at a time and a killed run loses only the fits in flight.
+them, so seeds can be added one session at a time and a killed run loses only the fits in flight. A fit's
+id carries a digest of its model's whole configuration (`config_tag`), so a changed default refits.
 
 A part whose recorded settings differ from the run's is never mixed in: it is ignored with a one-line
 note. Arrays load with `allow_pickle=False`, so nothing read back can execute code.
@@ -12,6 +13,7 @@ note. Arrays load with `allow_pickle=False`, so nothing read back can execute co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -45,6 +47,13 @@ def fit_id(*fields: object) -> str:
     """A file-name-safe id for a fit, e.g. fit_id("chronological", "aw_moe[gate=user only]", 2)."""
     raw = ".".join(str(f) for f in fields)
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", raw)
+
+
+def config_tag(config: dict) -> str:
+    """A short digest of a model's full configuration, for its fit id: when a code change alters a preset
+    or a default, the stored fits of the old configuration are no longer picked up (a new id is refitted)."""
+    text = json.dumps(_normalise(config), sort_keys=True)
+    return "c" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def default_root(out: Path, bench: str, dataset_label: str, quick: bool) -> Path:

@@ -29,13 +29,13 @@ import torch
 
 from streamrank.bench import movielens_cli as cli
 from streamrank.bench.parallel import effective_workers
-from streamrank.bench.parts import Part, PartStore, default_root, fit_id, run_resumable
+from streamrank.bench.parts import Part, PartStore, config_tag, default_root, fit_id, run_resumable
 from streamrank.bench.ranking_claims import cl_gain_contrasts, claims
 from streamrank.bench.ranking_report import ABLATION, MAIN, SESSION_METRICS, VARIANTS, render
 from streamrank.data.movielens import MovieLens
 from streamrank.data.protocols import ExampleSet, RankingProtocol, chronological_protocol, recbole_protocol
 from streamrank.features import Tensorizer
-from streamrank.models.ranking import DISPLAY_NAMES, RankingModel, build_model
+from streamrank.models.ranking import DISPLAY_NAMES, RankingModel, build_model, make_config
 from streamrank.train.metrics import evaluate, paired_test, session_metrics
 from streamrank.train.offline import TrainConfig, fit, pick_device, predict, set_seed
 from streamrank.train.tensor_data import TensorDataset
@@ -136,14 +136,23 @@ def _tensorise(tz: Tensorizer, **splits: ExampleSet) -> dict[str, TensorDataset]
     return out
 
 
+def _config_overrides(job: Job, args: argparse.Namespace, sizes: dict) -> dict:
+    """The RankingConfig overrides of a fit: sizes, then the context, `--set` and the run key's own."""
+    # MovieLens has no query: the gate pairs behaviours with the target item (the paper's Amazon setting)
+    return {**sizes, "gate_context": "target", **args.overrides, **dict(job.overrides)}
+
+
+def _config(job: Job, args: argparse.Namespace, sizes: dict) -> dict:
+    """A fit's whole model configuration (what its stored part is keyed on)."""
+    return make_config(job.preset, **_config_overrides(job, args, sizes)).to_dict()
+
+
 def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> Part:
     """Trains one fit and scores it on every test subset, in the worker; returns its part (`bench.parts`)."""
     world = _WORLD[job.protocol]
     p, tz, data = world["protocol"], world["tz"], world["tensors"]
     set_seed(job.seed)
-    # MovieLens has no query: the gate pairs behaviours with the target item (the paper's Amazon setting)
-    ctx = {"gate_context": "target"} | args.overrides | dict(job.overrides)
-    model = build_model(job.preset, tz.spec, **{**sizes, **ctx})
+    model = build_model(job.preset, tz.spec, **_config_overrides(job, args, sizes))
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="session_auc" if p.valid.sessions is not None else "auc",
                       progress=False, device=args.device, max_steps_per_epoch=args.max_steps_per_epoch)
@@ -365,8 +374,11 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     jobs = _jobs(args)
     root = args.parts or default_root(args.out, "ranking", args.dataset_label, args.quick)
     store = PartStore(root, fit_settings(args, sizes))
+    def fid(j: Job) -> str:
+        return fit_id(j.protocol, j.key, f"seed{j.seed}", config_tag(_config(j, args, sizes)))
+
     parts = run_resumable(jobs, store, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,
-                          lambda j: fit_id(j.protocol, j.key, f"seed{j.seed}"), progress=not args.no_progress)
+                          fid, progress=not args.no_progress)
     result = {**cli.result_head(args, command, threads=threads, workers=workers), "model_sizes": sizes,
               "chronological": chronological_section(args, jobs, parts)}
     if args.recbole_models:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from streamrank.bench import movielens_cli as cli
-from streamrank.bench.parts import Part, PartStore, default_root, fit_id, run_resumable
+from streamrank.bench.parts import Part, PartStore, config_tag, default_root, fit_id, run_resumable
 from streamrank.data.retrieval_protocol import RetrievalProtocol, retrieval_protocol
 from streamrank.data.titles import ENCODER, genre_neighbours, nearest_neighbours, title_embeddings
 from streamrank.features import ItemSide, Tensorizer
@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> dict:
     jobs = [(name, seed) for name in args.models for seed in args.seed_list]
     # forked workers inherit the protocol, samplers and corpus built above (copy-on-write)
     parts = run_resumable(jobs, store, partial(_fit_job, world=(args, p, tz, sizes, samplers, corpus)),
-                          args.workers, args.threads, args.device, lambda j: fit_id(j[0], f"seed{j[1]}"),
+                          args.workers, args.threads, args.device,
+                          lambda j: fit_id(j[0], f"seed{j[1]}", config_tag(make_config(j[0], **sizes).to_dict())),
                           progress=False)
     for (name, _), part in zip(jobs, parts, strict=True):
         run_ = runs.setdefault(name, {"seeds": [], "fits": []})

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from streamrank.bench import movielens_cli as cli
-from streamrank.bench.parts import Part, PartStore, default_root, fit_id, run_resumable
+from streamrank.bench.parts import Part, PartStore, config_tag, default_root, fit_id, run_resumable
 from streamrank.bench.scenario_report import render
 from streamrank.data.protocols import ExampleSet, recbole_protocol
 from streamrank.features import Tensorizer
-from streamrank.models.factory import PRESETS, build_model, is_scenario_preset
+from streamrank.models.factory import PRESETS, build_model, is_scenario_preset, model_config
 from streamrank.models.scenario import ScenarioModel
 from streamrank.train.metrics import auc, delong_test, log_loss
 from streamrank.train.offline import TrainConfig, fit, predict, set_seed
@@ -82,6 +82,11 @@ def _split(data: dict[str, TensorDataset], codes: dict[str, np.ndarray],
                  for n in ("train", "valid", "test"))
 
 
+def _sizes(model: str, args: argparse.Namespace) -> dict:
+    """The size overrides of a preset in this benchmark."""
+    return (QUICK_SIZES if args.quick else SIZES) if is_scenario_preset(model) else DIN_SIZES
+
+
 def run_job(job: Job, args: argparse.Namespace) -> Part:
     """Trains one (model, seed[, scenario]); its part holds the fit record and the test predictions."""
     torch.set_num_threads(args.threads_per_worker)
@@ -90,8 +95,7 @@ def run_job(job: Job, args: argparse.Namespace) -> Part:
     train, valid, test = _split(_WORLD["tensors"][routed], codes, job)
     tz = Tensorizer(spec)
     set_seed(job.seed)
-    sizes = (QUICK_SIZES if args.quick else SIZES) if is_scenario_preset(job.model) else DIN_SIZES
-    model = build_model(job.model, spec, **sizes)
+    model = build_model(job.model, spec, **_sizes(job.model, args))
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="auc", progress=False, device=args.device)
     res = fit(model, tz, train, valid, cfg, on_epoch=partial(cli.log_epoch, f"{job.model}/{job.seed}/{job.scenario}"))
@@ -196,7 +200,8 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario")
     root = args.parts or default_root(args.out, "scenario", args.dataset_label, args.quick)
     store = PartStore(root, fit_settings(args))
     parts = run_resumable(jobs, store, partial(run_job, args=args), args.workers, args.threads_per_worker,
-                          args.device, lambda j: fit_id(j.model, f"seed{j.seed}", f"scenario{j.scenario}"),
+                          args.device, lambda j: fit_id(j.model, f"seed{j.seed}", f"scenario{j.scenario}",
+                                                       config_tag(model_config(j.model, **_sizes(j.model, args)))),
                           progress=not args.no_progress)
     results = [{"job": j, "probs": part.arrays["probs"], "info": part.meta["info"]}
                for j, part in zip(jobs, parts, strict=True)]

@@ -34,6 +34,15 @@ def build_model(name: str, spec: FeatureSpec, **overrides: object) -> Ranker:
     raise KeyError(f"unknown ranking model {name!r}; presets: {', '.join(sorted(PRESETS))}")
 
 
+def model_config(name: str, **overrides: object) -> dict:
+    """The whole configuration (`cfg.to_dict()`) a preset with overrides builds, without building it."""
+    if name in ranking.PRESETS:
+        return ranking.make_config(name, **overrides).to_dict()
+    if name in scenario.PRESETS:
+        return scenario.make_config(name, **overrides).to_dict()
+    raise KeyError(f"unknown ranking model {name!r}; presets: {', '.join(sorted(PRESETS))}")
+
+
 def model_from_config(spec: FeatureSpec, config: dict[str, Any]) -> Ranker:
     """Rebuilds a model (untrained weights) from its `cfg.to_dict()`; the "family" key picks the class."""
     if config.get("family") == "scenario":

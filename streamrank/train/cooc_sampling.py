@@ -8,11 +8,15 @@ offline training and the streamed `cooc` topic agree. Only training interactions
 
 `NeighbourSampler` holds an item -> {neighbour: weight} graph over item codes (CSR) and draws, per
 anchor, one positive with probability proportional to the weight (co-occurrence counts; uniform for the
-top-k semantic neighbours), and negatives among items that are not neighbours (never co-occurred).
+top-k semantic neighbours), and up to k distinct negatives among items that are not neighbours (never
+co-occurred), redrawing picks that hit a neighbour (MicRec Sec. 3.5, 5.3). `with_group_boost` multiplies
+the weight of same-category neighbours (the paper's Sec. 4.1 emphasis on same-category co-occurrences in
+positive sampling).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -24,6 +28,7 @@ from streamrank.stream.userstate import UserState
 
 # Keep every neighbour offline (the worker trims to its top `cooc_top_m`; "never co-occurred" needs all).
 UNBOUNDED = 1 << 40
+DENSE_LIMIT = 1 << 27  # item x item cells up to which membership is a dense bool table (ML-1M: 13.7M)
 
 
 def session_cooccurrence(sequences: Iterable[tuple[Sequence[str], Sequence[int]]],
@@ -59,6 +64,10 @@ class NeighbourSampler:
         self.cum = np.concatenate([[0.0], np.cumsum(self.weights)])
         rows = np.repeat(np.arange(n_items, dtype=np.int64), np.diff(self.indptr))
         self.keys = np.sort(rows * n_items + self.indices)
+        self.adj: np.ndarray | None = None  # dense adjacency for fast membership where it fits
+        if n_items * n_items <= DENSE_LIMIT:
+            self.adj = np.zeros((n_items, n_items), dtype=bool)
+            self.adj[rows, self.indices] = True
 
     @classmethod
     def from_lists(cls, neighbours: Sequence[Mapping[int, float]]) -> NeighbourSampler:
@@ -107,20 +116,77 @@ class NeighbourSampler:
 
     def are_neighbours(self, anchors: np.ndarray, others: np.ndarray) -> np.ndarray:
         """Boolean array shaped like `others` (M, K): whether others[m, k] is a neighbour of anchors[m]."""
+        if self.adj is not None:
+            return self.adj[np.asarray(anchors, dtype=np.int64)[:, None], others]
         if not len(self.keys):
             return np.zeros(others.shape, dtype=bool)
         keys = np.asarray(anchors, dtype=np.int64)[:, None] * self.n_items + others
         pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         return self.keys[pos] == keys
 
-    def negatives(self, anchors: np.ndarray, pool: np.ndarray, k: int,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def with_group_boost(self, groups: np.ndarray, factor: float) -> NeighbourSampler:
+        """A copy whose edges between two items of the same group (e.g. category code; a negative code =
+        unknown, never the same) weigh `factor` times more when drawing positives; negatives unchanged."""
+        groups = np.asarray(groups, dtype=np.int64)
+        rows = np.repeat(np.arange(self.n_items, dtype=np.int64), np.diff(self.indptr))
+        same = (groups[rows] == groups[self.indices]) & (groups[rows] >= 0)
+        out = copy.copy(self)  # indptr, indices and the sorted keys are shared (read-only)
+        out.weights = self.weights * np.where(same, float(factor), 1.0)
+        out.cum = np.concatenate([[0.0], np.cumsum(out.weights)])
+        return out
+
+    def _allowed(self, anchors: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Whether items[m, k] may be a negative of anchors[m]: neither the anchor nor a neighbour."""
+        return (items != anchors[:, None]) & ~self.are_neighbours(anchors, items)
+
+    def negatives(self, anchors: np.ndarray, pool: np.ndarray, k: int, rng: np.random.Generator,
+                  rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
         """k picks from `pool` (item codes) per anchor: (positions into pool (M, k), valid (M, k)).
 
         A pick is valid when it is neither the anchor nor one of its neighbours (for co-occurrence: an item
-        that never co-occurred with it); invalid picks are to be masked out of the loss.
+        that never co-occurred with it) nor an item picked already for that anchor. Invalid picks are
+        redrawn `rounds` times; rows still short then are filled exactly (a random subset of the pool's
+        distinct allowed items), so every anchor gets min(k, allowed distinct pool items) negatives (the
+        paper's "up to 50"). Invalid picks are left only where the pool runs short; mask them out.
         """
+        anchors = np.asarray(anchors, dtype=np.int64)
         pick = rng.integers(0, len(pool), size=(len(anchors), k))
-        items = pool[pick]
-        valid = (items != np.asarray(anchors)[:, None]) & ~self.are_neighbours(anchors, items)
+        allowed = self._allowed(anchors, pool[pick])
+        valid = allowed & ~_repeats(pool[pick])
+        for _ in range(rounds):
+            bad = ~valid
+            if not bad.any():
+                return pick, valid
+            rows = np.nonzero(bad)[0]
+            pick[bad] = rng.integers(0, len(pool), size=len(rows))
+            allowed[bad] = self._allowed(anchors[rows], pool[pick[bad]][:, None])[:, 0]
+            valid = allowed & ~_repeats(pool[pick])
+        short = np.nonzero(~valid.all(1))[0]
+        if len(short):
+            pick[short], valid[short] = self._fill(anchors[short], pool, k, rng)
         return pick, valid
+
+    def _fill(self, anchors: np.ndarray, pool: np.ndarray, k: int,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Exact draw: per anchor, min(k, n allowed) distinct allowed pool items at random (positions, valid)."""
+        items, first = np.unique(np.asarray(pool, dtype=np.int64), return_index=True)
+        ok = self._allowed(anchors, np.broadcast_to(items, (len(anchors), len(items))))
+        prio = np.where(ok, rng.random(ok.shape), -1.0)
+        kk = min(k, len(items))
+        top = np.argpartition(-prio, kk - 1, axis=1)[:, :kk]
+        pick = np.zeros((len(anchors), k), dtype=np.int64)
+        valid = np.zeros((len(anchors), k), dtype=bool)
+        pick[:, :kk] = first[top]
+        valid[:, :kk] = np.take_along_axis(prio, top, axis=1) >= 0
+        return pick, valid
+
+
+def _repeats(items: np.ndarray) -> np.ndarray:
+    """(M, K) bool: True where items[m, k] equals an item earlier in its row (the first copy stays False)."""
+    order = np.argsort(items, axis=1, kind="stable")
+    srt = np.take_along_axis(items, order, axis=1)
+    dup = np.zeros(items.shape, dtype=bool)
+    dup_sorted = np.zeros(items.shape, dtype=bool)
+    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    np.put_along_axis(dup, order, dup_sorted, axis=1)
+    return dup

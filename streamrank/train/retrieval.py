@@ -1,6 +1,7 @@
 """Offline training of the two-tower retrieval models on a `RetrievalProtocol`.
 
-Adam (the paper's optimiser, lr 1e-3), mini-batches of (user history, target) rows in random order; the
+Adam (the paper's optimiser, lr 1e-3), mini-batches of (user history, target) rows in random order, the
+matching negatives drawn uniformly from the corpus without the items the row's user clicked in training; the
 user side of each batch goes through the one `Tensorizer`, the item side is the corpus encoded once
 (row = item code). After each epoch the validation split is evaluated by exact search and the best
 weights (mean HIT@{50,100,200,500} on validation) are kept: tuning never looks at the test split.
@@ -22,7 +23,7 @@ from streamrank.features.tensorize import Tensorizer
 from streamrank.models.retrieval.model import TwoTowerModel
 from streamrank.train.offline import EarlyStopping, FitResult, pick_device, set_seed
 from streamrank.train.retrieval_eval import KS, RetrievalEval, evaluate_scores
-from streamrank.train.retrieval_losses import CLSamplers, StepInputs, step_losses
+from streamrank.train.retrieval_losses import ClickedItems, CLSamplers, StepInputs, step_losses
 from streamrank.train.tensor_data import TensorContexts
 
 
@@ -102,6 +103,8 @@ def fit_retrieval(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer
     if cfg.eval_users and cfg.eval_users < len(valid):
         valid = valid.subset(np.sort(np.random.default_rng(0).choice(len(valid), cfg.eval_users, replace=False)))
     train_users, valid_users = split_contexts(model, proto, tz, train), split_contexts(model, proto, tz, valid)
+    # the paper's matching negatives are random items the user did not click (Eq. 7): training clicks only
+    clicked = ClickedItems(train.user, train.item, proto.n_items) if model.cfg.mask_clicked else None
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     stopper = EarlyStopping(cfg.patience)
     result = RetrievalFit(best_epoch=-1, best_valid=float("nan"), valid_metric="mean_hit")
@@ -116,7 +119,8 @@ def fit_retrieval(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer
             rows = order[s:s + cfg.batch_size]
             users = train_users.rows(rows)
             pool = rng.integers(0, proto.n_items, model.cfg.n_negatives)
-            losses = step_losses(model, corpus, StepInputs(users, train.item[rows], pool), samplers, rng, gen)
+            seen = clicked.mask(train.user[rows], pool) if clicked is not None else None
+            losses = step_losses(model, corpus, StepInputs(users, train.item[rows], pool, seen), samplers, rng, gen)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()

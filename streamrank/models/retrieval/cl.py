@@ -3,7 +3,7 @@
 - `info_nce`: -log exp(a·p/τ) / (exp(a·p/τ) + Σ_j exp(a·n_j/τ)) with per-anchor negatives, some of
   which may be masked out (e.g. sampled negatives that turned out to be positives);
 - `element_dropout`: the feature-level augmentation (element-level dropout of the raw item embedding);
-- `other_rows`: K distinct-from-self row indices per anchor (in-batch negatives).
+- `other_rows`: K distinct row indices per anchor, none of them the anchor's own (in-batch negatives).
 
 The losses that use them (which items, which positives, which negatives) are assembled in
 `streamrank.train.retrieval_losses`.
@@ -46,9 +46,10 @@ def element_dropout(f: Tensor, p: float, generator: torch.Generator | None = Non
 
 
 def other_rows(m: int, k: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
-    """(m, min(k, m-1)) row indices, each row's drawn uniformly from the other m-1 rows (with replacement)."""
+    """(m, min(k, m-1)) row indices: for each row, a uniformly random subset of the other m-1 rows (no
+    repeats), so every anchor gets min(k, m-1) distinct negatives, as the paper's "up to 50" negatives."""
     k = min(k, m - 1)
     if k <= 0:
         return torch.zeros((m, 0), dtype=torch.long, device=device)
-    offs = torch.randint(1, m, (m, k), generator=generator, device=device)
+    offs = torch.rand((m, m - 1), generator=generator, device=device).topk(k, dim=1).indices + 1
     return (torch.arange(m, device=device).unsqueeze(1) + offs) % m

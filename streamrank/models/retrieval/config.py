@@ -13,6 +13,7 @@ from typing import Literal
 UserTower = Literal["transformer", "mean", "fm"]
 ItemTower = Literal["mlp", "linear", "fm"]
 SemanticSource = Literal["title", "genre"]
+FeaAttach = Literal["raw", "tower"]
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,24 @@ class RetrievalConfig:
         paper scores with the plain dot product.
     temperature / n_negatives: sampled softmax with `n_negatives` uniformly random items (shared by the
         batch) as negatives, logits divided by `temperature`.
+    mask_clicked: leave out of a row's negatives every pool item its user clicked in training (paper Eq. 7:
+        the negatives are random items not clicked by u_i); False masks only copies of the row's target.
     fea_weight / fea_dropout: feature-level CL (element dropout of the raw item embedding, ratio 0.5).
+    fea_on: where the feature-level CL compares the original and the augmented item: "raw" (the paper's
+        Eq. 2: its projector MLP_f reads the raw field embeddings f and dropout(f) directly) or "tower"
+        (both views go through the item tower first, then the projector; the pre-2026-12-02 code).
     sem_weight / sem_source / sem_topk: semantic-level CL, positives among the `sem_topk` nearest items by
         title embedding ("title") or sharing genres ("genre").
     sess_weight: session-level CL (positives drawn in proportion to one-hour co-occurrence counts).
-    cl_negatives / cl_temperature / cl_anchors / proj_dim: CL negatives per anchor (paper: up to 50),
-        InfoNCE temperature (paper: 1; default here 0.2, see cl_normalize), anchor items per step (the
-        batch's distinct targets, subsampled), size of the 1-layer projectors.
-    cl_normalize: compare L2-normalised projections (cosine / cl_temperature). The paper's setting is the raw
-        dot product with τ = 1 (cl_normalize=False, cl_temperature=1.0); on ML-1M validation it slowed the
-        matching loss down badly within our training budget, cosine with τ = 0.2 did not (docs/retrieval.md).
+    sess_same_category: factor on the co-occurrence count of two items of the same category when drawing
+        session positives (paper Sec. 4.1 "emphasizes" same-category co-occurrences without a number: the
+        2.0 is ours and open to tuning; 1.0 = plain counts).
+    cl_negatives / cl_temperature / cl_anchors / proj_dim: distinct CL negatives per anchor (paper: up to
+        50), InfoNCE temperature (paper: τ = 1 for all three tasks), anchor items per step (the batch's
+        distinct targets, subsampled), output size of the 1-layer projectors.
+    cl_normalize: compare L2-normalised projections (cosine / cl_temperature) instead of the paper's raw
+        dot product (Eq. 2, 4, 5). Off by default; the cosine with τ = 0.2 was an earlier deviation chosen
+        on validation when the feature-level CL was attached to the tower (docs/retrieval.md).
     """
 
     emb_dim: int = 64
@@ -56,15 +65,18 @@ class RetrievalConfig:
     normalize: bool = False
     temperature: float = 1.0
     n_negatives: int = 1024
+    mask_clicked: bool = True
     fea_weight: float = 0.0
     fea_dropout: float = 0.5
+    fea_on: FeaAttach = "raw"
     sem_weight: float = 0.0
     sem_source: SemanticSource = "title"
     sem_topk: int = 10
     sess_weight: float = 0.0
+    sess_same_category: float = 2.0
     cl_negatives: int = 50
-    cl_temperature: float = 0.2
-    cl_normalize: bool = True
+    cl_temperature: float = 1.0
+    cl_normalize: bool = False
     cl_anchors: int = 512
     proj_dim: int = 64
 
@@ -79,6 +91,10 @@ class RetrievalConfig:
             raise ValueError("CL weights must be >= 0")
         if self.n_negatives < 1 or self.cl_negatives < 1:
             raise ValueError("n_negatives and cl_negatives must be positive")
+        if self.fea_on not in ("raw", "tower"):
+            raise ValueError("fea_on must be 'raw' or 'tower'")
+        if self.sess_same_category <= 0:
+            raise ValueError("sess_same_category must be > 0")
 
     @property
     def cl_tasks(self) -> tuple[str, ...]:
@@ -96,8 +112,17 @@ class RetrievalConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RetrievalConfig:
-        """Inverse of `to_dict` (JSON turns tuples into lists; they are turned back)."""
+        """Inverse of `to_dict` (JSON turns tuples into lists; they are turned back).
+
+        Fields missing from a dict saved before they existed take the value the code then had (`LEGACY`),
+        so an old artefact rebuilds the model it was trained as.
+        """
+        d = {**LEGACY, **d}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# What configs saved before 2026-12-02 meant by the fields added then (fea_on decides the projector's shape).
+LEGACY: dict[str, object] = {"fea_on": "tower", "mask_clicked": False, "sess_same_category": 1.0}
 
 
 _BASE = RetrievalConfig()

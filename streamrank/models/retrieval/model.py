@@ -3,7 +3,9 @@
 The retrieval score of (user, item) is the dot product `user_vectors · item_vectors`. The vectors are
 L2-normalised only when `cfg.normalize` is set (off in every preset: the paper's plain dot product), so
 a FAISS inner-product index over `encode_items` reproduces the exact scores. The contrastive
-projectors (`projectors`) exist only for the enabled CL tasks and are used in training only.
+projectors (`projectors`, one 1-layer projector per enabled CL task, not shared) are used in training
+only: MLP_f of the feature-level task reads raw item embeddings (paper Eq. 2; `item_dim` inputs unless
+`cfg.fea_on == "tower"`), MLP_t and MLP_s read item-tower outputs (Eq. 4, 5; `dim` inputs).
 
 `encode_users` / `encode_items` are the serving entry points: raw `RequestContext`s / `Candidate`s go
 through the one `Tensorizer` with frozen vocabularies (unknown ids -> OOV; an unknown item still gets a
@@ -41,7 +43,7 @@ class TwoTowerModel(nn.Module):
         self.embed = FeatureEmbedder(spec, cfg.emb_dim)
         self.user_tower = build_user_tower(self.embed, cfg)
         self.item_tower = ItemTower(self.embed, cfg)
-        self.projectors = nn.ModuleDict({t: nn.Linear(cfg.dim, cfg.proj_dim) for t in cfg.cl_tasks})
+        self.projectors = nn.ModuleDict({t: nn.Linear(self.projector_in(t), cfg.proj_dim) for t in cfg.cl_tasks})
         self._tensorizer = Tensorizer(spec)
 
     @property
@@ -69,8 +71,14 @@ class TwoTowerModel(nn.Module):
         """Item vectors (N, dim)."""
         return self.item_vectors_from_raw(self.raw_items(items))
 
+    def projector_in(self, task: str) -> int:
+        """Input size of a CL task's projector: raw item embeddings for "fea" (unless fea_on="tower"),
+        item vectors otherwise."""
+        return self.embed.item_dim if task == "fea" and self.cfg.fea_on == "raw" else self.cfg.dim
+
     def project(self, task: str, v: Tensor) -> Tensor:
-        """The 1-layer projector of a CL task ("fea", "sem", "sess") applied to tower outputs."""
+        """The 1-layer projector of a CL task ("fea", "sem", "sess"): raw item embeddings for "fea" with
+        fea_on="raw", item-tower outputs otherwise (see `projector_in`)."""
         z = self.projectors[task](v)
         return F.normalize(z, dim=-1) if self.cfg.cl_normalize else z
 
