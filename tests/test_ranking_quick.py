@@ -193,7 +193,7 @@ def test_bench_refuses_bad_options(argv: list[str], message: str) -> None:
         bench.parse_args(argv)
 
 
-def test_a_rerun_resumes_from_the_stored_parts(tmp_path, monkeypatch) -> None:
+def test_a_rerun_resumes_from_the_stored_parts(tmp_path, monkeypatch, capsys) -> None:
     """Seeds are added one run at a time: stored fits are reused (same numbers, files untouched), a fit made
     under other settings is not mixed in."""
     common = ("--no-ablation", "--models", "dnn,din", "--recbole-models", "dnn", "--parts", str(tmp_path / "parts"))
@@ -207,6 +207,11 @@ def test_a_rerun_resumes_from_the_stored_parts(tmp_path, monkeypatch) -> None:
     assert [f["seed"] for f in runs2["dnn"][1]] == [0, 1]
     assert runs2["dnn"][0]["full"][0] == runs1["dnn"][0]["full"][0]
     assert [r["seed"] for r in second["recbole"]["runs"]["dnn"]] == [0, 1]
+    capsys.readouterr()
+    third = _bench_json(tmp_path, monkeypatch, *common, "--seeds", "2")  # everything stored: a report only
+    printed = capsys.readouterr().out
+    assert "0 to run" in printed and "tensorised" not in printed
+    assert third["chronological"]["runs"] == second["chronological"]["runs"]
     other = _bench_json(tmp_path, monkeypatch, *common, "--seeds", "1", "--lr", "0.01")
     assert other["chronological"]["runs"]["dnn"][0]["full"][0] != runs1["dnn"][0]["full"][0]
     assert part.stat().st_mtime_ns != stamp  # refitted under the new settings, and stored for them

@@ -79,7 +79,8 @@ class PartStore:
             return None
         stored = json.loads(meta_path.read_text())
         if stored.get("format") != FORMAT or stored.get("settings") != self.settings:
-            self.ignored.append(fid)
+            if fid not in self.ignored:
+                self.ignored.append(fid)
             return None
         arrays: dict[str, np.ndarray] = {}
         if arr_path.exists():

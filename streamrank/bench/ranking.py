@@ -105,7 +105,8 @@ def _score_subsets(out: Outcome, probs: np.ndarray, split: ExampleSet, masks: di
 
 
 def _build_world(ml: MovieLens, args: argparse.Namespace) -> None:
-    """Both protocols, their tensorizers and the test subsets, built once before the fits fork."""
+    """Both protocols, their tensorizers and the test subsets, built once before the fits fork (the
+    tensors are made by `_tensorise_world` once it is known which fits must run)."""
     p = chronological_protocol(ml, n_eval_negatives=args.negatives, seed=args.data_seed, max_hist=args.max_seq_len)
     if args.max_train_examples and len(p.train) > args.max_train_examples:
         p.train = p.train.subset(cli.sample_rows(len(p.train), args.max_train_examples, args.data_seed))
@@ -117,13 +118,21 @@ def _build_world(ml: MovieLens, args: argparse.Namespace) -> None:
     tz = Tensorizer(p.make_spec(args.max_seq_len, args.min_item_count))
     capped = {cap: p.test.with_history_cap(cap) for cap in args.simulated_history}
     _WORLD["chronological"] = {"protocol": p, "tz": tz, "masks": masks, "threshold": threshold, "capped": capped,
-                               "tensors": _tensorise(tz, train=p.train, valid=p.valid, test=p.test,
-                                                     **{f"capped{cap}": c for cap, c in capped.items()})}
+                               "splits": {"train": p.train, "valid": p.valid, "test": p.test,
+                                          **{f"capped{cap}": c for cap, c in capped.items()}}}
     if args.recbole_models:
         rb = recbole_protocol(ml, seed=args.data_seed, max_hist=args.max_seq_len)
         rtz = Tensorizer(rb.make_spec(args.max_seq_len, 1))
-        _WORLD["recbole"] = {"protocol": rb, "tz": rtz,
-                             "tensors": _tensorise(rtz, train=rb.train, valid=rb.valid, test=rb.test)}
+        _WORLD["recbole"] = {"protocol": rb, "tz": rtz, "splits": {"train": rb.train, "valid": rb.valid,
+                                                                    "test": rb.test}}
+
+
+def _tensorise_world(protocols: set[str]) -> None:
+    """The splits of the protocols that still have fits to run, tensorised (a report from stored parts
+    alone needs none)."""
+    for name in protocols:
+        world = _WORLD[name]
+        world["tensors"] = _tensorise(world["tz"], **world["splits"])
 
 
 def _tensorise(tz: Tensorizer, **splits: ExampleSet) -> dict[str, TensorDataset]:
@@ -377,6 +386,7 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     def fid(j: Job) -> str:
         return fit_id(j.protocol, j.key, f"seed{j.seed}", config_tag(_config(j, args, sizes)))
 
+    _tensorise_world({j.protocol for j in jobs if store.load(fid(j)) is None})
     parts = run_resumable(jobs, store, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,
                           fid, progress=not args.no_progress)
     result = {**cli.result_head(args, command, threads=threads, workers=workers), "model_sizes": sizes,
