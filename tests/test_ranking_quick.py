@@ -223,6 +223,12 @@ def test_bad_history_caps_are_refused(text: str) -> None:
         bench.parse_args(["--simulated-history", text])
 
 
+def test_run_first_starts_the_named_fits_then_the_cheapest() -> None:
+    args = bench.parse_args(["--seeds", "1", "--no-ablation", "--recbole-models", "", "--run-first", "aw_moe_cl"])
+    assert [j.key for j in bench._jobs(args)] == ["aw_moe_cl", "dnn", "din", "category_moe", "aw_moe"]
+    assert bench._jobs(bench.parse_args(["--no-ablation", "--recbole-models", ""]))[0].key == "aw_moe_cl"
+
+
 def test_first_seed_adds_seeds_to_an_earlier_run() -> None:
     args = bench.parse_args(["--seeds", "2", "--first-seed", "3", "--ablation-seeds", "1"])
     assert args.seed_list == [3, 4] and args.ablation_seed_list == [3]

@@ -156,6 +156,11 @@ def _config(job: Job, args: argparse.Namespace, sizes: dict) -> dict:
     return make_config(job.preset, **_config_overrides(job, args, sizes)).to_dict()
 
 
+def _fit_id(job: Job, args: argparse.Namespace, sizes: dict) -> str:
+    """A fit's part id: protocol, run key, seed and a digest of its model configuration."""
+    return fit_id(job.protocol, job.key, f"seed{job.seed}", config_tag(_config(job, args, sizes)))
+
+
 def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> Part:
     """Trains one fit and scores it on every test subset, in the worker; returns its part (`bench.parts`)."""
     world = _WORLD[job.protocol]
@@ -164,7 +169,8 @@ def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> Part:
     model = build_model(job.preset, tz.spec, **_config_overrides(job, args, sizes))
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="session_auc" if p.valid.sessions is not None else "auc",
-                      progress=False, device=args.device, max_steps_per_epoch=args.max_steps_per_epoch)
+                      progress=False, device=args.device, max_steps_per_epoch=args.max_steps_per_epoch,
+                      checkpoint=str(Path(args.parts_root) / f"{_fit_id(job, args, sizes)}.ckpt"))
     res = fit(model, tz, data["train"], data["valid"], cfg, on_epoch=partial(cli.log_epoch, f"{job.key}/{job.seed}"))
     dev = pick_device(args.device)
     out = Outcome()
@@ -190,7 +196,11 @@ def _jobs(args: argparse.Namespace) -> list[Job]:
     jobs = [Job("chronological", key, preset, seed, tuple(sorted(over.items())))
             for key, (preset, over, seeds) in _runs(args).items() for seed in seeds]
     jobs += [Job("recbole", name, name, seed) for name in args.recbole_models for seed in args.seed_list]
-    return sorted(jobs, key=lambda j: (j.protocol == "recbole", _COST.get(j.preset, 3)))
+    if not args.run_first:  # slowest first: the pool does not end waiting on one slow fit
+        return sorted(jobs, key=lambda j: (j.protocol == "recbole", _COST.get(j.preset, 3)))
+    # the named run keys first, the others cheapest first: finished fits pile up early in a session
+    # that may end before the whole run does (the unfinished ones resume from their epoch checkpoints)
+    return sorted(jobs, key=lambda j: (j.key not in args.run_first, -_COST.get(j.preset, 3)))
 
 
 @torch.no_grad()
@@ -345,6 +355,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a RankingConfig field for every model (e.g. cl_weight=0.01); repeatable")
     a.add_argument("--gate-once", action="store_true", help="time request scoring (200 x 50) instead")
+    a.add_argument("--run-first", default="", help="run keys to start first; the other fits then go cheapest "
+                   "first (default: slowest first)")
     a.add_argument("--parts", type=Path, default=None,
                    help="where each fit's result is kept, so a rerun resumes (default <out>/parts/ranking-<dataset>)")
     args = a.parse_args(argv)
@@ -357,6 +369,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.recbole_models = cli.split_models(args.recbole_models, DISPLAY_NAMES, "ranking presets")
     args.ablation_seed_list = list(range(args.first_seed, args.first_seed + (args.ablation_seeds or args.seeds)))
     args.overrides = cli.parse_overrides(args.set)
+    args.run_first = [k for k in args.run_first.split(",") if k]
     args.simulated_history = cli.parse_caps(args.simulated_history, "--simulated-history")
     cli.finish(args)
     if args.recbole_models and cli.is_path(args.dataset):
@@ -383,9 +396,8 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     jobs = _jobs(args)
     root = args.parts or default_root(args.out, "ranking", args.dataset_label, args.quick)
     store = PartStore(root, fit_settings(args, sizes))
-    def fid(j: Job) -> str:
-        return fit_id(j.protocol, j.key, f"seed{j.seed}", config_tag(_config(j, args, sizes)))
-
+    args.parts_root = store.root  # where the workers keep their fits' epoch checkpoints
+    fid = partial(_fit_id, args=args, sizes=sizes)
     _tensorise_world({j.protocol for j in jobs if store.load(fid(j)) is None})
     parts = run_resumable(jobs, store, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,
                           fid, progress=not args.no_progress)

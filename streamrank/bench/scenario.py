@@ -87,6 +87,12 @@ def _sizes(model: str, args: argparse.Namespace) -> dict:
     return (QUICK_SIZES if args.quick else SIZES) if is_scenario_preset(model) else DIN_SIZES
 
 
+def _fit_id(job: Job, args: argparse.Namespace) -> str:
+    """A fit's part id: model, seed, scenario and a digest of its model configuration."""
+    return fit_id(job.model, f"seed{job.seed}", f"scenario{job.scenario}",
+                  config_tag(model_config(job.model, **_sizes(job.model, args))))
+
+
 def run_job(job: Job, args: argparse.Namespace) -> Part:
     """Trains one (model, seed[, scenario]); its part holds the fit record and the test predictions."""
     torch.set_num_threads(args.threads_per_worker)
@@ -97,7 +103,8 @@ def run_job(job: Job, args: argparse.Namespace) -> Part:
     set_seed(job.seed)
     model = build_model(job.model, spec, **_sizes(job.model, args))
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
-                      seed=job.seed, valid_metric="auc", progress=False, device=args.device)
+                      seed=job.seed, valid_metric="auc", progress=False, device=args.device,
+                      checkpoint=str(Path(args.parts_root) / f"{_fit_id(job, args)}.ckpt"))
     res = fit(model, tz, train, valid, cfg, on_epoch=partial(cli.log_epoch, f"{job.model}/{job.seed}/{job.scenario}"))
     probs = predict(model, tz, test, device=next(model.parameters()).device)
     info = {"model": job.model, "seed": job.seed, "scenario": job.scenario, **res.convergence(),
@@ -199,9 +206,9 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario")
     jobs = _jobs(args, len(scenarios))
     root = args.parts or default_root(args.out, "scenario", args.dataset_label, args.quick)
     store = PartStore(root, fit_settings(args))
+    args.parts_root = store.root  # where the workers keep their fits' epoch checkpoints
     parts = run_resumable(jobs, store, partial(run_job, args=args), args.workers, args.threads_per_worker,
-                          args.device, lambda j: fit_id(j.model, f"seed{j.seed}", f"scenario{j.scenario}",
-                                                       config_tag(model_config(j.model, **_sizes(j.model, args)))),
+                          args.device, partial(_fit_id, args=args),
                           progress=not args.no_progress)
     results = [{"job": j, "probs": part.arrays["probs"], "info": part.meta["info"]}
                for j, part in zip(jobs, parts, strict=True)]

@@ -9,10 +9,12 @@ the same tensors made once, so that an epoch is tensor work only). `train_step` 
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -25,9 +27,12 @@ from streamrank.features.tensorize import Tensorizer
 from streamrank.models.factory import Ranker
 from streamrank.models.ranking.moe import RankingModel
 from streamrank.models.scenario import ScenarioModel
+from streamrank.train.fit_checkpoint import EpochState, load_epoch_state, numpy_state, restore_numpy, save_epoch_state
 from streamrank.train.losses import contrastive_loss, ranking_loss
 from streamrank.train.metrics import evaluate
 from streamrank.train.optim import ModelOptimizer, RowOptimizer
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
@@ -120,6 +125,7 @@ class TrainConfig:
     shuffle: bool = True  # False: each epoch in the split's own order (e.g. stream order)
     row_optimizer: RowOptimizer = "adagrad"  # embedding tables: row-wise "adagrad" or "adam" (train.optim)
     row_lr: float | None = 0.2  # their learning rate (None: lr); docs/online-training.md, "The optimizer"
+    checkpoint: str | None = None  # a file for epoch checkpoints: a killed fit resumes there (fit_checkpoint)
 
     def to_dict(self) -> dict:
         """Plain dict for reports."""
@@ -275,6 +281,32 @@ def evaluate_source(model: Ranker, tensorizer: Tensorizer, source: ExampleSource
     return evaluate(probs, source.labels, source.sessions)
 
 
+def _checkpoint(path: str, epoch: int, model: torch.nn.Module, optimizer: ModelOptimizer, stopper: EarlyStopping,
+                rng: np.random.Generator, gen: torch.Generator, result: FitResult, seconds: float) -> None:
+    """Saves what `_resume` needs to continue after `epoch`."""
+    save_epoch_state(Path(path), EpochState(
+        epoch, model.state_dict(), optimizer.state_dict(), stopper.best_value, stopper.best_epoch, stopper.bad,
+        stopper.best_state, numpy_state(rng), torch.get_rng_state(), gen.get_state(), result.history, seconds))
+
+
+def _resume(cfg: TrainConfig, device: torch.device, model: torch.nn.Module, optimizer: ModelOptimizer,
+            stopper: EarlyStopping, rng: np.random.Generator, gen: torch.Generator, result: FitResult) -> int:
+    """Loads `cfg.checkpoint` if there is one into the fit's state; returns the epoch to start at."""
+    state = load_epoch_state(Path(cfg.checkpoint), device) if cfg.checkpoint else None
+    if state is None:
+        return 0
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    stopper.best_value, stopper.best_epoch, stopper.bad = state.best_value, state.best_epoch, state.bad
+    stopper.best_state = state.best_state
+    restore_numpy(rng, state.numpy_rng)
+    torch.set_rng_state(state.torch_rng)
+    gen.set_state(state.generator)
+    result.history, result.seconds = state.history, state.seconds
+    log.info("resumed %s after epoch %d", cfg.checkpoint, state.epoch + 1)
+    return state.epoch + 1
+
+
 def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: ExampleSource | None,
         cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     """Train with AdamW; after each epoch evaluate `valid` and keep the best weights (early stopping).
@@ -292,7 +324,9 @@ def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: Exam
     stop = False
     result = FitResult(best_epoch=-1, best_valid=float("nan"), valid_metric=cfg.valid_metric)
     t0 = time.perf_counter()
-    for epoch in range(cfg.max_epochs):
+    first = _resume(cfg, device, model, optimizer, stopper, rng, gen, result)
+    t0 -= result.seconds  # a resumed fit counts the time of the epochs it had done
+    for epoch in range(first, cfg.max_epochs):
         order = rng.permutation(len(train)) if cfg.shuffle else np.arange(len(train))
         starts = list(range(0, len(order), cfg.batch_size))[: cfg.max_steps_per_epoch]
         bar = tqdm(starts, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
@@ -310,11 +344,15 @@ def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: Exam
             record.update({f"valid_{k}": v for k, v in metrics.items()})
             stop = stopper.update(epoch, metrics[cfg.valid_metric], model)
         result.history.append(record)
+        if cfg.checkpoint:
+            _checkpoint(cfg.checkpoint, epoch, model, optimizer, stopper, rng, gen, result, time.perf_counter() - t0)
         if on_epoch is not None:
             on_epoch(record)
         if stop:
             break
     stopper.restore(model)
+    if cfg.checkpoint:
+        Path(cfg.checkpoint).unlink(missing_ok=True)  # done: the caller keeps the result
     result.best_epoch = stopper.best_epoch if valid is not None else cfg.max_epochs - 1
     result.best_valid = stopper.best_value if valid is not None else float("nan")
     result.seconds = time.perf_counter() - t0

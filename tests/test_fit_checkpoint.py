@@ -1,0 +1,54 @@
+"""Epoch checkpoints of offline fits: a fit killed after an epoch resumes there and ends exactly where an
+uninterrupted fit ends; the file holds nothing that can execute code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamrank.models.ranking import build_model
+from streamrank.train import TrainConfig, fit, predict
+from tests.test_ranking_quick import SMALL, _toy_setup
+
+torch.set_num_threads(1)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def _fit(tmp: Path | None, kill_after: int | None = None) -> tuple[dict, np.ndarray, object]:
+    tz, train, valid = _toy_setup()
+    torch.manual_seed(0)
+    model = build_model("aw_moe_cl", tz.spec, **SMALL)  # CL draws masks and negatives from the generator
+    cfg = TrainConfig(lr=3e-3, batch_size=128, max_epochs=4, patience=4, seed=0, progress=False,
+                      checkpoint=None if tmp is None else str(tmp / "fit.ckpt"))
+
+    def on_epoch(record: dict) -> None:
+        if kill_after is not None and record["epoch"] + 1 == kill_after:
+            raise Killed
+
+    res = fit(model, tz, train, valid, cfg, on_epoch=on_epoch)
+    return model.state_dict(), predict(model, tz, valid), res
+
+
+def test_a_killed_fit_resumes_and_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    state, preds, res = _fit(None)
+    with pytest.raises(Killed):
+        _fit(tmp_path, kill_after=2)
+    assert (tmp_path / "fit.ckpt").exists()
+    state2, preds2, res2 = _fit(tmp_path)  # the same command again
+    assert all(torch.equal(state[k], state2[k]) for k in state)
+    assert np.array_equal(preds, preds2)
+    assert [h["valid_session_auc"] for h in res2.history] == [h["valid_session_auc"] for h in res.history]
+    assert res2.best_epoch == res.best_epoch and len(res2.history) == 4
+    assert not (tmp_path / "fit.ckpt").exists()  # a finished fit leaves no checkpoint behind
+
+
+def test_the_checkpoint_loads_without_unpickling(tmp_path: Path) -> None:
+    with pytest.raises(Killed):
+        _fit(tmp_path, kill_after=1)
+    torch.load(tmp_path / "fit.ckpt", weights_only=True)  # raises if anything but plain data were stored
