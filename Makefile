@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint proto bench-stream clean constraints
+.PHONY: setup demo test lint proto bench-stream clean constraints peer-env
 
 setup: $(STAMP)
 
@@ -41,6 +41,24 @@ proto: setup
 
 bench-stream: setup
 	$(BIN)/python -m streamrank.bench.stream
+
+# RecBole 1.2.1 with its real trainer, isolated from .venv (scripts/recbole_peer_run.py runs in it; see
+# docs/benchmarks/recbole-peer-ml-1m.md). Its pins are broken (ray, colorlog ==): torch pinned first, recbole
+# --no-deps, then the modules its Config / data / trainer / context-aware models import; numpy < 2 (np.float_).
+PEER_VENV ?= .peer-venv
+peer-env: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(PEER_VENV)/bin/python -m pip install -q --no-deps recbole==1.2.1
+	$(PEER_VENV)/bin/python -m pip install -q torch==2.13.0 "numpy<2" "scipy<1.14" "pandas<2.3" "scikit-learn<1.6" \
+		pyyaml tqdm colorlog==4.7.2 colorama==0.4.4 texttable tabulate thop psutil tensorboard 2>&1 \
+		| grep -v -e "^WARNING: Location" -e "dependency resolver does not" -e "requires ray" -e "requires plotly" || true
+	@echo "note: recbole's unmet ray and plotly requirements are expected (--no-deps; quick_start and plots are unused)"
+	$(PEER_VENV)/bin/python -c "import recbole.config, recbole.data, recbole.trainer, recbole.model.context_aware_recommender"
+	touch $@
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
