@@ -52,3 +52,29 @@ def test_the_checkpoint_loads_without_unpickling(tmp_path: Path) -> None:
     with pytest.raises(Killed):
         _fit(tmp_path, kill_after=1)
     torch.load(tmp_path / "fit.ckpt", weights_only=True)  # raises if anything but plain data were stored
+
+
+def test_a_fit_killed_after_its_stopping_epoch_trains_no_further(tmp_path: Path) -> None:
+    """Early stopping had ended the fit when it was killed (after the checkpoint, before returning): the
+    rerun returns the same result without another epoch."""
+    def once(ckpt: Path | None, kill_after: int | None = None) -> tuple[dict, object]:
+        tz, train, valid = _toy_setup()
+        torch.manual_seed(0)
+        model = build_model("din", tz.spec, **SMALL)
+        cfg = TrainConfig(lr=1e-2, batch_size=64, max_epochs=8, patience=1, progress=False, row_optimizer="adam",
+                          row_lr=None, checkpoint=None if ckpt is None else str(ckpt))
+
+        def on_epoch(record: dict) -> None:
+            if kill_after is not None and record["epoch"] + 1 == kill_after:
+                raise Killed
+
+        return model.state_dict(), fit(model, tz, train, valid, cfg, on_epoch=on_epoch)
+
+    state, res = once(None)
+    stopped = len(res.history)
+    assert stopped < 8, "the regime must stop early for this test to mean anything"
+    with pytest.raises(Killed):
+        once(tmp_path / "fit.ckpt", kill_after=stopped)
+    state2, res2 = once(tmp_path / "fit.ckpt")
+    assert len(res2.history) == stopped and res2.best_epoch == res.best_epoch
+    assert all(torch.equal(state[k], state2[k]) for k in state)

@@ -77,12 +77,16 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, object]:
     return out
 
 
+def log(msg: str) -> None:
+    """A timestamped progress line (flushed, so a log file written by nohup follows the run)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
 def log_epoch(label: str, record: dict) -> None:
     """One progress line per epoch of a fit (the fits run for hours on a small CPU machine)."""
     valid = {k: v for k, v in record.items() if k in ("valid_session_auc", "valid_auc")}
     shown = ", ".join(f"{k.removeprefix('valid_')} {v:.4f}" for k, v in valid.items())
-    print(f"[{time.strftime('%H:%M:%S')}] {label} epoch {record['epoch'] + 1}: valid {shown}, "
-          f"{record['seconds']:.0f} s", flush=True)
+    log(f"{label} epoch {record['epoch'] + 1}: valid {shown}, {record['seconds']:.0f} s")
 
 
 def parse_caps(text: str, option: str) -> list[int]:

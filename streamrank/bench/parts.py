@@ -110,14 +110,18 @@ class PartStore:
 
 
 def run_resumable(jobs: Sequence[J], store: PartStore, run: Callable[[J], Part], workers: int, threads: int,
-                  device: str | None, fid: Callable[[J], str], progress: bool = True) -> list[Part]:
+                  device: str | None, fid: Callable[[J], str], progress: bool = True,
+                  prepare: Callable[[list[J]], None] | None = None) -> list[Part]:
     """Every job's part, in the jobs' order: loaded from `store` where one is kept for these settings, else
-    fitted (`bench.parallel.run_jobs`) and saved the moment it finishes."""
+    fitted (`bench.parallel.run_jobs`) and saved the moment it finishes. `prepare(todo)` runs first with the
+    jobs that must be fitted (e.g. to build only the data they need)."""
     stored = [store.load(fid(j)) for j in jobs]
     todo = [j for j, part in zip(jobs, stored, strict=True) if part is None]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} fits already in {store.root}; {len(todo)} to run", flush=True)
     if store.note():
         print(store.note(), flush=True)
+    if prepare is not None:
+        prepare(todo)
     fresh = iter(run_jobs(todo, run, workers, threads, device, progress=progress, label=fid,
                           on_result=lambda job, part: store.save(fid(job), part)))
     return [part if part is not None else next(fresh) for part in stored]

@@ -398,9 +398,9 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     store = PartStore(root, fit_settings(args, sizes))
     args.parts_root = store.root  # where the workers keep their fits' epoch checkpoints
     fid = partial(_fit_id, args=args, sizes=sizes)
-    _tensorise_world({j.protocol for j in jobs if store.load(fid(j)) is None})
     parts = run_resumable(jobs, store, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,
-                          fid, progress=not args.no_progress)
+                          fid, progress=not args.no_progress,
+                          prepare=lambda todo: _tensorise_world({j.protocol for j in todo}))
     result = {**cli.result_head(args, command, threads=threads, workers=workers), "model_sizes": sizes,
               "chronological": chronological_section(args, jobs, parts)}
     if args.recbole_models:

@@ -23,13 +23,14 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from streamrank.bench import movielens_cli as cli
-from streamrank.bench.parts import Part, PartStore, fit_id
+from streamrank.bench.parts import Part, PartStore, default_root, fit_id
 from streamrank.data.protocols import RankingProtocol, recbole_protocol
 from streamrank.features import Tensorizer
 from streamrank.models.factory import build_model
@@ -142,16 +143,13 @@ def run_ours(args: argparse.Namespace, preset: str, seed: int, tz: Tensorizer, d
                         **sizes)
     cfg = our_config(args, preset, seed, optim)
     res = fit(model, tz, data["train"], data["valid"], cfg,
-              on_epoch=lambda r: print(f"[ours] {preset} h{history} {optim} seed {seed} epoch {r['epoch'] + 1}: "
-                                       f"valid AUC {r['valid_auc']:.5f} ({r['seconds']:.0f} s)", flush=True))
+              on_epoch=partial(cli.log_epoch, f"ours {preset} h{history} {optim} seed {seed}"))
     test = evaluate(predict(model, tz, data["test"]), data["test"].labels)
     conv = res.convergence()
-    epochs_run = conv["epochs_run"]
     return {"side": "streamrank", "model": preset, "history": history, "optim": optim, "seed": seed,
-            "auc": test["auc"],
-            "logloss": test["logloss"], "epochs_run": epochs_run, "best_epoch": conv["best_epoch"],
-            "converged": conv["best_epoch"] < epochs_run, "seconds": round(res.seconds, 1),
-            "rows_per_s": round(len(data["train"]) * epochs_run / res.seconds, 1), "valid_curve": conv["valid_curve"],
+            "auc": test["auc"], "logloss": test["logloss"],
+            **{k: conv[k] for k in ("epochs_run", "best_epoch", "converged", "seconds", "valid_curve")},
+            "rows_per_s": round(len(data["train"]) * conv["epochs_run"] / res.seconds, 1),
             "best_valid_auc": res.best_valid, "params": model.describe()["params"],
             "settings": {"sizes": sizes, "train": cfg.to_dict()}}
 
@@ -319,7 +317,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m streamrank.bench.
     p = build_split(args)
     print(f"protocol (b): {len(p.train):,} / {len(p.valid):,} / {len(p.test):,} rows", flush=True)
     head = cli.result_head(args, " ".join([prog, *argv]))
-    store_root = args.parts or args.out / "parts" / f"recbole-peer-{args.dataset_label}{'-quick' if args.quick else ''}"
+    store_root = args.parts or default_root(args.out, "recbole-peer", args.dataset_label, args.quick)
     split_key = {k: getattr(args, k) for k in ("dataset_label", "data_seed", "quick")}
     peer_store = PartStore(store_root, split_key | {k: getattr(args, k) for k in ("peer_epochs", "stopping_step")}
                            | {"models": PEER_MODELS})

@@ -48,11 +48,6 @@ PAPER = [("FM", 0.1731, 0.2487, 0.3219, 0.4495), ("YoutubeDNN", 0.1779, 0.2576, 
          ("MicRec (fea+sess)", 0.2033, 0.2751, 0.3764, 0.5134), ("MicRec (final)", 0.2047, 0.2831, 0.3825, 0.5209)]
 
 
-def log(msg: str) -> None:
-    """Progress line (flushed, so a log file written by nohup follows the run)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def build_samplers(p: RetrievalProtocol, args: argparse.Namespace, need: set[str]) -> tuple[CLSamplers, dict]:
     """The semantic (title embeddings, else genres) and session (co-occurrence) item graphs the runs need."""
     info: dict = {}
@@ -70,7 +65,7 @@ def build_samplers(p: RetrievalProtocol, args: argparse.Namespace, need: set[str
         else:
             table, info["sem_source"] = genre_neighbours(c.item_tags, args.sem_topk), "genre (Jaccard)"
         samplers.semantic = NeighbourSampler.from_table(table)
-        log(f"semantic neighbours: {info['sem_source']}, top {args.sem_topk}")
+        cli.log(f"semantic neighbours: {info['sem_source']}, top {args.sem_topk}")
     if "sess" in need:
         t0 = time.perf_counter()
         cooc = session_cooccurrence(p.training_sequences())
@@ -78,7 +73,7 @@ def build_samplers(p: RetrievalProtocol, args: argparse.Namespace, need: set[str
         deg = samplers.session.degree(np.arange(p.n_items))
         info.update(cooc_seconds=round(time.perf_counter() - t0, 1), cooc_pairs=len(samplers.session.indices),
                     cooc_median_degree=float(np.median(deg)), cooc_items_without=int((deg == 0).sum()))
-        log(f"co-occurrence (1 h window): {info['cooc_pairs']:,} directed pairs, median degree "
+        cli.log(f"co-occurrence (1 h window): {info['cooc_pairs']:,} directed pairs, median degree "
             f"{info['cooc_median_degree']:.0f} of {p.n_items} items, in {info['cooc_seconds']} s")
     return samplers, info
 
@@ -90,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
         keep = np.sort(np.random.default_rng(0).choice(len(p.train), args.max_train_examples, replace=False))
         p.train = p.train.subset(keep)
     tz = Tensorizer(p.make_spec(args.max_behaviours))
-    log(f"{args.dataset_label}: {p.stats}")
+    cli.log(f"{args.dataset_label}: {p.stats}")
     sizes = {"emb_dim": args.dim, "dim": args.dim, "max_behaviours": args.max_behaviours,
              "n_negatives": args.negatives, "sem_source": args.sem_source, "sem_topk": args.sem_topk,
              **args.overrides}
@@ -99,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
     pop = evaluate_popularity(p, p.test)
     runs: dict[str, dict] = {"popularity": {"seeds": [pop.summary()], "fits": []}}
     hits: dict[str, list[dict[int, np.ndarray]]] = {"popularity": [pop.hits]}
-    log(f"popularity: {_fmt(pop.summary())}")
+    cli.log(f"popularity: {_fmt(pop.summary())}")
     corpus = encode_corpus(p, tz)
     store = PartStore(args.parts or default_root(args.out, "retrieval", args.dataset_label, args.quick),
                       fit_settings(args, sizes))
@@ -140,9 +135,9 @@ def _fit_one(name: str, seed: int, args: argparse.Namespace, p: RetrievalProtoco
                                patience=args.patience, seed=seed, device=args.device,
                                progress=not args.no_progress, max_steps_per_epoch=args.steps_per_epoch)
     fit = fit_retrieval(model, p, tz, cfg, samplers,
-                        on_epoch=lambda r: log(f"{name} seed {seed} epoch {r['epoch']}: valid {_fmt(r, 'valid_')}"))
+                        on_epoch=lambda r: cli.log(f"{name} seed {seed} epoch {r['epoch']}: valid {_fmt(r, 'valid_')}"))
     res = evaluate_model(model, p, tz, p.test, corpus.to(model.device))
-    log(f"{name} seed {seed}: test {_fmt(res.summary())} ({fit.seconds:.0f} s)")
+    cli.log(f"{name} seed {seed}: test {_fmt(res.summary())} ({fit.seconds:.0f} s)")
     info = {"seed": seed, **fit.convergence(), "best_valid": fit.best_valid, "max_epochs": args.epochs,
             "params": model.describe()["params"], "history": fit.history}
     return Part({"summary": res.summary(), "fit": info}, {f"hit@{k}": np.asarray(res.hits[k]) for k in KS})
@@ -285,7 +280,7 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench retrieval"
     result.update(run(args))
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     stem = cli.write_result(args, "retrieval", result, render)
-    log(f"wrote {stem}.md and .json in {result['wall_seconds']} s")
+    cli.log(f"wrote {stem}.md and .json in {result['wall_seconds']} s")
     return 0
 
 

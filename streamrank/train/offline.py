@@ -146,15 +146,10 @@ class FitResult:
         """What a benchmark records about how the fit ended: best epoch and epochs run (both counted from 1),
         `converged` = early stopping ended it after its best epoch (a best epoch that is the last means more
         epochs might still have helped), the validation curve, and the training time."""
-        return convergence_record(self.best_epoch, self.history, self.valid_metric, self.seconds)
-
-
-def convergence_record(best_epoch: int, history: list[dict], valid_metric: str, seconds: float) -> dict:
-    """See `FitResult.convergence`; `best_epoch` counted from 0, as early stopping keeps it."""
-    epochs_run, best = len(history), best_epoch + 1
-    curve = [round(float(h[f"valid_{valid_metric}"]), 5) for h in history if f"valid_{valid_metric}" in h]
-    return {"best_epoch": best, "epochs_run": epochs_run, "epochs": epochs_run, "converged": 0 < best < epochs_run,
-            "valid_curve": curve, "seconds": round(seconds, 1)}
+        epochs_run, best, key = len(self.history), self.best_epoch + 1, f"valid_{self.valid_metric}"
+        curve = [round(float(h[key]), 5) for h in self.history if key in h]
+        return {"best_epoch": best, "epochs_run": epochs_run, "epochs": epochs_run,
+                "converged": 0 < best < epochs_run, "valid_curve": curve, "seconds": round(self.seconds, 1)}
 
 
 @dataclass
@@ -304,7 +299,8 @@ def _resume(cfg: TrainConfig, device: torch.device, model: torch.nn.Module, opti
     gen.set_state(state.generator)
     result.history, result.seconds = state.history, state.seconds
     log.info("resumed %s after epoch %d", cfg.checkpoint, state.epoch + 1)
-    return state.epoch + 1
+    # killed between its last checkpoint and its return: early stopping had already ended the fit
+    return cfg.max_epochs if stopper.bad >= stopper.patience else state.epoch + 1
 
 
 def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: ExampleSource | None,
