@@ -80,16 +80,23 @@ def test_semantic_neighbour_tables() -> None:
 N_ITEMS, GROUP = 40, 5
 
 
-def _toy() -> tuple:
-    items = [Candidate(f"i{k}", ItemAttrs(category=f"c{k % 4}", tags=[f"g{k % 3}"])) for k in range(N_ITEMS)]
+def toy_catalogue(n_items: int, n_categories: int, n_users: int) -> tuple:
+    """A small catalogue (item k: category k mod n_categories, tag k mod 3) with its spec, the encoded corpus
+    and `n_users` history-less users: (spec, corpus, users)."""
+    items = [Candidate(f"i{k}", ItemAttrs(category=f"c{k % n_categories}", tags=[f"g{k % 3}"]))
+             for k in range(n_items)]
     spec = FeatureSpec(max_seq_len=4, max_tags=1, dense=(), use_user_id=False)
     for c in items:
         spec.vocabs["item"].add(c.item_id)
         spec.vocabs["category"].add(c.item.category)
         spec.vocabs["tag"].add(c.item.tags[0])
     tz = Tensorizer(spec)
-    corpus = tz.encode_candidates(items, [0] * N_ITEMS)
-    users = tz.encode_contexts([RequestContext(f"u{k}") for k in range(32)])
+    return spec, tz.encode_candidates(items, [0] * n_items), tz.encode_contexts(
+        [RequestContext(f"u{k}") for k in range(n_users)])
+
+
+def _toy() -> tuple:
+    spec, corpus, users = toy_catalogue(N_ITEMS, 4, 32)
     # items in blocks of GROUP are each other's semantic neighbours / co-occur (the signal to learn)
     groups = [{j: float(1 + (j % 2)) for j in range(k - k % GROUP, k - k % GROUP + GROUP) if j != k}
               for k in range(N_ITEMS)]

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from streamrank.features import Candidate, FeatureSpec, ItemAttrs, RequestContext, Tensorizer
 from streamrank.models.retrieval import PRESETS, RetrievalConfig, build_retrieval_model
 from streamrank.models.retrieval.cl import other_rows
 from streamrank.train import cooc_sampling
 from streamrank.train.cooc_sampling import NeighbourSampler
 from streamrank.train.retrieval_losses import ClickedItems, CLSamplers, StepInputs, step_losses
+from tests.test_retrieval_cl import toy_catalogue
 
 torch.set_num_threads(1)
 N = 24
@@ -21,14 +21,7 @@ SMALL = {"emb_dim": 8, "dim": 8, "tower_hidden": (16,), "ffn_dim": 16, "max_beha
 
 
 def _toy() -> tuple:
-    items = [Candidate(f"i{k}", ItemAttrs(category=f"c{k % 2}", tags=[f"g{k % 3}"])) for k in range(N)]
-    spec = FeatureSpec(max_seq_len=4, max_tags=1, dense=(), use_user_id=False)
-    for c in items:
-        spec.vocabs["item"].add(c.item_id)
-        spec.vocabs["category"].add(c.item.category)
-        spec.vocabs["tag"].add(c.item.tags[0])
-    tz = Tensorizer(spec)
-    return spec, tz.encode_candidates(items, [0] * N), tz.encode_contexts([RequestContext(f"u{k}") for k in range(8)])
+    return toy_catalogue(N, 2, 8)
 
 
 def test_defaults_are_the_papers_cl_settings() -> None:
