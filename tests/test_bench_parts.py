@@ -25,6 +25,22 @@ def test_a_part_round_trips_under_its_own_settings(tmp_path: Path) -> None:
     assert same.note() is None
 
 
+def test_a_fit_early_stopping_ended_is_reused_under_any_cap_it_stayed_within(tmp_path: Path) -> None:
+    """Nothing in training depends on the epoch cap: a fit early stopping ended after 6 epochs is the same fit
+    under a cap of 6 or 20 (not 5); one its cap ended is not (it is refitted, continuing its checkpoint)."""
+    made = PartStore(tmp_path, {"epochs": 12, "lr": 0.1}, cap_key="epochs")
+    made.save("stopped", Part({"k": 1}, early_stopped_at=6))
+    made.save("capped", Part({"k": 2}))
+    for cap, expect in ((20, True), (6, True), (5, False), (12, True)):
+        got = PartStore(tmp_path, {"epochs": cap, "lr": 0.1}, cap_key="epochs").load("stopped")
+        assert (got is not None) == expect, cap
+    assert PartStore(tmp_path, {"epochs": 20, "lr": 0.1}, cap_key="epochs").load("capped") is None
+    assert PartStore(tmp_path, {"epochs": 12, "lr": 0.1}, cap_key="epochs").load("capped").meta == {"k": 2}
+    assert PartStore(tmp_path, {"epochs": 20, "lr": 0.2}, cap_key="epochs").load("stopped") is None  # lr differs
+    assert PartStore(tmp_path, {"epochs": 20, "lr": 0.1}).load("stopped") is None  # no cap key: exact settings
+    assert made.load("stopped").early_stopped_at == 6
+
+
 def test_stored_arrays_never_unpickle(tmp_path: Path) -> None:
     store = PartStore(tmp_path, {})
     store.save("x", Part({}, {"ok": np.zeros(2)}))

@@ -48,3 +48,22 @@ def test_parallel_fits_equal_sequential_fits(tmp_path: Path) -> None:
     one, two = (json.loads((tmp_path / d / "retrieval-ml-100k-quick.json").read_text()) for d in ("one", "two"))
     assert two["machine"]["workers"] == 2
     assert [s["hit@50"] for s in one["runs"]["base"]["seeds"]] == [s["hit@50"] for s in two["runs"]["base"]["seeds"]]
+
+
+def test_a_retrieval_fit_resumes_and_a_larger_cap_continues_it(tmp_path: Path) -> None:
+    """fit_retrieval keeps epoch checkpoints: raising --epochs continues the stored capped fit from its
+    checkpoint and ends with the numbers of a run made with that cap at once."""
+    try:
+        dataset_files("ml-100k")
+    except MovieLensError as exc:
+        pytest.skip(str(exc))
+    common = ["--quick", "--no-progress", "--steps-per-epoch", "30", "--patience", "5"]
+    assert bench.main([*common, "--epochs", "1", "--out", str(tmp_path / "grown")]) == 0
+    assert list((tmp_path / "grown" / "parts" / "retrieval-ml-100k-quick").glob("base.seed0.c*.ckpt"))
+    assert bench.main([*common, "--epochs", "2", "--out", str(tmp_path / "grown")]) == 0
+    assert bench.main([*common, "--epochs", "2", "--out", str(tmp_path / "direct")]) == 0
+    grown, direct = (json.loads((tmp_path / d / "retrieval-ml-100k-quick.json").read_text())
+                     for d in ("grown", "direct"))
+    g, d = grown["runs"]["base"], direct["runs"]["base"]
+    assert g["fits"][0]["epochs_run"] == 2 and g["fits"][0]["valid_curve"] == d["fits"][0]["valid_curve"]
+    assert g["seeds"] == d["seeds"]

@@ -8,7 +8,10 @@ them, so seeds can be added one session at a time and a killed run loses only th
 id carries a digest of its model's whole configuration (`config_tag`), so a changed default refits.
 
 A part whose recorded settings differ from the run's is never mixed in: it is ignored with a one-line
-note. Arrays load with `allow_pickle=False`, so nothing read back can execute code.
+note. One setting may be an epoch cap (`cap_key`): a fit that early stopping ended after E epochs is the
+same fit under any cap >= E (nothing in training depends on the cap), so it is reused; a fit its cap ended
+is refitted, and continues from the epoch checkpoint it kept (`train.fit_checkpoint`).
+Arrays load with `allow_pickle=False`, so nothing read back can execute code.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Part:
 
     meta: dict
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    early_stopped_at: int | None = None  # epochs run when early stopping ended the fit; None: its cap did
 
 
 def _normalise(settings: dict) -> dict:
@@ -64,10 +68,24 @@ def default_root(out: Path, bench: str, dataset_label: str, quick: bool) -> Path
 class PartStore:
     """The parts of one benchmark under `root`, valid for one settings dict (see the module docstring)."""
 
-    def __init__(self, root: Path, settings: dict) -> None:
+    def __init__(self, root: Path, settings: dict, cap_key: str | None = None) -> None:
         self.root = Path(root)
         self.settings = _normalise(settings)
+        self.cap_key = cap_key
         self.ignored: list[str] = []
+
+    def _same_fit(self, doc: dict) -> bool:
+        """Whether a stored part is this run's fit: equal settings, or equal but for an epoch cap that the
+        stored fit's early stopping stayed within."""
+        stored = doc.get("settings")
+        if doc.get("format") != FORMAT or not isinstance(stored, dict):
+            return False
+        if stored == self.settings or self.cap_key is None:
+            return stored == self.settings
+        cap, stopped = self.settings.get(self.cap_key), doc.get("early_stopped_at")
+        others_equal = ({k: v for k, v in stored.items() if k != self.cap_key}
+                        == {k: v for k, v in self.settings.items() if k != self.cap_key})
+        return others_equal and isinstance(stopped, int) and isinstance(cap, int) and stopped <= cap
 
     def _paths(self, fid: str) -> tuple[Path, Path]:
         return self.root / f"{fid}.json", self.root / f"{fid}.npz"
@@ -78,7 +96,7 @@ class PartStore:
         if not meta_path.exists():
             return None
         stored = json.loads(meta_path.read_text())
-        if stored.get("format") != FORMAT or stored.get("settings") != self.settings:
+        if not self._same_fit(stored):
             if fid not in self.ignored:
                 self.ignored.append(fid)
             return None
@@ -86,7 +104,7 @@ class PartStore:
         if arr_path.exists():
             with np.load(arr_path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        return Part(stored["meta"], arrays)
+        return Part(stored["meta"], arrays, stored.get("early_stopped_at"))
 
     def save(self, fid: str, part: Part) -> None:
         """Writes fit `fid`'s part (arrays first, then the JSON that marks it complete)."""
@@ -96,7 +114,8 @@ class PartStore:
             tmp = arr_path.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, **part.arrays)
             tmp.replace(arr_path)
-        doc = {"format": FORMAT, "settings": self.settings, "meta": part.meta}
+        doc = {"format": FORMAT, "settings": self.settings, "meta": part.meta,
+               "early_stopped_at": part.early_stopped_at}
         tmp_json = meta_path.with_suffix(".json.tmp")
         tmp_json.write_text(json.dumps(doc, indent=1, default=str))
         tmp_json.replace(meta_path)

@@ -189,7 +189,7 @@ def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> Part:
     if job.protocol == "chronological":
         info["gate"] = gate_statistics(model, data["test"], dev)
     return Part({"info": info, "metrics": {k: v[0] for k, v in out.metrics.items()}},
-                {k: v[0].astype(np.float32) for k, v in out.sessions.items()})
+                {k: v[0].astype(np.float32) for k, v in out.sessions.items()}, res.stopped_at())
 
 
 def _jobs(args: argparse.Namespace) -> list[Job]:
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     threads = args.threads or (1 if workers > 1 else torch.get_num_threads())
     jobs = _jobs(args)
     root = args.parts or default_root(args.out, "ranking", args.dataset_label, args.quick)
-    store = PartStore(root, fit_settings(args, sizes))
+    store = PartStore(root, fit_settings(args, sizes), cap_key="epochs")
     args.parts_root = store.root  # where the workers keep their fits' epoch checkpoints
     fid = partial(_fit_id, args=args, sizes=sizes)
     parts = run_resumable(jobs, store, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,

@@ -97,13 +97,12 @@ def run(args: argparse.Namespace) -> dict:
     cli.log(f"popularity: {_fmt(pop.summary())}")
     corpus = encode_corpus(p, tz)
     store = PartStore(args.parts or default_root(args.out, "retrieval", args.dataset_label, args.quick),
-                      fit_settings(args, sizes))
+                      fit_settings(args, sizes), cap_key="epochs")
+    args.parts_root = store.root  # where the workers keep their fits' epoch checkpoints
     jobs = [(name, seed) for name in args.models for seed in args.seed_list]
     # forked workers inherit the protocol, samplers and corpus built above (copy-on-write)
     parts = run_resumable(jobs, store, partial(_fit_job, world=(args, p, tz, sizes, samplers, corpus)),
-                          args.workers, args.threads, args.device,
-                          lambda j: fit_id(j[0], f"seed{j[1]}", config_tag(make_config(j[0], **sizes).to_dict())),
-                          progress=False)
+                          args.workers, args.threads, args.device, partial(_fit_id, sizes=sizes), progress=False)
     for (name, _), part in zip(jobs, parts, strict=True):
         run_ = runs.setdefault(name, {"seeds": [], "fits": []})
         run_["seeds"].append(part.meta["summary"])
@@ -120,6 +119,11 @@ def fit_settings(args: argparse.Namespace, sizes: dict) -> dict:
     return {k: getattr(args, k) for k in keys} | {"sizes": sizes}
 
 
+def _fit_id(job: tuple[str, int], sizes: dict) -> str:
+    """A (model, seed) fit's part id, with a digest of the model's configuration."""
+    return fit_id(job[0], f"seed{job[1]}", config_tag(make_config(job[0], **sizes).to_dict()))
+
+
 def _fit_job(job: tuple[str, int], world: tuple) -> Part:
     """`_fit_one` for a (model, seed) job, in a worker process."""
     args, p, tz, sizes, samplers, corpus = world
@@ -133,14 +137,16 @@ def _fit_one(name: str, seed: int, args: argparse.Namespace, p: RetrievalProtoco
     model = build_retrieval_model(name, tz.spec, **sizes)
     cfg = RetrievalTrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs,
                                patience=args.patience, seed=seed, device=args.device,
-                               progress=not args.no_progress, max_steps_per_epoch=args.steps_per_epoch)
+                               progress=not args.no_progress, max_steps_per_epoch=args.steps_per_epoch,
+                               checkpoint=str(Path(args.parts_root) / f"{_fit_id((name, seed), sizes)}.ckpt"))
     fit = fit_retrieval(model, p, tz, cfg, samplers,
                         on_epoch=lambda r: cli.log(f"{name} seed {seed} epoch {r['epoch']}: valid {_fmt(r, 'valid_')}"))
     res = evaluate_model(model, p, tz, p.test, corpus.to(model.device))
     cli.log(f"{name} seed {seed}: test {_fmt(res.summary())} ({fit.seconds:.0f} s)")
     info = {"seed": seed, **fit.convergence(), "best_valid": fit.best_valid, "max_epochs": args.epochs,
             "params": model.describe()["params"], "history": fit.history}
-    return Part({"summary": res.summary(), "fit": info}, {f"hit@{k}": np.asarray(res.hits[k]) for k in KS})
+    return Part({"summary": res.summary(), "fit": info}, {f"hit@{k}": np.asarray(res.hits[k]) for k in KS},
+                fit.stopped_at())
 
 
 def _fmt(m: dict, prefix: str = "") -> str:
@@ -255,11 +261,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--parts", type=Path, default=None,
                    help="where each fit's result is kept, so a rerun resumes (default <out>/parts/retrieval-<dataset>)")
     args = a.parse_args(argv)
-    if args.quick:
-        args.seeds, args.epochs, args.batch_size, args.negatives = 1, 1, 256, 512
-        args.lr, args.steps_per_epoch = 3e-3, 380
-        if args.models == ",".join(MODELS):
-            args.models = "base"
+    if args.quick:  # the CI run's settings, where the command line does not say otherwise
+        quick = {"seeds": 1, "epochs": 1, "batch_size": 256, "negatives": 512, "lr": 3e-3, "steps_per_epoch": 380,
+                 "models": "base"}
+        for name, value in quick.items():
+            if getattr(args, name) == a.get_default(name):
+                setattr(args, name, value)
     args.models = cli.split_models(args.models, MODELS, "retrieval models")
     args.overrides = cli.parse_overrides(args.set)
     cli.check_counts(args, ("seeds", "epochs", "batch_size", "negatives", "dim", "max_behaviours", "sem_topk",

@@ -113,7 +113,7 @@ def run_job(job: Job, args: argparse.Namespace) -> Part:
     alpha = model.branches.last_alpha if isinstance(model, ScenarioModel) and model.branches else None
     if alpha is not None:  # the mutual units' gate coefficients on the last test batch (the paper's Fig. 3)
         info["mean_alpha_last_batch"] = float(alpha.mean())
-    return Part({"info": info}, {"probs": np.asarray(probs, dtype=np.float32)})
+    return Part({"info": info}, {"probs": np.asarray(probs, dtype=np.float32)}, res.stopped_at())
 
 
 def fit_settings(args: argparse.Namespace) -> dict:
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario")
     p, scenarios, codes = _WORLD["protocol"], _WORLD["scenarios"], _WORLD["codes"]
     jobs = _jobs(args, len(scenarios))
     root = args.parts or default_root(args.out, "scenario", args.dataset_label, args.quick)
-    store = PartStore(root, fit_settings(args))
+    store = PartStore(root, fit_settings(args), cap_key="epochs")
     args.parts_root = store.root  # where the workers keep their fits' epoch checkpoints
     parts = run_resumable(jobs, store, partial(run_job, args=args), args.workers, args.threads_per_worker,
                           args.device, partial(_fit_id, args=args),

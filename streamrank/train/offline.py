@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -27,7 +26,7 @@ from streamrank.features.tensorize import Tensorizer
 from streamrank.models.factory import Ranker
 from streamrank.models.ranking.moe import RankingModel
 from streamrank.models.scenario import ScenarioModel
-from streamrank.train.fit_checkpoint import EpochState, load_epoch_state, numpy_state, restore_numpy, save_epoch_state
+from streamrank.train.fit_checkpoint import FitLoop, finish_fit, resume_fit, save_fit
 from streamrank.train.losses import contrastive_loss, ranking_loss
 from streamrank.train.metrics import evaluate
 from streamrank.train.optim import ModelOptimizer, RowOptimizer
@@ -141,6 +140,11 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     valid_metric: str = ""
+    stopped_early: bool = False  # early stopping ended the fit (not its epoch cap)
+
+    def stopped_at(self) -> int | None:
+        """The epochs run when early stopping ended the fit; None when its epoch cap did (`bench.parts`)."""
+        return len(self.history) if self.stopped_early else None
 
     def convergence(self) -> dict:
         """What a benchmark records about how the fit ended: best epoch and epochs run (both counted from 1),
@@ -149,7 +153,8 @@ class FitResult:
         epochs_run, best, key = len(self.history), self.best_epoch + 1, f"valid_{self.valid_metric}"
         curve = [round(float(h[key]), 5) for h in self.history if key in h]
         return {"best_epoch": best, "epochs_run": epochs_run, "epochs": epochs_run,
-                "converged": 0 < best < epochs_run, "valid_curve": curve, "seconds": round(self.seconds, 1)}
+                "converged": 0 < best < epochs_run, "stopped_early": self.stopped_early, "valid_curve": curve,
+                "seconds": round(self.seconds, 1)}
 
 
 @dataclass
@@ -276,33 +281,6 @@ def evaluate_source(model: Ranker, tensorizer: Tensorizer, source: ExampleSource
     return evaluate(probs, source.labels, source.sessions)
 
 
-def _checkpoint(path: str, epoch: int, model: torch.nn.Module, optimizer: ModelOptimizer, stopper: EarlyStopping,
-                rng: np.random.Generator, gen: torch.Generator, result: FitResult, seconds: float) -> None:
-    """Saves what `_resume` needs to continue after `epoch`."""
-    save_epoch_state(Path(path), EpochState(
-        epoch, model.state_dict(), optimizer.state_dict(), stopper.best_value, stopper.best_epoch, stopper.bad,
-        stopper.best_state, numpy_state(rng), torch.get_rng_state(), gen.get_state(), result.history, seconds))
-
-
-def _resume(cfg: TrainConfig, device: torch.device, model: torch.nn.Module, optimizer: ModelOptimizer,
-            stopper: EarlyStopping, rng: np.random.Generator, gen: torch.Generator, result: FitResult) -> int:
-    """Loads `cfg.checkpoint` if there is one into the fit's state; returns the epoch to start at."""
-    state = load_epoch_state(Path(cfg.checkpoint), device) if cfg.checkpoint else None
-    if state is None:
-        return 0
-    model.load_state_dict(state.model)
-    optimizer.load_state_dict(state.optimizer)
-    stopper.best_value, stopper.best_epoch, stopper.bad = state.best_value, state.best_epoch, state.bad
-    stopper.best_state = state.best_state
-    restore_numpy(rng, state.numpy_rng)
-    torch.set_rng_state(state.torch_rng)
-    gen.set_state(state.generator)
-    result.history, result.seconds = state.history, state.seconds
-    log.info("resumed %s after epoch %d", cfg.checkpoint, state.epoch + 1)
-    # killed between its last checkpoint and its return: early stopping had already ended the fit
-    return cfg.max_epochs if stopper.bad >= stopper.patience else state.epoch + 1
-
-
 def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: ExampleSource | None,
         cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     """Train with AdamW; after each epoch evaluate `valid` and keep the best weights (early stopping).
@@ -317,11 +295,11 @@ def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: Exam
     gen.manual_seed(cfg.seed)
     optimizer = ModelOptimizer(model, cfg.lr, cfg.weight_decay, cfg.row_optimizer, cfg.row_lr)
     stopper = EarlyStopping(cfg.patience)
-    stop = False
+    loop = FitLoop(model, optimizer, stopper, rng, gen)
     result = FitResult(best_epoch=-1, best_valid=float("nan"), valid_metric=cfg.valid_metric)
-    t0 = time.perf_counter()
-    first = _resume(cfg, device, model, optimizer, stopper, rng, gen, result)
-    t0 -= result.seconds  # a resumed fit counts the time of the epochs it had done
+    first, result.history, done_s = resume_fit(cfg.checkpoint, cfg.max_epochs, device, loop)
+    stop = stopper.bad >= stopper.patience and first > 0
+    t0 = time.perf_counter() - done_s  # a resumed fit counts the time of the epochs it had done
     for epoch in range(first, cfg.max_epochs):
         order = rng.permutation(len(train)) if cfg.shuffle else np.arange(len(train))
         starts = list(range(0, len(order), cfg.batch_size))[: cfg.max_steps_per_epoch]
@@ -341,14 +319,14 @@ def fit(model: Ranker, tensorizer: Tensorizer, train: ExampleSource, valid: Exam
             stop = stopper.update(epoch, metrics[cfg.valid_metric], model)
         result.history.append(record)
         if cfg.checkpoint:
-            _checkpoint(cfg.checkpoint, epoch, model, optimizer, stopper, rng, gen, result, time.perf_counter() - t0)
+            save_fit(cfg.checkpoint, epoch, loop, result.history, time.perf_counter() - t0)
         if on_epoch is not None:
             on_epoch(record)
         if stop:
             break
     stopper.restore(model)
-    if cfg.checkpoint:
-        Path(cfg.checkpoint).unlink(missing_ok=True)  # done: the caller keeps the result
+    result.stopped_early = stop and valid is not None
+    finish_fit(cfg.checkpoint, result.stopped_early or valid is None)
     result.best_epoch = stopper.best_epoch if valid is not None else cfg.max_epochs - 1
     result.best_valid = stopper.best_value if valid is not None else float("nan")
     result.seconds = time.perf_counter() - t0

@@ -21,6 +21,7 @@ from streamrank.data.retrieval_protocol import RetrievalProtocol, TargetSet
 from streamrank.features.batch import ItemSide
 from streamrank.features.tensorize import Tensorizer
 from streamrank.models.retrieval.model import TwoTowerModel
+from streamrank.train.fit_checkpoint import FitLoop, finish_fit, resume_fit, save_fit
 from streamrank.train.offline import EarlyStopping, FitResult, pick_device, set_seed
 from streamrank.train.retrieval_eval import KS, RetrievalEval, evaluate_scores
 from streamrank.train.retrieval_losses import ClickedItems, CLSamplers, StepInputs, step_losses
@@ -40,6 +41,7 @@ class RetrievalTrainConfig:
     progress: bool = True
     max_steps_per_epoch: int | None = None
     eval_users: int = 0  # validation rows used for early stopping (0 = all)
+    checkpoint: str | None = None  # a file for epoch checkpoints: a killed fit resumes there (fit_checkpoint)
 
     def to_dict(self) -> dict:
         """Plain dict for reports."""
@@ -107,9 +109,12 @@ def fit_retrieval(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer
     clicked = ClickedItems(train.user, train.item, proto.n_items) if model.cfg.mask_clicked else None
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     stopper = EarlyStopping(cfg.patience)
+    loop = FitLoop(model, optimizer, stopper, rng, gen)
     result = RetrievalFit(best_epoch=-1, best_valid=float("nan"), valid_metric="mean_hit")
-    t0 = time.perf_counter()
-    for epoch in range(cfg.max_epochs):
+    first, result.history, done_s = resume_fit(cfg.checkpoint, cfg.max_epochs, device, loop)
+    stop = stopper.bad >= stopper.patience and first > 0
+    t0 = time.perf_counter() - done_s  # a resumed fit counts the time of the epochs it had done
+    for epoch in range(first, cfg.max_epochs):
         model.train()
         order = rng.permutation(len(train))
         starts = list(range(0, len(order), cfg.batch_size))[: cfg.max_steps_per_epoch]
@@ -134,11 +139,15 @@ def fit_retrieval(model: TwoTowerModel, proto: RetrievalProtocol, tz: Tensorizer
         record["seconds"] = round(time.perf_counter() - t0, 1)
         stop = stopper.update(epoch, value, model)
         result.history.append(record)
+        if cfg.checkpoint:
+            save_fit(cfg.checkpoint, epoch, loop, result.history, time.perf_counter() - t0)
         if on_epoch is not None:
             on_epoch(record)
         if stop:
             break
     stopper.restore(model)
+    result.stopped_early = stop
+    finish_fit(cfg.checkpoint, stop)
     model.eval()
     result.best_epoch, result.best_valid = stopper.best_epoch, stopper.best_value
     result.seconds = time.perf_counter() - t0
