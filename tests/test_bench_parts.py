@@ -39,6 +39,10 @@ def test_a_fit_early_stopping_ended_is_reused_under_any_cap_it_stayed_within(tmp
     assert PartStore(tmp_path, {"epochs": 20, "lr": 0.2}, cap_key="epochs").load("stopped") is None  # lr differs
     assert PartStore(tmp_path, {"epochs": 20, "lr": 0.1}).load("stopped") is None  # no cap key: exact settings
     assert made.load("stopped").early_stopped_at == 6
+    # a capped fit's checkpoint is found again under a larger cap, never under another learning rate
+    grown = PartStore(tmp_path, {"epochs": 20, "lr": 0.1}, cap_key="epochs")
+    other = PartStore(tmp_path, {"epochs": 12, "lr": 0.2}, cap_key="epochs")
+    assert grown.checkpoint("capped") == made.checkpoint("capped") != other.checkpoint("capped")
 
 
 def test_stored_arrays_never_unpickle(tmp_path: Path) -> None:

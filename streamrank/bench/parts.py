@@ -87,6 +87,12 @@ class PartStore:
                         == {k: v for k, v in self.settings.items() if k != self.cap_key})
         return others_equal and isinstance(stopped, int) and isinstance(cap, int) and stopped <= cap
 
+    def checkpoint(self, fid: str) -> Path:
+        """Where fit `fid` keeps its epoch checkpoint: the name carries a digest of the settings but the cap,
+        so a run with other settings (another lr) never resumes this one's, while a larger cap does."""
+        kept = {k: v for k, v in self.settings.items() if k != self.cap_key}
+        return self.root / f"{fid}.{config_tag(kept)}.ckpt"
+
     def _paths(self, fid: str) -> tuple[Path, Path]:
         return self.root / f"{fid}.json", self.root / f"{fid}.npz"
 

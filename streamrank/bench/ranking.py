@@ -170,7 +170,7 @@ def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> Part:
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="session_auc" if p.valid.sessions is not None else "auc",
                       progress=False, device=args.device, max_steps_per_epoch=args.max_steps_per_epoch,
-                      checkpoint=str(Path(args.parts_root) / f"{_fit_id(job, args, sizes)}.ckpt"))
+                      checkpoint=str(args.part_store.checkpoint(_fit_id(job, args, sizes))))
     res = fit(model, tz, data["train"], data["valid"], cfg, on_epoch=partial(cli.log_epoch, f"{job.key}/{job.seed}"))
     dev = pick_device(args.device)
     out = Outcome()
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     jobs = _jobs(args)
     root = args.parts or default_root(args.out, "ranking", args.dataset_label, args.quick)
     store = PartStore(root, fit_settings(args, sizes), cap_key="epochs")
-    args.parts_root = store.root  # where the workers keep their fits' epoch checkpoints
+    args.part_store = store  # the workers' fits keep their epoch checkpoints where it says
     fid = partial(_fit_id, args=args, sizes=sizes)
     parts = run_resumable(jobs, store, partial(run_job, args=args, sizes=sizes), workers, threads, args.device,
                           fid, progress=not args.no_progress,

@@ -1,7 +1,7 @@
 """The AW-MoE paper's claims, each marked holds / does not hold on a `bench ranking` result.
 
 - The ordering AW-MoE & CL > AW-MoE > Category-MoE > DIN > DNN: each step a positive session-AUC difference
-  with p < `ALPHA` (paired t-test across test sessions against the row above).
+  with p < `claims.ALPHA` (paired t-test across test sessions against the row above).
 - CL's gain larger on short histories than overall: the per-session gain g = AUC(AW-MoE & CL) - AUC(AW-MoE).
   On a simulated long tail (the same sessions with histories cut to K) the test is paired: g_K - g_full per
   session. On the long-tail-1 users (a subset of the sessions) it is Welch's t-test of g on those sessions
@@ -15,9 +15,9 @@ import itertools
 import numpy as np
 from scipy import stats
 
+from streamrank.bench.claims import claim
 from streamrank.train.metrics import paired_test
 
-ALPHA = 0.05
 ORDER = ("dnn", "din", "category_moe", "aw_moe", "aw_moe_cl")
 
 
@@ -60,22 +60,10 @@ def claims(section: dict) -> list[dict]:
     for above, row in itertools.pairwise(ORDER):
         t = pv.get(f"{row}|{above}", {}).get("full/session_auc")
         if t is not None:
-            out.append({"claim": f"{row} > {above} (session AUC, full test set)", "diff": t["diff"], "p": t["p"],
-                        "holds": bool(t["diff"] > 0 and t["p"] < ALPHA)})
+            out.append(claim(f"{row} > {above} (session AUC, full test set)", t["diff"], t["p"]))
     for view, t in section.get("cl_gain_vs_full", {}).items():
         label = ("long-tail-1 users (Welch, vs the other users)" if view == "longtail_few"
                  else f"histories cut to {view.removeprefix('capped').removesuffix('_full')} (paired)")
-        out.append({"claim": f"CL's gain larger on {label} than overall", "gain": t["gain"],
-                    "gain_full": t["gain_full"], "diff": t["diff"], "p": t["p"],
-                    "holds": bool(t["diff"] > 0 and t["p"] < ALPHA)})
+        out.append(claim(f"CL's gain larger on {label} than overall", t["diff"], t["p"], gain=t["gain"],
+                         gain_full=t["gain_full"]))
     return out
-
-
-def claims_lines(items: list[dict]) -> list[str]:
-    """The claims as a markdown table."""
-    lines = ["| claim | difference | p | holds |", "|---|---|---|---|"]
-    for c in items:
-        extra = f" (gain {c['gain']:+.4f} vs {c['gain_full']:+.4f} overall)" if "gain" in c else ""
-        p = "-" if not np.isfinite(c["p"]) else f"{c['p']:.2e}"
-        lines.append(f"| {c['claim']} | {c['diff']:+.4f}{extra} | {p} | {'holds' if c['holds'] else 'does not hold'} |")
-    return lines

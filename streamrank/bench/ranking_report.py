@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from streamrank.bench.ranking_claims import ALPHA, claims_lines
+from streamrank.bench.claims import ALPHA, claims_lines
 from streamrank.models.ranking import DISPLAY_NAMES
 
 MAIN = ("dnn", "din", "category_moe", "aw_moe", "aw_moe_cl")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from streamrank.bench import movielens_cli as cli
+from streamrank.bench.claims import ALPHA, claim, claims_lines
 from streamrank.bench.parts import Part, PartStore, config_tag, default_root, fit_id, run_resumable
 from streamrank.data.retrieval_protocol import RetrievalProtocol, retrieval_protocol
 from streamrank.data.titles import ENCODER, genre_neighbours, nearest_neighbours, title_embeddings
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
     corpus = encode_corpus(p, tz)
     store = PartStore(args.parts or default_root(args.out, "retrieval", args.dataset_label, args.quick),
                       fit_settings(args, sizes), cap_key="epochs")
-    args.parts_root = store.root  # where the workers keep their fits' epoch checkpoints
+    args.part_store = store  # the workers' fits keep their epoch checkpoints where it says
     jobs = [(name, seed) for name in args.models for seed in args.seed_list]
     # forked workers inherit the protocol, samplers and corpus built above (copy-on-write)
     parts = run_resumable(jobs, store, partial(_fit_job, world=(args, p, tz, sizes, samplers, corpus)),
@@ -108,7 +109,9 @@ def run(args: argparse.Namespace) -> dict:
         run_["seeds"].append(part.meta["summary"])
         run_["fits"].append(part.meta["fit"])
         hits.setdefault(name, []).append({k: part.arrays[f"hit@{k}"] for k in KS})
-    return {"stats": p.stats, "samplers": sampler_info, "runs": runs, "pvalues": _pvalues(hits, args.reference),
+    pvalues = _pvalues(hits, args.reference)
+    return {"stats": p.stats, "samplers": sampler_info, "runs": runs, "pvalues": pvalues,
+            "claims": micrec_claims(pvalues, args.reference),
             "model_config": {m: make_config(m, **sizes).to_dict() for m in args.models}}
 
 
@@ -138,7 +141,7 @@ def _fit_one(name: str, seed: int, args: argparse.Namespace, p: RetrievalProtoco
     cfg = RetrievalTrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs,
                                patience=args.patience, seed=seed, device=args.device,
                                progress=not args.no_progress, max_steps_per_epoch=args.steps_per_epoch,
-                               checkpoint=str(Path(args.parts_root) / f"{_fit_id((name, seed), sizes)}.ckpt"))
+                               checkpoint=str(args.part_store.checkpoint(_fit_id((name, seed), sizes))))
     fit = fit_retrieval(model, p, tz, cfg, samplers,
                         on_epoch=lambda r: cli.log(f"{name} seed {seed} epoch {r['epoch']}: valid {_fmt(r, 'valid_')}"))
     res = evaluate_model(model, p, tz, p.test, corpus.to(model.device))
@@ -166,6 +169,15 @@ def _pvalues(hits: dict[str, list[dict[int, np.ndarray]]], reference: str) -> di
         mine = {k: np.mean([h[k] for h in per_seed], 0) for k in KS}
         out[name] = {f"hit@{k}": dict(zip(("diff", "p"), paired_test(mine[k], ref[k]), strict=True)) for k in KS}
     return out
+
+
+def micrec_claims(pvalues: dict, reference: str) -> list[dict]:
+    """The MicRec paper's claim, MicRec (final) > base on HIT@50 and HIT@500, marked holds / does not hold
+    (paired t-test over test users against the base, as in `_pvalues`); empty unless the base is the reference."""
+    if reference != "base" or "micrec" not in pvalues:
+        return []
+    return [claim(f"MicRec (final) > base on HIT@{k}", t["diff"], t["p"])
+            for k in (50, 500) if (t := pvalues["micrec"].get(f"hit@{k}")) is not None]
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -228,6 +240,8 @@ def render(r: dict) -> str:
         f"Semantic CL positives: {samp.get('sem_source', 'n/a')}, top {s['sem_topk']}. Session CL: one-hour "
         f"co-occurrence from the stream worker's rule on training interactions: {samp.get('cooc_pairs', 0):,} "
         f"directed pairs, median item degree {samp.get('cooc_median_degree', 0):.0f}.", "",
+        *(["## The paper's claims on these fits", "", *claims_lines(r["claims"]), "",
+            f"A claim holds when the difference is positive with p < {ALPHA}.", ""] if r.get("claims") else []),
         "## The paper's Table 2 (Video-636M, private): compare orderings and gaps, not values", "", *paper, "",
         "## Settings", "",
         f"Adam lr {s['lr']}, batch {s['batch_size']}, {s['negatives']} uniformly random negatives per step "

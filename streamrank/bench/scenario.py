@@ -26,6 +26,7 @@ import torch
 
 from streamrank.bench import movielens_cli as cli
 from streamrank.bench.parts import Part, PartStore, config_tag, default_root, fit_id, run_resumable
+from streamrank.bench.scenario_claims import claims, seed_mean_tests
 from streamrank.bench.scenario_report import render
 from streamrank.data.protocols import ExampleSet, recbole_protocol
 from streamrank.features import Tensorizer
@@ -104,7 +105,7 @@ def run_job(job: Job, args: argparse.Namespace) -> Part:
     model = build_model(job.model, spec, **_sizes(job.model, args))
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="auc", progress=False, device=args.device,
-                      checkpoint=str(Path(args.parts_root) / f"{_fit_id(job, args)}.ckpt"))
+                      checkpoint=str(args.part_store.checkpoint(_fit_id(job, args))))
     res = fit(model, tz, train, valid, cfg, on_epoch=partial(cli.log_epoch, f"{job.model}/{job.seed}/{job.scenario}"))
     probs = predict(model, tz, test, device=next(model.parameters()).device)
     info = {"model": job.model, "seed": job.seed, "scenario": job.scenario, **res.convergence(),
@@ -156,7 +157,8 @@ def _scores(results: list[dict], test: ExampleSet, codes: np.ndarray, scenarios:
         if job.scenario >= 0:
             m = codes == job.scenario
             indiv.setdefault(scenarios[job.scenario], {})[str(job.seed)] = {"auc": auc(r["probs"], y[m])}
-    return {"models": out, "individual": indiv}
+    tests = seed_mean_tests(full, y, codes, scenarios)
+    return {"models": out, "individual": indiv, "saml_vs_bst_seed_mean": tests, "claims": claims(tests)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario")
     jobs = _jobs(args, len(scenarios))
     root = args.parts or default_root(args.out, "scenario", args.dataset_label, args.quick)
     store = PartStore(root, fit_settings(args), cap_key="epochs")
-    args.parts_root = store.root  # where the workers keep their fits' epoch checkpoints
+    args.part_store = store  # the workers' fits keep their epoch checkpoints where it says
     parts = run_resumable(jobs, store, partial(run_job, args=args), args.workers, args.threads_per_worker,
                           args.device, partial(_fit_id, args=args),
                           progress=not args.no_progress)

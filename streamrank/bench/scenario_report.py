@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from streamrank.bench.claims import ALPHA, claims_lines
 from streamrank.data.dataset import is_path
 from streamrank.models.factory import DISPLAY_NAMES
 
@@ -149,6 +150,10 @@ def render(r: dict) -> str:
                 "*w/o gate*: mutual unit's alpha fixed at 0 (independent branches). *w/o aux*: no auxiliary network; "
                 "branches read all features. *w/o gate&mut*: no branches; one MLP on the scenario-aware "
                 "features (BST plus scenario-specific embeddings and attention).", ""]
+    if r.get("claims"):
+        out += ["## The paper's claims on these fits", "", *claims_lines(r["claims"]), "",
+                f"A claim holds when the difference is positive with p < {ALPHA} (see streamrank/bench/"
+                "scenario_claims.py for each test).", ""]
     out += ["## The paper's figures (Alimama public / industrial): compare orderings, not values", "",
             "| model | public AUC | industrial AUC |", "|---|---|---|",
             *(f"| {m} | {a} | {b} |" for m, (a, b) in PAPER.items()), "",
