@@ -132,3 +132,26 @@ def _keys_only(c: ClickedItems) -> ClickedItems:
         return ClickedItems(users, items, c.n_items)
     finally:
         ClickedItems.DENSE_LIMIT = old
+
+
+def test_cl_tasks_leave_the_matching_term_alone_and_add_up_as_eq_8() -> None:
+    """A converged MicRec below its base must not come from CL leaking into the matching path: on the same
+    weights and batch the matching loss is the base's, and the total is L_S + sum of lambda * L_task."""
+    spec, corpus, users = _toy()
+    torch.manual_seed(0)
+    base = build_retrieval_model("base", spec, **SMALL)
+    micrec = build_retrieval_model("micrec", spec, **SMALL)
+    missing, unexpected = micrec.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("projectors.") for k in missing)
+    graph = NeighbourSampler.from_lists([{(k + 1) % N: 1.0, (k + 2) % N: 2.0} for k in range(N)])
+    step = StepInputs(users, np.random.default_rng(3).integers(0, N, 8), np.arange(N))
+    plain = step_losses(base, corpus, step, CLSamplers(), np.random.default_rng(0))
+    full = step_losses(micrec, corpus, step, CLSamplers(graph, graph), np.random.default_rng(0),
+                       torch.Generator().manual_seed(0))
+    assert set(full) == {"match", "fea", "sem", "sess", "total"}
+    assert torch.allclose(full["match"], plain["match"], atol=1e-6)
+    cfg = micrec.cfg
+    weights = {"fea": cfg.fea_weight, "sem": cfg.sem_weight, "sess": cfg.sess_weight}
+    expect = full["match"] + sum(w * full[k] for k, w in weights.items())
+    assert torch.allclose(full["total"], expect, atol=1e-6)
+    assert all(float(full[k]) > 0 for k in ("fea", "sem", "sess"))
