@@ -174,8 +174,10 @@ class Settings:
     # asyncio loop itself (one call at a time, no thread hop).
     serve_workers: int = 2
     serve_torch_threads: int = 1
-    # Calls accepted at once (more get RESOURCE_EXHAUSTED) and the longest a call may take.
+    # Calls accepted at once and request bytes held by them (more get RESOURCE_EXHAUSTED, before decoding;
+    # together they bound the scorer's memory, docs/serving.md), and the longest a call may take.
     serve_max_inflight: int = 256
+    serve_max_inflight_bytes: int = 32 * 1024 * 1024
     serve_timeout_s: float = 2.0
     # Request limits (INVALID_ARGUMENT beyond them).
     serve_max_candidates: int = 1_000
@@ -232,7 +234,7 @@ class Settings:
             "max_future_skew_ms", "train_batch_size", "checkpoint_every_steps", "prequential_window",
             "vocab_ttl_ms", "vocab_expire_every_ms", "train_lr", "checkpoint_every_s",
             "train_batch_within_s", "train_passes", "prequential_pending",
-            "serve_poll_s", "serve_torch_threads", "serve_max_inflight",
+            "serve_poll_s", "serve_torch_threads", "serve_max_inflight", "serve_max_inflight_bytes",
             "serve_timeout_s", "serve_max_candidates", "serve_max_k", "serve_max_behaviors",
             "serve_max_query_chars",
         ]

@@ -86,10 +86,13 @@ class ScorerThread:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
 
-    def start(self, ready_timeout_s: float = 60) -> ScorerThread:
-        """Starts the scorer and waits until it reports ready (model loaded, replica caught up)."""
+    def start(self, ready_timeout_s: float = 60, wait_ready: bool = True) -> ScorerThread:
+        """Starts the scorer and (with wait_ready) waits until it reports ready (models loaded, replica caught
+        up)."""
         self._thread.start()
         self.port = asyncio.run_coroutine_threadsafe(self.scorer.start(), self.loop).result(60)
+        if not wait_ready:
+            return self
         deadline = time.monotonic() + ready_timeout_s
         while not self.scorer.ready():
             if time.monotonic() > deadline:

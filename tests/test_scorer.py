@@ -153,9 +153,10 @@ def test_health_reflection_and_metrics(world: Settings) -> None:
         with pytest.raises(grpc.RpcError):
             st.stub().Rank(rank_request("u1", [""]), timeout=10)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert 'streamrank_request_seconds_count{method="Rank"} 2.0' in text
-    assert 'streamrank_responses_total{code="OK",method="Rank"} 1.0' in text
-    assert 'streamrank_responses_total{code="INVALID_ARGUMENT",method="Rank"} 1.0' in text
+    # counted under the model that answered (the default one) and, once chosen, its version
+    assert 'streamrank_request_seconds_count{method="Rank",model="din",version="1"} 1.0' in text
+    assert 'streamrank_responses_total{code="OK",method="Rank",model="din",version="1"} 1.0' in text
+    assert 'streamrank_responses_total{code="INVALID_ARGUMENT",method="Rank",model="din",version=""} 1.0' in text
     assert 'streamrank_model_version{model="din"} 1.0' in text
     assert 'streamrank_replica_lag_records{topic=' in text
 

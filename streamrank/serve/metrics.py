@@ -6,6 +6,8 @@ over HTTP on loopback by default.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 
@@ -23,10 +25,12 @@ class ScorerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.latency = Histogram("streamrank_request_seconds", "Time to answer a call", ["method"],
-                                 buckets=_BUCKETS, registry=r)
-        self.responses = Counter("streamrank_responses", "Calls answered, by status code", ["method", "code"],
-                                 registry=r)
+        # model / version: what answered ("" when a call failed before a model was chosen: bad bytes, a refusal,
+        # an unknown model name, which never becomes a label of its own)
+        self.latency = Histogram("streamrank_request_seconds", "Time to answer a call",
+                                 ["method", "model", "version"], buckets=_BUCKETS, registry=r)
+        self.responses = Counter("streamrank_responses", "Calls answered, by status code",
+                                 ["method", "code", "model", "version"], registry=r)
         self.candidates = Histogram("streamrank_rank_candidates", "Candidates per Rank call",
                                     buckets=(1, 10, 50, 100, 200, 500, 1000), registry=r)
         self.model_version = Gauge("streamrank_model_version", "Live version of each served model", ["model"],
@@ -44,11 +48,25 @@ class ScorerMetrics:
                                  "Wall time since the event time of the newest user update replicated",
                                  registry=r)
         self._http: object | None = None
+        self._series: dict[str, dict[str, set[tuple[str, str]]]] = {}  # model -> version -> (method, code)
+        self._lock = threading.Lock()  # calls observe on the loop, swaps retire from the watcher thread
 
-    def observe(self, method: str, code: str, seconds: float) -> None:
-        """Records one answered call."""
-        self.latency.labels(method).observe(seconds)
-        self.responses.labels(method, code).inc()
+    def observe(self, method: str, code: str, seconds: float, model: str = "", version: str = "") -> None:
+        """Records one answered call, under the model and version that answered it."""
+        with self._lock:
+            self.latency.labels(method, model, version).observe(seconds)
+            self.responses.labels(method, code, model, version).inc()
+            self._series.setdefault(model, {}).setdefault(version, set()).add((method, code))
+
+    def retire_versions(self, model: str, keep: set[str]) -> None:
+        """Drops the latency and response series of `model`'s versions not in `keep` (retired versions)."""
+        with self._lock:
+            versions = self._series.get(model, {})
+            for version in [v for v in versions if v and v not in keep]:
+                for method, code in versions.pop(version):
+                    self.responses.remove(method, code, model, version)
+                    with contextlib.suppress(KeyError):  # one latency series per method, several codes
+                        self.latency.remove(method, model, version)
 
     def update_replica(self, status: ReplicaStatus) -> None:
         """Copies the replica's lag into the gauges."""

@@ -1,9 +1,11 @@
 """`streamrank serve`: the grpc.aio scorer with its replica, model watcher, health, reflection and metrics.
 
 Start-up order: open the replica (serving can start from what it holds after a restart) and start its
-reader, load the live versions, start the gRPC server, then mark health SERVING once the default model is
-loaded and the replica has caught up once. Shutdown marks health NOT_SERVING first (load balancers stop
-sending), lets in-flight calls finish within the grace period, then stops the watcher and the replica.
+reader, load the live versions, start the gRPC server, then mark health SERVING once every configured model
+has a servable version and the replica has caught up once; each model also has a health service of its
+own (`model_health_service`), SERVING while it has a version. Shutdown marks health NOT_SERVING first
+(load balancers stop sending), lets in-flight calls finish within the grace period, then stops the watcher
+and the replica.
 """
 
 from __future__ import annotations
@@ -22,16 +24,27 @@ from grpc_reflection.v1alpha import reflection
 from streamrank.config import Settings
 from streamrank.registry.store import read_signing_keys
 from streamrank.runtime import tune_allocator
+from streamrank.serve.admission import memory_bound
 from streamrank.serve.metrics import ScorerMetrics
 from streamrank.serve.models import ModelWatcher
 from streamrank.serve.replica import FeatureReplica
 from streamrank.serve.servicer import RankingServicer, served_models
 from streamrank.serve.tls import server_credentials
-from streamrank.v1 import ranking_pb2, ranking_pb2_grpc
+from streamrank.v1 import ranking_pb2
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
-_MAX_MESSAGE = 8 * 1024 * 1024
+_MAX_SEND = 8 * 1024 * 1024  # a response is at most serve_max_candidates / serve_max_k scored ids
+_BACKSTOP_HEADROOM = 64
+
+
+def model_health_service(name: str) -> str:
+    """The health-check service name of one served model, e.g. "streamrank.v1.RankingService/din"."""
+    return f"{SERVICE_NAME}/{name}"
+
+
+def _status(ok: bool) -> int:
+    return health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Scorer:
@@ -58,9 +71,15 @@ class Scorer:
         self.port = 0
         self.metrics_port = 0
         self._status_task: asyncio.Task[None] | None = None
+        self._live: dict[str, int] = {}
+        self.servicer: RankingServicer | None = None
 
     def _on_change(self, name: str, version: int) -> None:
         self.metrics.swaps.labels(name).inc()
+        # the series of the new version and the one it replaces stay; older ones are dropped, so an
+        # online-learning scorer that swaps every minute does not grow its metrics without bound
+        self.metrics.retire_versions(name, keep={str(version), str(self._live.get(name, ""))})
+        self._live[name] = version
         retriever = self.watcher.retriever
         if name == self.watcher.retriever_name and retriever is not None:
             self.metrics.index_version.labels(name).set(version)
@@ -79,13 +98,15 @@ class Scorer:
         self.replica.start()
         await asyncio.get_running_loop().run_in_executor(None, self.watcher.refresh)
         self.watcher.start()
-        server = grpc.aio.server(
-            maximum_concurrent_rpcs=s.serve_max_inflight,
-            options=[("grpc.max_receive_message_length", _MAX_MESSAGE),
-                     ("grpc.max_send_message_length", _MAX_MESSAGE),
-                     ("grpc.so_reuseport", 0)])  # a second scorer on a busy port fails instead of sharing it
         servicer = RankingServicer(s, self.replica, self.watcher, self.metrics, self.executor)
-        ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)
+        server = grpc.aio.server(
+            # a backstop above the servicer's own (counted) limit, with room for health checks and refusals
+            maximum_concurrent_rpcs=s.serve_max_inflight + _BACKSTOP_HEADROOM,
+            options=[("grpc.max_receive_message_length", servicer.receive_limit),
+                     ("grpc.max_send_message_length", _MAX_SEND),
+                     ("grpc.so_reuseport", 0)])  # a second scorer on a busy port fails instead of sharing it
+        server.add_generic_rpc_handlers((servicer.rpc_handlers(SERVICE_NAME),))
+        self.servicer = servicer
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -117,19 +138,40 @@ class Scorer:
                  self.metrics_port, self.watcher.ranker_names, self.watcher.retriever_name)
         return self.port
 
+    def request_memory_bound(self) -> int:
+        """The most bytes requests can hold in this scorer at once (`admission.memory_bound`), from its
+        settings: what the scorer's memory grows by, at most, under any burst of requests."""
+        s = self.settings
+        limit = RankingServicer.receive_limit_for(s)
+        return memory_bound(s.serve_max_inflight, s.serve_max_inflight_bytes, limit,
+                            s.serve_max_inflight + _BACKSTOP_HEADROOM)
+
+    def model_status(self) -> dict[str, bool]:
+        """Whether each configured model (ranking models, then the retrieval pair if set) has a servable
+        version loaded."""
+        status = {name: name in self.watcher.rankers for name in self.watcher.ranker_names}
+        if self.watcher.retriever_name:
+            status[self.watcher.retriever_name] = self.watcher.retriever is not None
+        return status
+
     def ready(self) -> bool:
-        """Whether the default model is loaded and the replica has caught up once."""
-        names = self.watcher.ranker_names
-        model_ok = not names or names[0] in self.watcher.rankers
-        return model_ok and self.replica.status().caught_up and self.replica.error is None
+        """Whether every configured model has a servable version and the replica has caught up once."""
+        return (all(self.model_status().values()) and self.replica.status().caught_up
+                and self.replica.error is None)
 
     async def update_health(self) -> None:
-        """Sets the health status from ready() and copies the replica's lag into the metrics."""
-        status = (health_pb2.HealthCheckResponse.SERVING if self.ready()
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.health.set("", status)
-        await self.health.set(SERVICE_NAME, status)
-        self.metrics.update_replica(self.replica.status())
+        """Sets the health statuses from ready() (the server, "" and the service name) and per model
+        (`model_health_service(name)`: its own version and the replica), and copies the replica's lag into
+        the metrics."""
+        replica = self.replica.status()
+        replica_ok = replica.caught_up and self.replica.error is None
+        models = self.model_status()
+        for name, loaded in models.items():
+            await self.health.set(model_health_service(name), _status(loaded and replica_ok))
+        overall = _status(all(models.values()) and replica_ok)
+        await self.health.set("", overall)
+        await self.health.set(SERVICE_NAME, overall)
+        self.metrics.update_replica(replica)
 
     async def _status_loop(self) -> None:
         while True:

@@ -1,10 +1,13 @@
 """The RankingService implementation: Rank and Retrieve over the live model versions and the feature replica.
 
-The asyncio loop only validates, picks the live version (one reference per call) and awaits; the
-blocking work — replica reads, tensorisation, the forward pass, the index search — runs on a small thread
-pool, so a slow forward never stalls health checks or other calls. Every outcome is counted by status code;
-only OK and INVALID_ARGUMENT come from the caller's input, anything unexpected is INTERNAL and logged, and
-nothing reaches the server's loop as an exception.
+Requests arrive as bytes (`rpc_handlers` registers no deserializer). On the asyncio loop a call is admitted
+or refused (RESOURCE_EXHAUSTED) by the calls and request bytes already in flight, before anything is
+decoded; the admitted work then runs on a small thread pool: count the limited repeated fields, decode,
+validate, read the replica, tensorise, forward, search. So a slow forward never stalls health checks, and
+a request too large for the limits is refused for the price of reading its bytes. Every outcome is counted
+by status code, model and version; a caller's mistake (INVALID_ARGUMENT, including bytes that are not a
+message) and a refusal are one log line; anything unexpected is INTERNAL, logged with its traceback; nothing
+reaches the server's loop as an exception.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ import grpc
 import numpy as np
 
 from streamrank.config import Settings
+from streamrank.serve.admission import Admission, CallLabels
 from streamrank.serve.metrics import ScorerMetrics
 from streamrank.serve.models import LoadedRanker, LoadedRetriever, ModelWatcher
 from streamrank.serve.replica import FeatureReplica
 from streamrank.serve.requests import InvalidRequest, Limits, rank_inputs, user_side, validate_rank, validate_retrieve
-from streamrank.v1 import ranking_pb2, ranking_pb2_grpc
+from streamrank.serve.wire import check_rank_counts, decode, max_request_bytes
+from streamrank.v1 import ranking_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_ONE_LINE = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class Unavailable(RuntimeError):
@@ -50,7 +56,7 @@ def ranked_response(request_id: str, ranker: LoadedRanker, item_ids: list[str],
     return resp
 
 
-class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
+class RankingServicer:
     """See the module docstring."""
 
     def __init__(self, settings: Settings, replica: FeatureReplica, watcher: ModelWatcher,
@@ -61,13 +67,38 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.watcher = watcher
         self.metrics = metrics
         self.executor = executor
+        self.admission = Admission(settings.serve_max_inflight, settings.serve_max_inflight_bytes)
+        self.max_request_bytes = max_request_bytes(self.limits)
+        self.receive_limit = self.receive_limit_for(settings)
+
+    @staticmethod
+    def receive_limit_for(settings: Settings) -> int:
+        """gRPC's receive limit: twice the largest valid request, so an oversized request is still answered
+        by the servicer, and counted; beyond it gRPC refuses the call itself (RESOURCE_EXHAUSTED)."""
+        return 2 * max_request_bytes(Limits.from_settings(settings))
+
+    def rpc_handlers(self, service: str) -> grpc.GenericRpcHandler:
+        """The service's methods taking raw request bytes (decoded by the servicer, see the module docstring)."""
+        return grpc.method_handlers_generic_handler(service, {
+            "Rank": grpc.unary_unary_rpc_method_handler(
+                self.Rank, response_serializer=ranking_pb2.RankResponse.SerializeToString),
+            "Retrieve": grpc.unary_unary_rpc_method_handler(
+                self.Retrieve, response_serializer=ranking_pb2.RetrieveResponse.SerializeToString)})
 
     # ------------------------------------------------------------------------------------------ RPCs
-    async def Rank(self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def Rank(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         """Scores every candidate for the user with one model version; best first."""
+        labels = CallLabels()
+
         def work() -> ranking_pb2.RankResponse:
+            check_rank_counts(raw, self.limits)
+            request = decode(ranking_pb2.RankRequest, raw)
+            wanted = request.model or (self.watcher.ranker_names or [""])[0]
+            if wanted in self.watcher.ranker_names:  # a label per configured model, never per caller's string
+                labels.model = wanted
             validate_rank(request, self.limits)
             ranker = self._ranker(request.model)
+            labels.model, labels.version = ranker.name, str(ranker.version)
             self.metrics.candidates.observe(len(request.candidates))
             if not request.candidates:
                 return ranking_pb2.RankResponse(request_id=request.request_id, model=ranker.name,
@@ -76,13 +107,17 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             scores = ranker.score(ctx, cands)
             return ranked_response(request.request_id, ranker, [c.item_id for c in cands], scores)
 
-        return await self._call("Rank", context, work)
+        return await self._call("Rank", context, raw, labels, work)
 
-    async def Retrieve(self, request: ranking_pb2.RetrieveRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def Retrieve(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         """The k items of the catalog nearest to the user's vector, from one model + index version."""
+        labels = CallLabels(self.watcher.retriever_name or "")
+
         def work() -> ranking_pb2.RetrieveResponse:
+            request = decode(ranking_pb2.RetrieveRequest, raw)
             validate_retrieve(request, self.limits)
             retriever = self._retriever()
+            labels.version = str(retriever.version)
             ctx, _view = user_side(request.user_id, request.query, request.scenario, self.replica)
             vec = retriever.user_vector(ctx)
             exclude = [set(ctx.behaviors.item_ids)] if request.exclude_seen else None
@@ -94,7 +129,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
                 resp.items.add(item_id=item_id, score=float(score))
             return resp
 
-        return await self._call("Retrieve", context, work)
+        return await self._call("Retrieve", context, raw, labels, work)
 
     # --------------------------------------------------------------------------------------- helpers
     def _ranker(self, name: str) -> LoadedRanker:
@@ -113,18 +148,32 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             raise Unavailable(f"no retrieval model + index {what!r} is loaded yet")
         return retriever
 
-    async def _call(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], T]) -> T:
+    def _refusal(self, size: int) -> tuple[grpc.StatusCode, str] | None:
+        """Why a request of `size` bytes is refused before decoding, or None once it is admitted."""
+        if size > self.max_request_bytes:
+            return grpc.StatusCode.INVALID_ARGUMENT, (
+                f"the request is {size:,} bytes, more than any request within the limits can be "
+                f"({self.max_request_bytes:,}: serve_max_candidates, serve_max_behaviors, max_id_length)")
+        busy = self.admission.enter(size)
+        return None if busy is None else (grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
+
+    async def _call(self, method: str, context: grpc.aio.ServicerContext, raw: bytes, labels: CallLabels,
+                    work: Callable[[], T]) -> T:
         start = time.perf_counter()
         code, detail = grpc.StatusCode.OK, ""
         timeout = self.settings.serve_timeout_s
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, max(remaining, 0.0))
+        refusal = self._refusal(len(raw))
         try:
-            if self.executor is None:  # serve_workers = 0: on the loop itself (no thread hop, no overlap)
+            if refusal is not None:
+                code, detail = refusal
+            elif self.executor is None:  # serve_workers = 0: on the loop itself (no thread hop, no overlap)
                 return work()
-            loop = asyncio.get_running_loop()
-            return await asyncio.wait_for(loop.run_in_executor(self.executor, work), timeout)
+            else:
+                loop = asyncio.get_running_loop()
+                return await asyncio.wait_for(loop.run_in_executor(self.executor, work), timeout)
         except InvalidRequest as exc:
             code, detail = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except Unavailable as exc:
@@ -138,6 +187,10 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             log.exception("%s failed", method)
             code, detail = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
         finally:
-            self.metrics.observe(method, code.name, time.perf_counter() - start)
+            if refusal is None:
+                self.admission.leave(len(raw))
+            self.metrics.observe(method, code.name, time.perf_counter() - start, labels.model, labels.version)
+        if code in _ONE_LINE:  # the caller's mistake or a refusal: one line, no traceback
+            log.warning("%s %s from %s: %s", method, code.name, context.peer(), detail[:300])
         await context.abort(code, detail)
         raise AssertionError("unreachable: abort raises")
