@@ -169,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    """Lists a model's versions, shows one, or rolls back to an older one."""
+    """Lists a model's versions, shows one, labels one, or rolls back to an older one."""
     from streamrank.registry.publisher import RegistryPublisher, announcement
     from streamrank.registry.store import RegistryError, open_registry
 
@@ -180,19 +180,28 @@ def cmd_registry(args: argparse.Namespace) -> int:
             if not registry.list_versions():
                 print(f"{args.model}: no versions in {settings.registry_root()}", file=sys.stderr)
                 return 1
-            live = registry.current_version()
+            live, labels = registry.current_version(), registry.labels()
             for v in registry.list_versions():
                 info = registry.info(v)
                 auc = info.meta.get("metrics", {}).get("prequential_auc", float("nan"))
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_ms / 1000))
                 samples = info.meta.get("samples_learned", 0)
                 mark = "*" if v == live else " "
-                print(f"{mark} v{v:<6} {created}  AUC {auc:.4f}  samples {samples:>10,}  {info.checksum[:12]}")
+                tags = ",".join(label for label, lv in sorted(labels.items()) if lv == v)
+                print(f"{mark} v{v:<6} {created}  AUC {auc:.4f}  samples {samples:>10,}  {info.checksum[:12]}"
+                      + (f"  [{tags}]" if tags else ""))
         elif args.action == "show":
             info = registry.info(args.version or registry.current_version() or 0)
             registry.verify(info)
             print(json.dumps({"version": info.version, "checksum": info.checksum, "path": str(info.path),
                               "files": info.files, "meta": info.meta}, indent=1, default=str))
+        elif args.action == "label":
+            if not args.label:
+                print("registry label needs --label NAME (and --version N, or no --version to remove it)",
+                      file=sys.stderr)
+                return 2
+            registry.set_label(args.label, args.version)
+            print(f"{args.model}: {args.label} -> " + (f"v{args.version}" if args.version else "removed"))
         else:
             info = registry.rollback(args.version)
             print(f"{args.model}: v{info.version} is live again")
@@ -269,14 +278,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from streamrank.serve.servicer import served_models
     from streamrank.serve.tls import TLSConfigError, server_credentials
 
-    for name in served_models(settings):
+    for name in served_models(settings) + ([settings.serve_retrieval] if settings.serve_retrieval else []):
         if open_registry(settings, name).current_version() is None:
             print(f"warning: {name} has no published version in {settings.registry_root()} (a misspelt --models "
                   "entry?); the scorer says NOT_SERVING until one is published", file=sys.stderr)
 
+    from streamrank.serve.versions import VersionPolicy
+
     try:
         server_credentials(settings)  # a bad TLS setting is one line here, not a traceback from the server
-    except TLSConfigError as exc:
+        VersionPolicy.parse(settings.serve_version_policy)
+    except (TLSConfigError, ValueError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
     asyncio.run(serve_forever(settings))
@@ -371,11 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (setting train_metrics_port; 0 = off)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("registry", help="list, show or roll back model versions")
+    p = sub.add_parser("registry", help="list, show, label or roll back model versions")
     common(p)
-    p.add_argument("action", choices=["list", "show", "rollback"], help="what to do")
+    p.add_argument("action", choices=["list", "show", "rollback", "label"], help="what to do")
     p.add_argument("--model", default="aw_moe_cl", help="registry name (default aw_moe_cl)")
-    p.add_argument("--version", type=int, help="for show/rollback (rollback default: the previous version)")
+    p.add_argument("--version", type=int, help="for show/rollback/label (rollback default: the previous version; "
+                   "label without --version removes the label)")
+    p.add_argument("--label", help="for label: the label to point at --version (e.g. stable, canary)")
     p.set_defaults(func=cmd_registry)
 
     p = sub.add_parser("serve", help="run the gRPC scorer (Rank, Retrieve)")

@@ -170,6 +170,9 @@ class Settings:
     serve_retrieval: str = "retrieval"
     # How often the registry is checked for new versions.
     serve_poll_s: float = 1.0
+    # Ranking versions kept loaded besides CURRENT and the labelled ones: current | latest:N | specific:V1,V2
+    # (docs/serving.md, "Versions"). A request may name a loaded version or a label.
+    serve_version_policy: str = "current"
     # Threads running model forwards (torch uses serve_torch_threads inside each); 0 runs them on the
     # asyncio loop itself (one call at a time, no thread hop).
     serve_workers: int = 2

@@ -250,3 +250,65 @@ def test_metrics_keep_the_live_and_previous_versions_only(edge: Settings) -> Non
     assert 'code="OK",method="Rank",model="din",version="3"} 1.0' in text
     assert 'code="OK",method="Rank",model="din",version="2"} 1.0' in text  # the version it replaced
     assert 'version="1"' not in text  # retired: an online scorer swaps every minute
+
+
+def test_a_pinned_version_or_label_is_served_while_a_newer_one_is_live(edge: Settings) -> None:
+    from streamrank.registry.store import Registry
+
+    registry = Registry(edge.registry_root(), "din")
+    other = trained_files(edge, "din", n=512, seed=1)  # v2: different weights, different scores
+    publish(edge, "din", other)
+    registry.set_label("stable", 1)
+    with running_scorer(edge.with_overrides(serve_version_policy="latest:2")) as st:
+        stub = st.stub()
+        _until(lambda: sorted(st.scorer.watcher.versions.get("din", {})) == [1, 2])
+        live = stub.Rank(rank_request("u1", ["i0", "i1", "i2"]), timeout=10)
+        pinned = stub.Rank(rank_request("u1", ["i0", "i1", "i2"], version=1), timeout=10)
+        stable = stub.Rank(rank_request("u1", ["i0", "i1", "i2"], version_label="stable"), timeout=10)
+        assert (live.model_version, pinned.model_version, stable.model_version) == (2, 1, 1)
+        assert [i.score for i in pinned.items] == [i.score for i in stable.items] != [i.score for i in live.items]
+        publish(edge, "din", other)  # v3: latest:2 keeps 2 and 3, the label keeps 1
+        _until(lambda: sorted(st.scorer.watcher.versions["din"]) == [1, 2, 3])
+        registry.set_label("stable", None)
+        _until(lambda: sorted(st.scorer.watcher.versions["din"]) == [2, 3])
+        for kw, code in (({"version": 1}, grpc.StatusCode.NOT_FOUND), ({"version_label": "stable"},
+                         grpc.StatusCode.NOT_FOUND), ({"version": 2, "version_label": "x"},
+                         grpc.StatusCode.INVALID_ARGUMENT)):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Rank(rank_request("u1", ["i0"], **kw), timeout=10)
+            assert err.value.code() == code, kw
+        assert stub.Rank(rank_request("u1", ["i0"], version=2), timeout=10).model_version == 2
+
+
+def test_labels_are_kept_by_pruning_and_checked(edge: Settings) -> None:
+    from streamrank.registry.store import Registry, RegistryError
+
+    registry = Registry(edge.registry_root(), "din")
+    for _ in range(3):
+        publish(edge, "din", _FILES["din"])  # v2..v4, v4 live
+    registry.set_label("canary", 2)
+    assert registry.labels() == {"canary": 2}
+    assert registry.prune(keep=0) == [1, 3]  # the live v4 and the labelled v2 stay
+    with pytest.raises(RegistryError, match="invalid label"):
+        registry.set_label("Bad Label", 2)
+    with pytest.raises(RegistryError, match="does not exist"):
+        registry.set_label("canary", 9)
+    with pytest.raises(RegistryError, match="no label"):
+        registry.set_label("stable", None)
+
+
+def test_registry_label_command(edge: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    from streamrank.cli import main
+    from streamrank.registry.store import Registry
+
+    publish(edge, "din", _FILES["din"])
+    where = ["--model", "din", "--data-dir", edge.data_dir]
+    assert main(["registry", "label", "--label", "stable", "--version", "1", *where]) == 0
+    assert Registry(edge.registry_root(), "din").labels() == {"stable": 1}
+    assert main(["registry", "list", *where]) == 0
+    assert "[stable]" in next(line for line in capsys.readouterr().out.splitlines() if " v1 " in line)
+    assert main(["registry", "label", "--label", "stable", *where]) == 0  # no --version: removed
+    assert Registry(edge.registry_root(), "din").labels() == {}
+    assert main(["registry", "label", "--version", "1", *where]) == 2  # no --label: one line, exit 2
+    assert main(["registry", "label", "--label", "stable", "--version", "7", *where]) == 1
+    assert "does not exist" in capsys.readouterr().err

@@ -3,12 +3,14 @@
 Layout under `<root>/<model>/`:
     versions/v00000012/      one immutable directory per version: its files + MANIFEST.json
     CURRENT                  the name of the live version (replaced atomically with os.replace)
+    labels.json              named versions, e.g. {"stable": 12, "canary": 15} (`set_label`; optional)
     .staging-*/              a version being written (never visible to readers)
 
 Publishing writes a complete version into a staging directory, fsyncs it, renames it into versions/ (an
 atomic rename on one file system) and then swaps CURRENT. A reader therefore sees either the old or the new
 version, never a half-written one; it verifies every file against the manifest's sha256 before use.
-Pruning keeps the live version and the newest `keep` others, so rollback has somewhere to go.
+Pruning keeps the live version, every labelled version and the newest `keep` others, so rollback has
+somewhere to go and a scorer serving a label never loses it.
 
 Names are confined: a model name and every file name a manifest lists must be a plain name (letters,
 digits, `._-`, not starting with a dot), checked on publish, read and verify, so a hand-edited manifest
@@ -42,6 +44,8 @@ SIGNATURE = "MANIFEST.sig"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _LIVE_READ_ATTEMPTS = 5  # a live version replaced and pruned mid-read is read again, this often at most
 CURRENT = "CURRENT"
+LABELS = "labels.json"
+_LABEL = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 class RegistryError(RuntimeError):
@@ -190,13 +194,37 @@ class Registry:
             self._set_current(to)
         return info
 
+    def set_label(self, label: str, version: int | None) -> None:
+        """Points `label` (e.g. stable, canary) at `version`, or removes it (None); scorers pick the change
+        up at their next poll. A labelled version is never pruned."""
+        if not _LABEL.fullmatch(label):
+            raise RegistryError(f"invalid label {label!r}: 1-32 of a-z, 0-9, _ and -, starting with a letter")
+        with self._lock():
+            labels = self.labels()
+            if version is None:
+                if label not in labels:
+                    raise RegistryError(f"{self.model} has no label {label!r} (labels: {sorted(labels) or 'none'})")
+                del labels[label]
+            else:
+                self.info(version)  # exists, and is signed where keys are set
+                labels[label] = version
+            tmp = self.base / f".{LABELS}.tmp"
+            with open(tmp, "w") as fh:
+                json.dump(labels, fh, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.base / LABELS)
+            _fsync_dir(self.base)
+
     def prune(self, keep: int) -> list[int]:
-        """Deletes all but the live version and the newest `keep` others; returns the deleted versions."""
+        """Deletes all but the live version, the labelled ones and the newest `keep` others; returns the
+        deleted versions."""
         if keep < 0:
             raise RegistryError("keep must be >= 0")
         with self._lock():
             live = self.current_version()
-            others = [v for v in self.list_versions() if v != live]
+            kept = {live, *self.labels().values()}
+            others = [v for v in self.list_versions() if v not in kept]
             doomed = others[: max(0, len(others) - keep)]
             for v in doomed:
                 shutil.rmtree(self.versions_dir / _version_name(v), ignore_errors=True)
@@ -227,6 +255,21 @@ class Registry:
         if not name.startswith("v") or not name[1:].isdigit():
             raise RegistryError(f"{self.base / CURRENT} is corrupt: {name!r}")
         return int(name[1:])
+
+    def labels(self) -> dict[str, int]:
+        """Label -> version ({} when no label was ever set)."""
+        try:
+            raw = (self.base / LABELS).read_text()
+        except FileNotFoundError:
+            return {}
+        try:
+            labels = json.loads(raw)
+            if not isinstance(labels, dict) or not all(
+                    isinstance(k, str) and _LABEL.fullmatch(k) and type(v) is int for k, v in labels.items()):
+                raise ValueError("not an object of label: version")
+        except ValueError as exc:
+            raise RegistryError(f"{self.base / LABELS} is corrupt: {exc}") from exc
+        return labels
 
     def info(self, version: int) -> VersionInfo:
         """The manifest of one version (file names checked, signature checked when keys are set; no file

@@ -24,6 +24,7 @@ from streamrank.features.tensorize import Tensorizer
 from streamrank.models.factory import Ranker
 from streamrank.models.ranking.artifact import model_from_files
 from streamrank.registry.store import Registry, RegistryError
+from streamrank.serve.versions import VersionPolicy
 from streamrank.train.losses import fnc_probability
 
 log = logging.getLogger(__name__)
@@ -130,18 +131,27 @@ def load_retriever(registry: Registry, version: int) -> LoadedRetriever:
 
 
 class ModelWatcher:
-    """Polls the registry for new current versions and swaps them in (see the module docstring)."""
+    """Polls the registry for new current versions and swaps them in (see the module docstring).
+
+    For each ranking model it keeps the versions its `VersionPolicy` wants loaded (`versions`), the live one
+    (`rankers`, what a request naming no version gets) and the model's labels (`labels`); the retrieval
+    pair is one live version. Every mapping is replaced, never changed in place, so a reader that took one
+    sees a consistent state.
+    """
 
     def __init__(self, registry_root: str, rankers: list[str], retriever: str | None, poll_s: float,
                  on_change: Callable[[str, int], None] | None = None,
                  on_failure: Callable[[str, int, str], None] | None = None,
-                 signing_keys: Sequence[bytes] = ()) -> None:
+                 signing_keys: Sequence[bytes] = (), policy: VersionPolicy | None = None) -> None:
         self.root = registry_root
         self.signing_keys = tuple(signing_keys)  # set: unsigned or wrongly signed versions are not served
         self.ranker_names = list(rankers)
         self.retriever_name = retriever
         self.poll_s = poll_s
+        self.policy = policy or VersionPolicy()
         self.rankers: dict[str, LoadedRanker] = {}
+        self.versions: dict[str, dict[int, LoadedRanker]] = {}
+        self.labels: dict[str, dict[str, int]] = {}
         self.retriever: LoadedRetriever | None = None
         self.failed: dict[str, dict[int, str]] = {}
         self._on_change = on_change
@@ -155,10 +165,7 @@ class ModelWatcher:
         changed = []
         with self._lock:  # one refresher at a time (the thread, or a caller forcing a refresh)
             for name in self.ranker_names:
-                live = self.rankers.get(name)
-                loaded = self._maybe_load(name, live.version if live else None, load_ranker)
-                if loaded is not None:
-                    self.rankers = {**self.rankers, name: loaded}  # a new dict: readers never see it change
+                if self._refresh_ranker(name):
                     changed.append(name)
             if self.retriever_name:
                 live_r = self.retriever
@@ -168,6 +175,47 @@ class ModelWatcher:
                     changed.append(self.retriever_name)
         return changed
 
+    def _refresh_ranker(self, name: str) -> bool:
+        """Loads the versions the policy wants, drops the others, swaps the live one; whether it changed."""
+        try:
+            registry = Registry(self.root, name, self.signing_keys)
+            current, labels = registry.current_version(), registry.labels()
+            wanted = self.policy.wanted(current, registry.list_versions(), labels)
+        except RegistryError as exc:
+            log.warning("%s", exc)
+            return False
+        live = self.rankers.get(name)
+        have = self.versions.get(name, {})
+        kept = {v: r for v, r in have.items() if v in wanted}
+        for version in sorted(wanted - set(have)):
+            loaded = self._load(name, registry, version, load_ranker)
+            if loaded is not None:
+                kept[version] = loaded
+        if live is not None and (current not in kept):
+            kept[live.version] = live  # the new live version failed (or is not there): the old one keeps serving
+        self.versions = {**self.versions, name: kept}
+        self.labels = {**self.labels, name: labels}
+        if current not in kept or (live is not None and live.version == current):
+            return False
+        self.rankers = {**self.rankers, name: kept[current]}  # a new dict: readers never see it change
+        log.info("serving %s v%s (was %s); loaded %s", name, current, live.version if live else None, sorted(kept))
+        if self._on_change:
+            self._on_change(name, current)
+        return True
+
+    def _load(self, name: str, registry: Registry, version: int, loader: Callable[[Registry, int], T]) -> T | None:
+        """One version loaded, or None (remembered as failed, logged and counted, never retried)."""
+        if version in self.failed.get(name, {}):
+            return None
+        try:
+            return loader(registry, version)
+        except (RegistryError, IncompatibleVersion, OSError) as exc:
+            self.failed.setdefault(name, {})[version] = str(exc)
+            log.error("not serving %s v%s: %s", name, version, exc)
+            if self._on_failure:
+                self._on_failure(name, version, str(exc))
+            return None
+
     def _maybe_load(self, name: str, live: int | None, loader: Callable[[Registry, int], Any]) -> Any:
         try:
             registry = Registry(self.root, name, self.signing_keys)
@@ -175,15 +223,10 @@ class ModelWatcher:
         except RegistryError as exc:
             log.warning("%s", exc)
             return None
-        if current is None or current == live or current in self.failed.get(name, {}):
+        if current is None or current == live:
             return None
-        try:
-            loaded = loader(registry, current)
-        except (RegistryError, IncompatibleVersion, OSError) as exc:
-            self.failed.setdefault(name, {})[current] = str(exc)
-            log.error("not serving %s v%s: %s", name, current, exc)
-            if self._on_failure:
-                self._on_failure(name, current, str(exc))
+        loaded = self._load(name, registry, current, loader)
+        if loaded is None:
             return None
         log.info("serving %s v%s (was %s)", name, current, live)
         if self._on_change:

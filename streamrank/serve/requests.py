@@ -64,6 +64,7 @@ def validate_rank(req: ranking_pb2.RankRequest, limits: Limits) -> None:
     """Raises InvalidRequest unless the Rank request is within every limit and well formed."""
     _check_common(req, limits)
     _check_id("model", req.model, limits)
+    _check_id("version_label", req.version_label, limits)
     n = len(req.candidates)
     if n > limits.max_candidates:
         raise InvalidRequest(f"{n} candidates (limit {limits.max_candidates})")

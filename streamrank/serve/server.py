@@ -30,6 +30,7 @@ from streamrank.serve.models import ModelWatcher
 from streamrank.serve.replica import FeatureReplica
 from streamrank.serve.servicer import RankingServicer, served_models
 from streamrank.serve.tls import server_credentials
+from streamrank.serve.versions import VersionPolicy
 from streamrank.v1 import ranking_pb2
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Scorer:
             str(settings.registry_root()), served_models(settings), settings.serve_retrieval or None,
             settings.serve_poll_s, on_change=self._on_change, on_failure=self._on_failure,
             signing_keys=read_signing_keys(settings.registry_signing_key_file) if settings.registry_signing_key_file
-            else ())
+            else (), policy=VersionPolicy.parse(settings.serve_version_policy))
         # OpenMP thread counts are per thread: each forward thread sets its own (torch's default is all cores,
         # whose spinning threads then fight the gRPC and replica threads for the CPU).
         self.executor = (ThreadPoolExecutor(settings.serve_workers, thread_name_prefix="score",

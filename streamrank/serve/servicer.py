@@ -33,11 +33,16 @@ from streamrank.v1 import ranking_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_ONE_LINE = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
+_ONE_LINE = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class Unavailable(RuntimeError):
     """The scorer cannot answer yet (no version of the model loaded)."""
+
+
+class NotFound(LookupError):
+    """The request names a version or a label the scorer does not have loaded."""
 
 
 def served_models(settings: Settings) -> list[str]:
@@ -97,7 +102,7 @@ class RankingServicer:
             if wanted in self.watcher.ranker_names:  # a label per configured model, never per caller's string
                 labels.model = wanted
             validate_rank(request, self.limits)
-            ranker = self._ranker(request.model)
+            ranker = self._ranker(request.model, request.version, request.version_label)
             labels.model, labels.version = ranker.name, str(ranker.version)
             self.metrics.candidates.observe(len(request.candidates))
             if not request.candidates:
@@ -132,13 +137,30 @@ class RankingServicer:
         return await self._call("Retrieve", context, raw, labels, work)
 
     # --------------------------------------------------------------------------------------- helpers
-    def _ranker(self, name: str) -> LoadedRanker:
+    def _ranker(self, name: str, version: int = 0, label: str = "") -> LoadedRanker:
+        """The version of model `name` a request asked for: the live one, a named version, or a label's."""
         name = name or (self.watcher.ranker_names or [""])[0]
         if name not in self.watcher.ranker_names:
             raise InvalidRequest(f"unknown model {name!r}; this scorer serves {self.watcher.ranker_names}")
-        ranker = self.watcher.rankers.get(name)
+        if not version and not label:
+            ranker = self.watcher.rankers.get(name)
+            if ranker is None:
+                raise Unavailable(f"model {name!r} has no servable version yet")
+            return ranker
+        if version and label:
+            raise InvalidRequest("set version or version_label, not both")
+        if version < 0:
+            raise InvalidRequest(f"version must be >= 1 (0: the live one), got {version}")
+        loaded = self.watcher.versions.get(name, {})
+        if label:
+            named = self.watcher.labels.get(name, {})
+            if label not in named:
+                raise NotFound(f"{name} has no version labelled {label!r} (labels: {sorted(named) or 'none'})")
+            version = named[label]
+        ranker = loaded.get(version)
         if ranker is None:
-            raise Unavailable(f"model {name!r} has no servable version yet")
+            raise NotFound(f"{name} v{version} is not loaded (loaded: {sorted(loaded)}; serve_version_policy "
+                           f"{self.watcher.policy}, plus the live and the labelled versions)")
         return ranker
 
     def _retriever(self) -> LoadedRetriever:
@@ -178,6 +200,8 @@ class RankingServicer:
             code, detail = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except Unavailable as exc:
             code, detail = grpc.StatusCode.UNAVAILABLE, str(exc)
+        except NotFound as exc:
+            code, detail = grpc.StatusCode.NOT_FOUND, str(exc.args[0])
         except TimeoutError:
             code, detail = grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} took longer than {timeout:.3f}s"
         except asyncio.CancelledError:

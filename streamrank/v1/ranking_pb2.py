@@ -26,7 +26,7 @@ from streamrank.v1 import events_pb2 as streamrank_dot_v1_dot_events__pb2
 from streamrank.v1 import features_pb2 as streamrank_dot_v1_dot_features__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bstreamrank/v1/ranking.proto\x12\rstreamrank.v1\x1a\x1astreamrank/v1/events.proto\x1a\x1cstreamrank/v1/features.proto\"S\n\rCandidateItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x31\n\nattributes\x18\x02 \x01(\x0b\x32\x1d.streamrank.v1.ItemAttributes\"\xc8\x01\n\x0bRankRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12\x10\n\x08scenario\x18\x04 \x01(\t\x12\x30\n\ncandidates\x18\x05 \x03(\x0b\x32\x1c.streamrank.v1.CandidateItem\x12\x32\n\tbehaviors\x18\x06 \x01(\x0b\x32\x1f.streamrank.v1.BehaviorSequence\x12\r\n\x05model\x18\x07 \x01(\t\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"r\n\x0cRankResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.streamrank.v1.ScoredItem\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\"x\n\x0fRetrieveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x10\n\x08scenario\x18\x04 \x01(\t\x12\x14\n\x0c\x65xclude_seen\x18\x05 \x01(\x08\x12\r\n\x05query\x18\x06 \x01(\t\"\x9c\x01\n\x10RetrieveResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.streamrank.v1.ScoredItem\x12\r\n\x05index\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\x03\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\x03\x32\x9e\x01\n\x0eRankingService\x12?\n\x04Rank\x12\x1a.streamrank.v1.RankRequest\x1a\x1b.streamrank.v1.RankResponse\x12K\n\x08Retrieve\x12\x1e.streamrank.v1.RetrieveRequest\x1a\x1f.streamrank.v1.RetrieveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bstreamrank/v1/ranking.proto\x12\rstreamrank.v1\x1a\x1astreamrank/v1/events.proto\x1a\x1cstreamrank/v1/features.proto\"S\n\rCandidateItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x31\n\nattributes\x18\x02 \x01(\x0b\x32\x1d.streamrank.v1.ItemAttributes\"\xf0\x01\n\x0bRankRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12\x10\n\x08scenario\x18\x04 \x01(\t\x12\x30\n\ncandidates\x18\x05 \x03(\x0b\x32\x1c.streamrank.v1.CandidateItem\x12\x32\n\tbehaviors\x18\x06 \x01(\x0b\x32\x1f.streamrank.v1.BehaviorSequence\x12\r\n\x05model\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12\x15\n\rversion_label\x18\t \x01(\t\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"r\n\x0cRankResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.streamrank.v1.ScoredItem\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\"x\n\x0fRetrieveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x10\n\x08scenario\x18\x04 \x01(\t\x12\x14\n\x0c\x65xclude_seen\x18\x05 \x01(\x08\x12\r\n\x05query\x18\x06 \x01(\t\"\x9c\x01\n\x10RetrieveResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.streamrank.v1.ScoredItem\x12\r\n\x05index\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\x03\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\x03\x32\x9e\x01\n\x0eRankingService\x12?\n\x04Rank\x12\x1a.streamrank.v1.RankRequest\x1a\x1b.streamrank.v1.RankResponse\x12K\n\x08Retrieve\x12\x1e.streamrank.v1.RetrieveRequest\x1a\x1f.streamrank.v1.RetrieveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +36,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANDIDATEITEM']._serialized_start=104
   _globals['_CANDIDATEITEM']._serialized_end=187
   _globals['_RANKREQUEST']._serialized_start=190
-  _globals['_RANKREQUEST']._serialized_end=390
-  _globals['_SCOREDITEM']._serialized_start=392
-  _globals['_SCOREDITEM']._serialized_end=436
-  _globals['_RANKRESPONSE']._serialized_start=438
-  _globals['_RANKRESPONSE']._serialized_end=552
-  _globals['_RETRIEVEREQUEST']._serialized_start=554
-  _globals['_RETRIEVEREQUEST']._serialized_end=674
-  _globals['_RETRIEVERESPONSE']._serialized_start=677
-  _globals['_RETRIEVERESPONSE']._serialized_end=833
-  _globals['_RANKINGSERVICE']._serialized_start=836
-  _globals['_RANKINGSERVICE']._serialized_end=994
+  _globals['_RANKREQUEST']._serialized_end=430
+  _globals['_SCOREDITEM']._serialized_start=432
+  _globals['_SCOREDITEM']._serialized_end=476
+  _globals['_RANKRESPONSE']._serialized_start=478
+  _globals['_RANKRESPONSE']._serialized_end=592
+  _globals['_RETRIEVEREQUEST']._serialized_start=594
+  _globals['_RETRIEVEREQUEST']._serialized_end=714
+  _globals['_RETRIEVERESPONSE']._serialized_start=717
+  _globals['_RETRIEVERESPONSE']._serialized_end=873
+  _globals['_RANKINGSERVICE']._serialized_start=876
+  _globals['_RANKINGSERVICE']._serialized_end=1034
 # @@protoc_insertion_point(module_scope)

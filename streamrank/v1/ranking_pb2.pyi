@@ -17,7 +17,7 @@ class CandidateItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., attributes: _Optional[_Union[_events_pb2.ItemAttributes, _Mapping]] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("request_id", "user_id", "query", "scenario", "candidates", "behaviors", "model")
+    __slots__ = ("request_id", "user_id", "query", "scenario", "candidates", "behaviors", "model", "version", "version_label")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,8 @@ class RankRequest(_message.Message):
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     BEHAVIORS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_LABEL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     user_id: str
     query: str
@@ -32,7 +34,9 @@ class RankRequest(_message.Message):
     candidates: _containers.RepeatedCompositeFieldContainer[CandidateItem]
     behaviors: _features_pb2.BehaviorSequence
     model: str
-    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., query: _Optional[str] = ..., scenario: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[CandidateItem, _Mapping]]] = ..., behaviors: _Optional[_Union[_features_pb2.BehaviorSequence, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    version: int
+    version_label: str
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., query: _Optional[str] = ..., scenario: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[CandidateItem, _Mapping]]] = ..., behaviors: _Optional[_Union[_features_pb2.BehaviorSequence, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., version_label: _Optional[str] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("item_id", "score")
