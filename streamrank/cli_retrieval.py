@@ -44,9 +44,19 @@ def cmd_index(args: argparse.Namespace) -> int:
         from streamrank.data.eventlog import read_items
 
         items = list(read_items(args.catalog))
+    if not 0 <= args.target_recall <= 1 or args.recall_users < 0:
+        print(f"index build: --target-recall must be in [0, 1] (got {args.target_recall}) and --recall-users >= 0 "
+              f"(got {args.recall_users})", file=sys.stderr)
+        return 2
+    users = []
+    if args.recall_users and settings.bootstrap_servers:
+        from streamrank.index.refresh import recent_users
+
+        users = recent_users(settings, args.recall_users)
     try:
         build = build_retrieval(files, items, model_name, model_version, kind=args.kind,
-                                min_attribute_coverage=args.min_attribute_coverage)
+                                min_attribute_coverage=args.min_attribute_coverage, recall_users=users,
+                                target_recall=args.target_recall or None)
     except ValueError as exc:
         print(f"index build: {exc}", file=sys.stderr)
         return 2
@@ -110,6 +120,12 @@ def add_retrieval_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], 
     p.add_argument("--min-attribute-coverage", type=float, default=0.5,
                    help="refuse a catalog where fewer items than this share have a category (or tag) the model was "
                         "trained with (0: index it anyway, e.g. new categories on purpose)")
+    p.add_argument("--recall-users", type=int, default=500,
+                   help="measure recall on the user-tower vectors of this many recent users from the user-features "
+                        "topic (0, or fewer than 50 there: on item-like queries)")
+    p.add_argument("--target-recall", type=float, default=0.95,
+                   help="widen IVF nprobe / HNSW efSearch until recall@100 on those queries reaches this (0: keep the "
+                        "defaults)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("train-retrieval", help="train the served two-tower model on a log (for index build)")

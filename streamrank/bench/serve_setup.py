@@ -118,7 +118,7 @@ def prepare(settings: Settings, ranker: str = "aw_moe_cl", synthetic_items: int 
         users = list(histories)[:500]
         queries = two_tower.encode_users([RequestContext(u, histories[u]) for u in users])
         index = build_index(vectors, [f"syn{i}" for i in range(synthetic_items)], model="base", model_version=1,
-                            recall_sample=queries)
+                            recall_sample=queries, target_recall=0.95)
         publish_retrieval(settings, "retrieval-1m", package_retrieval(files, index, "base",
                                                                       time.perf_counter() - t))
         log(f"  1M index: {index.meta.kind} {index.meta.params}, recall@{index.meta.recall_k} "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -19,6 +20,9 @@ import numpy as np
 from streamrank.index import backend
 from streamrank.index.meta import KINDS, METRICS, IndexBuildError, IndexMeta, ItemIndexError, as_matrix, check_ids
 from streamrank.index.recall import exact_neighbours, recall_at_k, sample_queries
+from streamrank.index.tune import TUNED_PARAM, tune_search
+
+log = logging.getLogger(__name__)
 
 
 class ItemIndex:
@@ -129,14 +133,17 @@ class ItemIndex:
 def build_index(embeddings: np.ndarray, ids: Sequence[str], kind: str = "auto", metric: str = "ip",
                 model: str = "", model_version: int = 0, recall_k: int = 100, recall_queries: int = 200,
                 seed: int = 0, use_gpu: bool | None = None, recall_sample: np.ndarray | None = None,
-                **params: int) -> ItemIndex:
+                target_recall: float | None = None, **params: int) -> ItemIndex:
     """Builds an index over `embeddings` (row i = item `ids[i]`) and measures its recall against exact search.
 
     kind="auto" is exact (flat) up to `backend.AUTO_FLAT_MAX` items and IVF above, the choice
     docs/benchmarks/index.md supports. `params` are the kind's parameters (IVF: nlist, nprobe, train_size;
     HNSW: M, efConstruction, efSearch); unknown names are refused. Recall@recall_k is measured on
     `recall_sample` when given, else on `recall_queries` noisy item embeddings (`recall.sample_queries`,
-    seeded by `seed`) and stored in the metadata. use_gpu=None uses a GPU when faiss has one.
+    seeded by `seed`) and stored in the metadata. With `target_recall`, an IVF or HNSW index widens its
+    search parameter (nprobe / efSearch, by doubling) until that recall holds on the sample or the search is
+    exhaustive (`streamrank.index.tune`); the steps are in `meta.tuning`. use_gpu=None uses a GPU when faiss
+    has one.
     Bad input (not 2-D, NaN/inf, empty, ids not one per row or not unique) raises IndexBuildError.
     """
     if metric not in METRICS:
@@ -169,9 +176,26 @@ def build_index(embeddings: np.ndarray, ids: Sequence[str], kind: str = "auto", 
                      created_ms=int(time.time() * 1000), device="cuda" if on_gpu else "cpu")
     item_index = ItemIndex(index, item_ids, meta, resources)
     exact = exact_neighbours(x, queries, meta.recall_k, metric)
-    found = np.concatenate([item_index.raw_search(queries[s:s + 256], meta.recall_k)[1]
-                            for s in range(0, queries.shape[0], 256)]) if queries.shape[0] else exact
-    item_index.meta = dataclasses.replace(meta, recall_at_k=round(recall_at_k(found, exact), 6))
+
+    def found_at(value: int) -> np.ndarray:
+        if value:
+            backend.apply_search_params(index, kind, {TUNED_PARAM[kind]: value}, on_gpu)
+        return np.concatenate([item_index.raw_search(queries[s:s + 256], meta.recall_k)[1]
+                               for s in range(0, queries.shape[0], 256)]) if queries.shape[0] else exact
+
+    if target_recall is None or kind not in TUNED_PARAM:
+        item_index.meta = dataclasses.replace(meta, recall_at_k=round(recall_at_k(found_at(0), exact), 6))
+        return item_index
+    name = TUNED_PARAM[kind]
+    limit = resolved["nlist"] if kind == "ivf" else count
+    steps = tune_search(kind, resolved[name], limit, exact, target_recall, found_at)
+    chosen = steps[-1]
+    item_index.meta = dataclasses.replace(
+        meta, params={**resolved, name: chosen.value}, recall_at_k=round(chosen.recall, 6),
+        target_recall=target_recall, tuning=[[s.value, round(s.recall, 6)] for s in steps])
+    if chosen.recall < target_recall:
+        log.warning("index recall@%d %.4f stays below the target %.2f even at %s=%d (exhaustive)", meta.recall_k,
+                    chosen.recall, target_recall, name, chosen.value)
     return item_index
 
 

@@ -51,6 +51,9 @@ class IndexMeta:
     model_version: int = 0
     created_ms: int = 0
     device: str = "cpu"
+    # the recall the search parameter was tuned for (0: not tuned) and the [value, recall] steps measured
+    target_recall: float = 0.0
+    tuning: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready values (for index_meta.json and registry metadata)."""
@@ -68,17 +71,18 @@ class IndexMeta:
             "kind": (str,), "metric": (str,), "dim": (int,), "count": (int,), "params": (dict,),
             "recall_at_k": (float, int), "recall_k": (int,), "recall_queries": (int,),
             "build_seconds": (float, int), "model": (str,), "model_version": (int,), "created_ms": (int,),
-            "device": (str,),
+            "device": (str,), "target_recall": (float, int), "tuning": (list,),
         }
+        optional = {"target_recall", "tuning"}  # absent from indexes built before tuning existed
         unknown = sorted(set(raw) - set(types))
-        missing = sorted(set(types) - set(raw))
+        missing = sorted(set(types) - set(raw) - optional)
         if unknown or missing:
             raise IndexLoadError(f"index metadata: missing fields {missing}, unknown fields {unknown}")
         for name, accepted in types.items():
-            value = raw[name]
+            value = raw.get(name, 0.0 if name == "target_recall" else [])
             if isinstance(value, bool) or not isinstance(value, accepted):
                 raise IndexLoadError(f"index metadata: {name}={value!r} is not {accepted[0].__name__}")
-        meta = cls(**{k: raw[k] for k in types})
+        meta = cls(**{k: raw[k] for k in types if k in raw})
         if meta.kind not in KINDS or meta.metric not in METRICS:
             raise IndexLoadError(f"index metadata: unknown kind {meta.kind!r} or metric {meta.metric!r}")
         if meta.dim <= 0 or meta.count <= 0:

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 from streamrank import kafka_security
 from streamrank.config import Settings
-from streamrank.features.raw import Candidate, ItemAttrs
+from streamrank.features.raw import Behaviors, Candidate, ItemAttrs, RequestContext
 from streamrank.features.spec import FeatureSpec
 from streamrank.index import ItemIndex, build_index, index_files
 from streamrank.models.retrieval.artifact import retrieval_from_files
 from streamrank.registry.store import VersionInfo, open_registry
-from streamrank.v1 import events_pb2
+from streamrank.v1 import events_pb2, features_pb2
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,39 @@ def read_catalog(settings: Settings, timeout_s: float = 60) -> list[events_pb2.I
     return [events_pb2.Item.FromString(v) for v in latest.values() if v]
 
 
+def recent_users(settings: Settings, n: int = 500, timeout_s: float = 60) -> list[features_pb2.UserFeatures]:
+    """The `n` most recently updated users on the compacted user-features topic, read from near the end of
+    each partition (2n / partitions records each): the users whose tower vectors Retrieve answers next."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = settings.topic("user-features")
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             **kafka_security.kafka_python(settings),
+                             group_id=None, fetch_max_wait_ms=100, max_poll_records=10_000)
+    latest: dict[bytes, bytes] = {}
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps or n <= 0:
+            return []
+        consumer.assign(tps)
+        ends, begins = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
+        per = -(-2 * n // len(tps))
+        for tp in tps:
+            consumer.seek(tp, max(begins[tp], ends[tp] - per))
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read the end of {topic} within {timeout_s}s")
+            for batch in consumer.poll(timeout_ms=200).values():
+                latest.update((r.key, r.value) for r in batch if r.key and r.value)
+    finally:
+        consumer.close()
+    users = [features_pb2.UserFeatures.FromString(v) for v in latest.values()]
+    return sorted(users, key=lambda u: u.updated_ms, reverse=True)[:n]
+
+
 MIN_ATTRIBUTE_COVERAGE = 0.5
+MIN_RECALL_USERS = 50  # fewer real users than this: item-like queries measure recall instead
 
 
 def attribute_coverage(spec: FeatureSpec, items: Sequence[events_pb2.Item]) -> dict[str, float]:
@@ -107,9 +139,14 @@ def check_attributes(spec: FeatureSpec, items: Sequence[events_pb2.Item],
 
 def build_retrieval(model_files: dict[str, bytes], items: Iterable[events_pb2.Item], model_name: str,
                     model_version: int, kind: str = "auto", min_attribute_coverage: float = MIN_ATTRIBUTE_COVERAGE,
+                    recall_users: Sequence[features_pb2.UserFeatures] = (), target_recall: float | None = None,
                     **index_params: int) -> RetrievalBuild:
     """Encodes the catalog with the model's item tower and indexes it; refuses an empty catalog and one
-    whose categories or tags the model was not trained with (`check_attributes`; 0 turns it off)."""
+    whose categories or tags the model was not trained with (`check_attributes`; 0 turns it off).
+
+    Recall is measured on the user tower's vectors of `recall_users` (recent users: what Retrieve really
+    searches with) when there are at least MIN_RECALL_USERS of them, else on item-like queries; with
+    `target_recall` the index's search parameter is widened until that recall holds (`index.tune`)."""
     start = time.perf_counter()
     model, preset = retrieval_from_files(model_files)
     if model.spec.user_fields:
@@ -121,8 +158,15 @@ def build_retrieval(model_files: dict[str, bytes], items: Iterable[events_pb2.It
         raise ValueError("the catalog is empty: nothing to index")
     check_attributes(model.spec, items, min_attribute_coverage)
     vectors = model.encode_items(cands)
+    sample = None
+    if len(recall_users) >= MIN_RECALL_USERS:
+        sample = model.encode_users([RequestContext(u.user_id, Behaviors.from_proto(u.behaviors))
+                                     for u in recall_users])
+    elif recall_users:
+        log.warning("only %d recent users: recall is measured on item-like queries", len(recall_users))
     index = build_index(vectors, [c.item_id for c in cands], kind=kind, model=model_name,
-                        model_version=model_version, **index_params)
+                        model_version=model_version, recall_sample=sample, target_recall=target_recall,
+                        **index_params)
     return package_retrieval(model_files, index, preset, time.perf_counter() - start)
 
 
