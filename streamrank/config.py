@@ -177,6 +177,10 @@ class Settings:
     # asyncio loop itself (one call at a time, no thread hop).
     serve_workers: int = 2
     serve_torch_threads: int = 1
+    # Cross-request batching of Rank forwards (docs/serving.md): a call waits at most this long for others to
+    # share its forward (0: off; a lone call never waits), up to this many candidates per forward.
+    serve_batch_wait_ms: float = 0.0
+    serve_batch_max_candidates: int = 4_000
     # Calls accepted at once and request bytes held by them (more get RESOURCE_EXHAUSTED, before decoding;
     # together they bound the scorer's memory, docs/serving.md), and the longest a call may take.
     serve_max_inflight: int = 256
@@ -238,6 +242,7 @@ class Settings:
             "vocab_ttl_ms", "vocab_expire_every_ms", "train_lr", "checkpoint_every_s",
             "train_batch_within_s", "train_passes", "prequential_pending",
             "serve_poll_s", "serve_torch_threads", "serve_max_inflight", "serve_max_inflight_bytes",
+            "serve_batch_max_candidates",
             "serve_timeout_s", "serve_max_candidates", "serve_max_k", "serve_max_behaviors",
             "serve_max_query_chars",
         ]
@@ -247,7 +252,7 @@ class Settings:
         for name in ("registry_keep", "min_samples_to_publish", "guardrail_margin", "publish_every_s",
                      "progress_every_s", "train_replay_buffer", "train_replay_ratio", "guardrail_min_per_class",
                      "train_torch_threads",
-                     "serve_port", "serve_metrics_port", "serve_grace_s", "serve_workers"):
+                     "serve_port", "serve_metrics_port", "serve_grace_s", "serve_workers", "serve_batch_wait_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.label_policy not in LABEL_POLICIES:

@@ -68,7 +68,7 @@ def fuzz_scorer(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sc
     settings: Settings = load_settings(
         bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"fuzz-{base.name}.", data_dir=str(base / "data"),
         partitions=2, serve_port=0, serve_metrics_port=0, serve_models="din", serve_retrieval="retrieval",
-        serve_poll_s=0.5)
+        serve_poll_s=0.5, serve_batch_wait_ms=1.0)  # the batched Rank path faces the fuzz too
     publish(settings, "din", trained_files(settings, "din", n=1024))
     publish_retrieval(settings)
     produce_state(settings, [user_features("u1", ["i0", "i8"], ["c0", "c0"])], catalog())

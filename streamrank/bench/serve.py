@@ -153,10 +153,13 @@ async def closed_loop(port: int, method: str, requests: list, concurrency: int, 
             "rps": len(latencies) / duration_s, "calls": len(latencies), "errors": errors}
 
 
-def start_scorer_for(settings: Settings, retrieval: str, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """`streamrank serve` as a child process serving `retrieval`; returns it and its port once SERVING."""
+def start_scorer_for(settings: Settings, retrieval: str, log_path: Path,
+                     batch_wait_ms: float = 0.0) -> tuple[subprocess.Popen[bytes], int]:
+    """`streamrank serve` as a child process serving `retrieval` (Rank batching off unless `batch_wait_ms`);
+    returns it and its port once SERVING."""
     port = free_port()
-    s = settings.with_overrides(serve_port=port, serve_retrieval=retrieval, serve_metrics_port=0)
+    s = settings.with_overrides(serve_port=port, serve_retrieval=retrieval, serve_metrics_port=0,
+                                serve_batch_wait_ms=batch_wait_ms)
     return start_scorer(s, log_path), port
 
 
@@ -179,26 +182,35 @@ def run(args: argparse.Namespace) -> dict:
         for name in world.retrieval_names:
             results["bare"][name] = bare_retrieve_ms(settings, world, name, args.bare_reps)
         print(f"  bare: {json.dumps(results['bare'])}", flush=True)
-        for n, name in enumerate(world.retrieval_names):
-            proc, port = start_scorer_for(settings, name, Path(tmp) / "scorer.log")
+        # Rank with batching off and on, side by side in this run; Retrieve is not batched
+        plan = [(name, batching) for n, name in enumerate(world.retrieval_names)
+                for batching in ((False, True) if n == 0 else (False,))]
+        for name, batching in plan:
+            proc, port = start_scorer_for(settings, name, Path(tmp) / "scorer.log",
+                                          args.batch_wait_ms if batching else 0.0)
             try:
-                scenarios = [("Rank", "Rank", ranks)] if n == 0 else []
-                scenarios.append((f"Retrieve {name}", "Retrieve", retrieves))
+                scenarios = [("Rank", "Rank", ranks)] if name == next(iter(world.retrieval_names)) else []
+                if not batching:
+                    scenarios.append((f"Retrieve {name}", "Retrieve", retrieves))
                 for label, method, reqs in scenarios:
                     for conc in args.concurrency:
                         runs = [asyncio.run(closed_loop(port, method, reqs, conc, args.warmup, args.duration))
                                 for _ in range(args.runs)]
                         row = {"call": label, "items": world.retrieval_names.get(name) if method == "Retrieve"
-                               else CANDIDATES, "concurrency": conc, **_median_runs(runs)}
+                               else CANDIDATES, "concurrency": conc, "batching": batching, **_median_runs(runs)}
                         results["rows"].append(row)
-                        print(f"  {label:<24} c={conc:<3} p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms"
-                              f"  {row['rps']:7.1f} calls/s  errors {row['errors']:.0f}", flush=True)
+                        print(f"  {label:<24} c={conc:<3} batching {batching!s:<5} p50 {row['p50_ms']:6.2f} ms  "
+                              f"p99 {row['p99_ms']:6.2f} ms  {row['rps']:7.1f} calls/s  errors {row['errors']:.0f}",
+                              flush=True)
             finally:
                 proc.terminate()
                 proc.wait(30)
+        rank_rps = {b: max((r["rps"] for r in results["rows"] if r["call"] == "Rank" and r["batching"] == b),
+                           default=0.0) for b in (False, True)}
+        results["rank_saturation_batching_ratio"] = rank_rps[True] / rank_rps[False] if rank_rps[False] else None
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
     results["settings"] = {k: getattr(args, k) for k in ("model", "workers", "torch_threads", "duration", "warmup",
-                                                         "runs", "synthetic_items", "concurrency")}
+                                                         "runs", "synthetic_items", "concurrency", "batch_wait_ms")}
     return results
 
 
@@ -210,13 +222,18 @@ def write_report(results: dict, command: str, out: Path) -> None:
              f"{results['machine']['torch']}; scorer and load generator on the same machine. Medians of "
              f"{results['settings']['runs']} runs of {results['settings']['duration']} s after "
              f"{results['settings']['warmup']} s warm-up.", "",
-             "| call | items | clients | p50 ms | p99 ms | calls/s | errors | p50 / bare | p99 / bare |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| call | items | clients | batching | p50 ms | p99 ms | calls/s | errors | p50 / bare | p99 / bare |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         name = "rank" if r["call"] == "Rank" else r["call"].split(" ", 1)[1]
         base = bare[name]["forward_ms"] if name == "rank" else bare[name]["tower_search_ms"]
-        lines.append(f"| {r['call']} | {r['items']:,} | {r['concurrency']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['rps']:.0f} | {r['errors']:.0f} | {r['p50_ms'] / base:.2f} | {r['p99_ms'] / base:.2f} |")
+        lines.append(f"| {r['call']} | {r['items']:,} | {r['concurrency']} | {'on' if r.get('batching') else 'off'} | "
+                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} | {r['errors']:.0f} | "
+                     f"{r['p50_ms'] / base:.2f} | {r['p99_ms'] / base:.2f} |")
+    ratio = results.get("rank_saturation_batching_ratio")
+    if ratio:
+        lines += ["", f"Rank at saturation (most calls/s over the client counts), batching on / off: **{ratio:.2f}**"
+                  f" (wait {results['settings']['batch_wait_ms']} ms; measured side by side in this run)."]
     lines += ["", "Bare work in the bench process (same requests, same torch threads, idle scorer):", "",
               f"- Rank forward pass ({CANDIDATES} candidates, 50 behaviours): {bare['rank']['forward_ms']:.2f} ms; "
               f"tensorisation + forward: {bare['rank']['tensorize_forward_ms']:.2f} ms"]
@@ -244,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic-items", type=int, default=1_000_000)
     p.add_argument("--users", type=int, help="only the first N ML-1M users (default: all)")
     p.add_argument("--bare-reps", type=int, default=300)
+    p.add_argument("--batch-wait-ms", type=float, default=1.0, help="serve_batch_wait_ms of the batching-on rows")
     p.add_argument("--quick", action="store_true", help="small and short: a smoke test, not a measurement")
     p.add_argument("--out", default=str(DOCS / "serve.md"))
     args = p.parse_args(argv)

@@ -51,11 +51,16 @@ class LoadedRanker:
 
     def score(self, context: RequestContext, candidates: list[Candidate]) -> np.ndarray:
         """Click probabilities of the candidates for one request (user side and gate computed once)."""
-        batch = self.tensorizer.encode_request(context, candidates, grow=False)
+        return self.score_many([(context, candidates)])[0]
+
+    def score_many(self, requests: Sequence[tuple[RequestContext, Sequence[Candidate]]]) -> list[np.ndarray]:
+        """Each request's click probabilities from one tensorisation and one forward: one user row per request,
+        its user side and gate shared by its own candidates only (`serve.batching`)."""
+        batch = self.tensorizer.encode_requests(requests, grow=False)
         probs = self.model.score_request(batch)
         if self.calibration == "fnc":
             probs = fnc_probability(probs)
-        return probs.numpy()
+        return np.split(probs.numpy(), np.cumsum([len(c) for _, c in requests])[:-1])
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 Requests arrive as bytes (`rpc_handlers` registers no deserializer). On the asyncio loop a call is admitted
 or refused (RESOURCE_EXHAUSTED) by the calls and request bytes already in flight, before anything is
 decoded; the admitted work then runs on a small thread pool: count the limited repeated fields, decode,
-validate, read the replica, tensorise, forward, search. So a slow forward never stalls health checks, and
-a request too large for the limits is refused for the price of reading its bytes. Every outcome is counted
+validate, read the replica, tensorise, forward, search. With batching on (serve_batch_wait_ms > 0) a Rank
+call's forward is shared with the calls that arrive close to it (`serve.batching`). So a slow forward
+never stalls health checks, and a request too large for the limits is refused for the price of reading its
+bytes. Every outcome is counted
 by status code, model and version; a caller's mistake (INVALID_ARGUMENT, including bytes that are not a
 message) and a refusal are one log line; anything unexpected is INTERNAL, logged with its traceback; nothing
 reaches the server's loop as an exception.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -23,7 +25,9 @@ import grpc
 import numpy as np
 
 from streamrank.config import Settings
+from streamrank.features.raw import Candidate, RequestContext
 from streamrank.serve.admission import Admission, CallLabels
+from streamrank.serve.batching import RankBatcher
 from streamrank.serve.metrics import ScorerMetrics
 from streamrank.serve.models import LoadedRanker, LoadedRetriever, ModelWatcher
 from streamrank.serve.replica import FeatureReplica
@@ -75,6 +79,9 @@ class RankingServicer:
         self.admission = Admission(settings.serve_max_inflight, settings.serve_max_inflight_bytes)
         self.max_request_bytes = max_request_bytes(self.limits)
         self.receive_limit = self.receive_limit_for(settings)
+        batching = executor is not None and settings.serve_batch_wait_ms > 0
+        self.batcher = (RankBatcher(executor, settings.serve_batch_wait_ms / 1000, settings.serve_batch_max_candidates,
+                                    metrics.batch_requests.observe) if batching else None)
 
     @staticmethod
     def receive_limit_for(settings: Settings) -> int:
@@ -95,7 +102,7 @@ class RankingServicer:
         """Scores every candidate for the user with one model version; best first."""
         labels = CallLabels()
 
-        def work() -> ranking_pb2.RankResponse:
+        def prepare() -> ranking_pb2.RankResponse | tuple[str, LoadedRanker, RequestContext, list[Candidate]]:
             check_rank_counts(raw, self.limits)
             request = decode(ranking_pb2.RankRequest, raw)
             wanted = request.model or (self.watcher.ranker_names or [""])[0]
@@ -109,8 +116,23 @@ class RankingServicer:
                 return ranking_pb2.RankResponse(request_id=request.request_id, model=ranker.name,
                                                 model_version=ranker.version)
             ctx, cands = rank_inputs(request, self.replica)
-            scores = ranker.score(ctx, cands)
-            return ranked_response(request.request_id, ranker, [c.item_id for c in cands], scores)
+            if self.batcher is not None:  # scored with the calls that arrive close to this one
+                return request.request_id, ranker, ctx, cands
+            return ranked_response(request.request_id, ranker, [c.item_id for c in cands], ranker.score(ctx, cands))
+
+        async def work() -> ranking_pb2.RankResponse:
+            if self.batcher is None:
+                return await self._offload(prepare)
+            self.batcher.preparing += 1
+            try:
+                prepared = await self._offload(prepare)
+            finally:
+                self.batcher.preparing -= 1
+            if isinstance(prepared, ranking_pb2.RankResponse):
+                return prepared
+            request_id, ranker, ctx, cands = prepared
+            scores = await self.batcher.score(ranker, ctx, cands)
+            return ranked_response(request_id, ranker, [c.item_id for c in cands], scores)
 
         return await self._call("Rank", context, raw, labels, work)
 
@@ -134,7 +156,7 @@ class RankingServicer:
                 resp.items.add(item_id=item_id, score=float(score))
             return resp
 
-        return await self._call("Retrieve", context, raw, labels, work)
+        return await self._call("Retrieve", context, raw, labels, lambda: self._offload(work))
 
     # --------------------------------------------------------------------------------------- helpers
     def _ranker(self, name: str, version: int = 0, label: str = "") -> LoadedRanker:
@@ -179,8 +201,14 @@ class RankingServicer:
         busy = self.admission.enter(size)
         return None if busy is None else (grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
 
+    async def _offload(self, fn: Callable[[], T]) -> T:
+        """fn() on the forward threads (serve_workers = 0: on the loop itself, no thread hop, no overlap)."""
+        if self.executor is None:
+            return fn()
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
     async def _call(self, method: str, context: grpc.aio.ServicerContext, raw: bytes, labels: CallLabels,
-                    work: Callable[[], T]) -> T:
+                    work: Callable[[], Awaitable[T]]) -> T:
         start = time.perf_counter()
         code, detail = grpc.StatusCode.OK, ""
         timeout = self.settings.serve_timeout_s
@@ -191,11 +219,8 @@ class RankingServicer:
         try:
             if refusal is not None:
                 code, detail = refusal
-            elif self.executor is None:  # serve_workers = 0: on the loop itself (no thread hop, no overlap)
-                return work()
             else:
-                loop = asyncio.get_running_loop()
-                return await asyncio.wait_for(loop.run_in_executor(self.executor, work), timeout)
+                return await asyncio.wait_for(work(), timeout)
         except InvalidRequest as exc:
             code, detail = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except Unavailable as exc:

@@ -1,0 +1,105 @@
+"""Cross-request batching of Rank forwards: the flush rules on a recording ranker, batched scores equal to
+unbatched ones on a real trained model, and a real scorer that batches concurrent calls and answers each
+with the scores it would have given alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from streamrank.config import Settings
+from streamrank.features.raw import Behaviors, Candidate, ItemAttrs, RequestContext
+from streamrank.registry.store import Registry
+from streamrank.serve.batching import RankBatcher
+from streamrank.serve.models import load_ranker
+from tests.servetools import catalog, produce_state, publish, rank_request, running_scorer, trained_files, user_features
+
+
+class Recorder:
+    """A ranker stand-in: scores are the candidates' positions, every forward is recorded."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.forwards: list[int] = []
+        self.fail = fail
+
+    def score_many(self, requests: list) -> list[np.ndarray]:
+        if self.fail:
+            raise RuntimeError("forward failed")
+        self.forwards.append(len(requests))
+        return [np.arange(len(c), dtype=np.float32) for _, c in requests]
+
+
+def _req(n: int) -> tuple[RequestContext, list[Candidate]]:
+    return RequestContext("u"), [Candidate(f"i{k}") for k in range(n)]
+
+
+def _run(batcher: RankBatcher, ranker: Recorder, sizes: list[int], preparing: int) -> list[np.ndarray]:
+    async def main() -> list[np.ndarray]:
+        batcher.preparing = preparing
+        return await asyncio.wait_for(asyncio.gather(*(batcher.score(ranker, *_req(n)) for n in sizes)), 5)
+
+    return asyncio.run(main())
+
+
+def test_flush_rules() -> None:
+    with ThreadPoolExecutor(1) as pool:
+        lone = Recorder()
+        out = _run(RankBatcher(pool, wait_s=10.0, max_candidates=100), lone, [3], preparing=0)
+        assert lone.forwards == [1] and out[0].tolist() == [0, 1, 2]  # nobody could join: no wait
+        waited = Recorder()
+        out = _run(RankBatcher(pool, wait_s=0.05, max_candidates=100), waited, [2, 3], preparing=1)
+        assert waited.forwards == [2] and [o.tolist() for o in out] == [[0, 1], [0, 1, 2]]  # one forward, split
+        full = Recorder()
+        _run(RankBatcher(pool, wait_s=10.0, max_candidates=4), full, [2, 2], preparing=5)  # would wait 10 s
+        assert full.forwards == [2]  # the candidate budget flushed it
+        with pytest.raises(RuntimeError, match="forward failed"):
+            _run(RankBatcher(pool, wait_s=0.01, max_candidates=100), Recorder(fail=True), [1, 1], preparing=1)
+
+
+def test_batched_scores_equal_unbatched_ones(settings: Settings) -> None:
+    publish(settings, "din", trained_files(settings, "din", n=1024))
+    ranker = load_ranker(Registry(settings.registry_root(), "din"), 1)
+    rng = np.random.default_rng(0)
+    requests = []
+    for r in range(6):  # histories of different lengths (padded together in the batch), 1-40 candidates
+        hist = [f"i{k}" for k in rng.integers(0, 40, size=int(rng.integers(0, 12)))]
+        ctx = RequestContext(f"u{r}", Behaviors(hist, [2] * len(hist), [0] * len(hist), ["c0"] * len(hist)),
+                             scenario="web" if r % 2 else "")
+        cands = [Candidate(f"i{k}", ItemAttrs(category=f"c{k % 8}")) for k in rng.integers(0, 50, size=1 + 7 * r)]
+        requests.append((ctx, cands))
+    batched = ranker.score_many(requests)
+    for (ctx, cands), got in zip(requests, batched, strict=True):
+        np.testing.assert_allclose(got, ranker.score(ctx, cands), rtol=0, atol=1e-6)
+
+
+def test_a_scorer_batches_concurrent_calls_and_answers_each_as_alone(settings: Settings) -> None:
+    s = settings.with_overrides(serve_port=0, serve_metrics_port=0, serve_models="din", serve_retrieval="",
+                                serve_batch_wait_ms=500.0)
+    publish(s, "din", trained_files(s, "din", n=1024))
+    produce_state(s, [user_features(f"u{k}", [f"i{k}", f"i{k + 8}"], ["c0", "c0"]) for k in range(8)], catalog())
+    requests = [rank_request(f"u{k}", [f"i{j}" for j in range(k, k + 5 + 3 * k)], scenario="web")
+                for k in range(8)]
+    with running_scorer(s.with_overrides(serve_batch_wait_ms=0.0)) as alone:
+        assert alone.scorer.servicer is not None and alone.scorer.servicer.batcher is None
+        expected = [alone.stub().Rank(r, timeout=10) for r in requests]
+    with running_scorer(s) as st:
+        servicer, executor = st.scorer.servicer, st.scorer.executor
+        assert servicer is not None and servicer.batcher is not None and executor is not None
+        gate = threading.Event()
+        for _ in range(2):
+            executor.submit(gate.wait, 30)  # both forward threads busy: the calls pile up, then prepare together
+        stub = st.stub()
+        futures = [stub.Rank.future(r, timeout=30) for r in requests]
+        gate.set()
+        answers = [f.result() for f in futures]
+        assert servicer.batcher.batched_requests == 8 and servicer.batcher.batches < 8
+        text = st.scorer.metrics.text()
+    assert "streamrank_rank_batch_calls_count" in text
+    for got, want in zip(answers, expected, strict=True):
+        assert [i.item_id for i in got.items] == [i.item_id for i in want.items]
+        np.testing.assert_allclose([i.score for i in got.items], [i.score for i in want.items], rtol=0, atol=1e-6)
+        assert got.model_version == want.model_version == 1
