@@ -1,6 +1,6 @@
-"""Cross-request batching of Rank forwards: the flush rules on a recording ranker, batched scores equal to
-unbatched ones on a real trained model, and a real scorer that batches concurrent calls and answers each
-with the scores it would have given alone."""
+"""Cross-request batching: the flush rules on a recording ranker, batched scores (and retrievals) equal to
+unbatched ones on real models, and a real scorer that batches concurrent calls and answers each as it would
+have alone."""
 
 from __future__ import annotations
 
@@ -14,9 +14,19 @@ import pytest
 from streamrank.config import Settings
 from streamrank.features.raw import Behaviors, Candidate, ItemAttrs, RequestContext
 from streamrank.registry.store import Registry
-from streamrank.serve.batching import RankBatcher
-from streamrank.serve.models import load_ranker
-from tests.servetools import catalog, produce_state, publish, rank_request, running_scorer, trained_files, user_features
+from streamrank.serve.batching import Batcher
+from streamrank.serve.models import load_ranker, load_retriever
+from streamrank.v1 import ranking_pb2
+from tests.servetools import (
+    catalog,
+    produce_state,
+    publish,
+    publish_retrieval,
+    rank_request,
+    running_scorer,
+    trained_files,
+    user_features,
+)
 
 
 class Recorder:
@@ -37,10 +47,11 @@ def _req(n: int) -> tuple[RequestContext, list[Candidate]]:
     return RequestContext("u"), [Candidate(f"i{k}") for k in range(n)]
 
 
-def _run(batcher: RankBatcher, ranker: Recorder, sizes: list[int], preparing: int) -> list[np.ndarray]:
+def _run(batcher: Batcher, ranker: Recorder, sizes: list[int], preparing: int) -> list[np.ndarray]:
     async def main() -> list[np.ndarray]:
         batcher.preparing = preparing
-        return await asyncio.wait_for(asyncio.gather(*(batcher.score(ranker, *_req(n)) for n in sizes)), 5)
+        calls = (batcher.run(ranker, ranker.score_many, _req(n), n) for n in sizes)
+        return await asyncio.wait_for(asyncio.gather(*calls), 5)
 
     return asyncio.run(main())
 
@@ -48,16 +59,16 @@ def _run(batcher: RankBatcher, ranker: Recorder, sizes: list[int], preparing: in
 def test_flush_rules() -> None:
     with ThreadPoolExecutor(1) as pool:
         lone = Recorder()
-        out = _run(RankBatcher(pool, wait_s=10.0, max_candidates=100), lone, [3], preparing=0)
+        out = _run(Batcher(pool, wait_s=10.0, max_size=100), lone, [3], preparing=0)
         assert lone.forwards == [1] and out[0].tolist() == [0, 1, 2]  # nobody could join: no wait
         waited = Recorder()
-        out = _run(RankBatcher(pool, wait_s=0.05, max_candidates=100), waited, [2, 3], preparing=1)
+        out = _run(Batcher(pool, wait_s=0.05, max_size=100), waited, [2, 3], preparing=1)
         assert waited.forwards == [2] and [o.tolist() for o in out] == [[0, 1], [0, 1, 2]]  # one forward, split
         full = Recorder()
-        _run(RankBatcher(pool, wait_s=10.0, max_candidates=4), full, [2, 2], preparing=5)  # would wait 10 s
+        _run(Batcher(pool, wait_s=10.0, max_size=4), full, [2, 2], preparing=5)  # would wait 10 s
         assert full.forwards == [2]  # the candidate budget flushed it
         with pytest.raises(RuntimeError, match="forward failed"):
-            _run(RankBatcher(pool, wait_s=0.01, max_candidates=100), Recorder(fail=True), [1, 1], preparing=1)
+            _run(Batcher(pool, wait_s=0.01, max_size=100), Recorder(fail=True), [1, 1], preparing=1)
 
 
 def test_batched_scores_equal_unbatched_ones(settings: Settings) -> None:
@@ -74,32 +85,53 @@ def test_batched_scores_equal_unbatched_ones(settings: Settings) -> None:
     batched = ranker.score_many(requests)
     for (ctx, cands), got in zip(requests, batched, strict=True):
         np.testing.assert_allclose(got, ranker.score(ctx, cands), rtol=0, atol=1e-6)
+    publish_retrieval(settings)
+    retriever = load_retriever(Registry(settings.registry_root(), "retrieval"), 1)  # an exact (flat) index
+    queries = [(ctx, k, seen) for (ctx, _), k, seen in zip(requests, [1, 5, 40, 3, 10, 7], [True, False] * 3,
+                                                           strict=True)]
+    for query, (scores, ids) in zip(queries, retriever.retrieve_many(queries), strict=True):
+        alone_scores, alone_ids = retriever.retrieve_many([query])[0]
+        assert ids == alone_ids and len(ids) == min(query[1], len(retriever.index))
+        np.testing.assert_allclose(scores, alone_scores, rtol=0, atol=1e-6)
+        if query[2]:
+            assert not set(ids) & set(query[0].behaviors.item_ids)
 
 
 def test_a_scorer_batches_concurrent_calls_and_answers_each_as_alone(settings: Settings) -> None:
-    s = settings.with_overrides(serve_port=0, serve_metrics_port=0, serve_models="din", serve_retrieval="",
+    s = settings.with_overrides(serve_port=0, serve_metrics_port=0, serve_models="din", serve_retrieval="retrieval",
                                 serve_batch_wait_ms=500.0)
     publish(s, "din", trained_files(s, "din", n=1024))
+    publish_retrieval(s)
     produce_state(s, [user_features(f"u{k}", [f"i{k}", f"i{k + 8}"], ["c0", "c0"]) for k in range(8)], catalog())
     requests = [rank_request(f"u{k}", [f"i{j}" for j in range(k, k + 5 + 3 * k)], scenario="web")
                 for k in range(8)]
+    finds = [ranking_pb2.RetrieveRequest(user_id=f"u{k}", k=3 + k, exclude_seen=k % 2 == 0) for k in range(8)]
     with running_scorer(s.with_overrides(serve_batch_wait_ms=0.0)) as alone:
-        assert alone.scorer.servicer is not None and alone.scorer.servicer.batcher is None
+        assert alone.scorer.servicer is not None and alone.scorer.servicer.rank_batcher is None
         expected = [alone.stub().Rank(r, timeout=10) for r in requests]
+        expected_finds = [alone.stub().Retrieve(r, timeout=10) for r in finds]
     with running_scorer(s) as st:
         servicer, executor = st.scorer.servicer, st.scorer.executor
-        assert servicer is not None and servicer.batcher is not None and executor is not None
+        assert servicer is not None and servicer.rank_batcher is not None and executor is not None
         gate = threading.Event()
         for _ in range(2):
             executor.submit(gate.wait, 30)  # both forward threads busy: the calls pile up, then prepare together
         stub = st.stub()
         futures = [stub.Rank.future(r, timeout=30) for r in requests]
+        find_futures = [stub.Retrieve.future(r, timeout=30) for r in finds]
         gate.set()
         answers = [f.result() for f in futures]
-        assert servicer.batcher.batched_requests == 8 and servicer.batcher.batches < 8
+        found = [f.result() for f in find_futures]
+        assert servicer.rank_batcher.batched_calls == 8 and servicer.rank_batcher.batches < 8
+        assert servicer.retrieve_batcher is not None and servicer.retrieve_batcher.batched_calls == 8
+        assert servicer.retrieve_batcher.batches < 8
         text = st.scorer.metrics.text()
-    assert "streamrank_rank_batch_calls_count" in text
+    assert 'streamrank_batch_calls_count{method="Rank"}' in text
     for got, want in zip(answers, expected, strict=True):
         assert [i.item_id for i in got.items] == [i.item_id for i in want.items]
         np.testing.assert_allclose([i.score for i in got.items], [i.score for i in want.items], rtol=0, atol=1e-6)
         assert got.model_version == want.model_version == 1
+    for got, want in zip(found, expected_finds, strict=True):
+        assert [i.item_id for i in got.items] == [i.item_id for i in want.items] and got.items
+        np.testing.assert_allclose([i.score for i in got.items], [i.score for i in want.items], rtol=0, atol=1e-6)
+        assert got.index_version == want.index_version == 1

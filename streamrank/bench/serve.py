@@ -155,7 +155,7 @@ async def closed_loop(port: int, method: str, requests: list, concurrency: int, 
 
 def start_scorer_for(settings: Settings, retrieval: str, log_path: Path,
                      batch_wait_ms: float = 0.0) -> tuple[subprocess.Popen[bytes], int]:
-    """`streamrank serve` as a child process serving `retrieval` (Rank batching off unless `batch_wait_ms`);
+    """`streamrank serve` as a child process serving `retrieval` (batching off unless `batch_wait_ms`);
     returns it and its port once SERVING."""
     port = free_port()
     s = settings.with_overrides(serve_port=port, serve_retrieval=retrieval, serve_metrics_port=0,
@@ -182,16 +182,14 @@ def run(args: argparse.Namespace) -> dict:
         for name in world.retrieval_names:
             results["bare"][name] = bare_retrieve_ms(settings, world, name, args.bare_reps)
         print(f"  bare: {json.dumps(results['bare'])}", flush=True)
-        # Rank with batching off and on, side by side in this run; Retrieve is not batched
-        plan = [(name, batching) for n, name in enumerate(world.retrieval_names)
-                for batching in ((False, True) if n == 0 else (False,))]
+        # every call with batching off and on, side by side in this run
+        plan = [(name, batching) for name in world.retrieval_names for batching in (False, True)]
         for name, batching in plan:
             proc, port = start_scorer_for(settings, name, Path(tmp) / "scorer.log",
                                           args.batch_wait_ms if batching else 0.0)
             try:
                 scenarios = [("Rank", "Rank", ranks)] if name == next(iter(world.retrieval_names)) else []
-                if not batching:
-                    scenarios.append((f"Retrieve {name}", "Retrieve", retrieves))
+                scenarios.append((f"Retrieve {name}", "Retrieve", retrieves))
                 for label, method, reqs in scenarios:
                     for conc in args.concurrency:
                         runs = [asyncio.run(closed_loop(port, method, reqs, conc, args.warmup, args.duration))

@@ -1,66 +1,68 @@
-"""Cross-request batching of Rank forwards: calls that arrive close together share one forward pass.
+"""Cross-request batching: calls that arrive close together share one forward pass (and one index search).
 
-A Rank call whose inputs are ready joins the queue of its model version. The queue is scored as one batch
-(`LoadedRanker.score_many`: one tensorisation, one forward with one user row per request, so each request's
-user side and gate are still computed once and shared by its own candidates only) when
+A call whose inputs are ready joins the queue of the model version that answers it (Rank: the ranking
+version, scored by `LoadedRanker.score_many`, one tensorisation and one forward with one user row per call,
+so each call's user side and gate are still computed once and shared by its own candidates only; Retrieve:
+the retrieval version, `LoadedRetriever.retrieve_many`, one user-tower pass and one FAISS search). A queue is
+run as one batch when
 
-- no other Rank call is still preparing its inputs (nobody could join: waiting would only add latency, so a
-  lone caller is never delayed), or
-- the queue holds `max_candidates` candidates (the forward's size budget), or
+- no other call of its kind is still preparing its inputs (nobody could join: waiting would only add
+  latency, so a lone caller is never delayed), or
+- the queue holds `max_size` units of work (candidates for Rank, results for Retrieve), or
 - `wait_s` (serve_batch_wait_ms, about 1 ms) has passed since the queue's first call arrived.
 
-Scores equal unbatched scoring up to float rounding (padding never changes a score; tested). Used from the
-asyncio loop only (the forward runs on the scorer's thread pool); no lock.
+Results equal unbatched ones up to float rounding (padding never changes a score; tested). Used from the
+asyncio loop only (the batch runs on the scorer's thread pool); no lock.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-import numpy as np
-
-from streamrank.features.raw import Candidate, RequestContext
-from streamrank.serve.models import LoadedRanker
+I = TypeVar("I")  # noqa: E741 - one call's input
+R = TypeVar("R")  # one call's result
 
 
 @dataclass
-class _Queue:
-    ranker: LoadedRanker
-    requests: list[tuple[RequestContext, list[Candidate]]] = field(default_factory=list)
-    futures: list[asyncio.Future[np.ndarray]] = field(default_factory=list)
-    candidates: int = 0
+class _Queue(Generic[I, R]):
+    run_many: Callable[[Sequence[I]], list[R]]
+    inputs: list[I] = field(default_factory=list)
+    futures: list[asyncio.Future[R]] = field(default_factory=list)
+    size: int = 0
     timer: asyncio.TimerHandle | None = None
 
 
-class RankBatcher:
-    """Queues of ready Rank calls per model version, flushed as one forward each (module docstring)."""
+class Batcher(Generic[I, R]):
+    """Queues of ready calls per answering version, each run as one batch (see the module docstring)."""
 
-    def __init__(self, executor: Executor | None, wait_s: float, max_candidates: int,
+    def __init__(self, executor: Executor | None, wait_s: float, max_size: int,
                  observe: Callable[[int], None] | None = None) -> None:
         self.executor = executor
-        self.observe = observe  # called with the number of calls of each forward
         self.wait_s = wait_s
-        self.max_candidates = max_candidates
-        self.preparing = 0  # Rank calls admitted and still preparing their inputs (may join a queue soon)
+        self.max_size = max_size
+        self.observe = observe  # called with the number of calls of each batch
+        self.preparing = 0  # calls admitted and still preparing their inputs (may join a queue soon)
         self.batches = 0
-        self.batched_requests = 0
-        self._queues: dict[int, _Queue] = {}
+        self.batched_calls = 0
+        self._queues: dict[int, _Queue[I, R]] = {}
 
-    async def score(self, ranker: LoadedRanker, context: RequestContext, candidates: list[Candidate]) -> np.ndarray:
-        """The candidates' scores, from a forward shared with the calls that arrive close to this one."""
+    async def run(self, owner: Any, run_many: Callable[[Sequence[I]], list[R]], item: I, size: int) -> R:
+        """`item`'s result from `run_many`, called once on the batch of calls that `owner` (the version that
+        answers them) gathered meanwhile; `size` is the call's share of the batch budget."""
         loop = asyncio.get_running_loop()
-        queue = self._queues.setdefault(id(ranker), _Queue(ranker))
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        queue.requests.append((context, candidates))
+        queue = self._queues.setdefault(id(owner), _Queue(run_many))
+        future: asyncio.Future[R] = loop.create_future()
+        queue.inputs.append(item)
         queue.futures.append(future)
-        queue.candidates += len(candidates)
-        if self.preparing == 0 or queue.candidates >= self.max_candidates:
-            self._flush(id(ranker))
+        queue.size += size
+        if self.preparing == 0 or queue.size >= self.max_size:
+            self._flush(id(owner))
         elif queue.timer is None:
-            queue.timer = loop.call_later(self.wait_s, self._flush, id(ranker))
+            queue.timer = loop.call_later(self.wait_s, self._flush, id(owner))
         return await future
 
     def _flush(self, key: int) -> None:
@@ -70,22 +72,21 @@ class RankBatcher:
         if queue.timer is not None:
             queue.timer.cancel()
         self.batches += 1
-        self.batched_requests += len(queue.requests)
+        self.batched_calls += len(queue.inputs)
         if self.observe is not None:
-            self.observe(len(queue.requests))
-        loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self.executor, queue.ranker.score_many, queue.requests)
+            self.observe(len(queue.inputs))
+        done = asyncio.get_running_loop().run_in_executor(self.executor, queue.run_many, queue.inputs)
         done.add_done_callback(lambda f: _deliver(f, queue.futures))
 
 
-def _deliver(done: asyncio.Future[list[np.ndarray]], futures: list[asyncio.Future[np.ndarray]]) -> None:
-    """Hands each waiting call its scores (or the batch's error); calls that gave up meanwhile are skipped."""
+def _deliver(done: asyncio.Future[list[R]], futures: list[asyncio.Future[R]]) -> None:
+    """Hands each waiting call its result (or the batch's error); calls that gave up meanwhile are skipped."""
     error = done.exception() if not done.cancelled() else asyncio.CancelledError()
-    results = done.result() if error is None else [None] * len(futures)
-    for future, scores in zip(futures, results, strict=True):
+    results: list[Any] = done.result() if error is None else [None] * len(futures)
+    for future, result in zip(futures, results, strict=True):
         if future.done():
             continue
         if error is not None:
             future.set_exception(error)
         else:
-            future.set_result(scores)
+            future.set_result(result)

@@ -33,8 +33,8 @@ class ScorerMetrics:
                                  ["method", "code", "model", "version"], registry=r)
         self.candidates = Histogram("streamrank_rank_candidates", "Candidates per Rank call",
                                     buckets=(1, 10, 50, 100, 200, 500, 1000), registry=r)
-        self.batch_requests = Histogram("streamrank_rank_batch_calls", "Rank calls scored by one forward",
-                                        buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=r)
+        self.batch_calls = Histogram("streamrank_batch_calls", "Calls answered by one batched forward / search",
+                                     ["method"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=r)
         self.model_version = Gauge("streamrank_model_version", "Live version of each served model", ["model"],
                                    registry=r)
         self.index_version = Gauge("streamrank_index_version", "Live version of the retrieval model + index",

@@ -80,6 +80,16 @@ class LoadedRetriever:
         """The user tower's vector (1, d) for one request (float32, contiguous: what the index searches)."""
         return self.model.encode_users([context])
 
+    def retrieve_many(self, requests: Sequence[tuple[RequestContext, int, bool]]) -> list[tuple[list[float],
+                                                                                                  list[str]]]:
+        """(scores, item ids) of each (context, k, exclude_seen) request, best first, from one user-tower pass
+        and one index search (the largest k, each answer cut to its own; `serve.batching`)."""
+        vectors = self.model.encode_users([ctx for ctx, _, _ in requests])
+        exclude = [set(ctx.behaviors.item_ids) if seen else set() for ctx, _, seen in requests]
+        scores, ids = self.index.search(vectors, max(k for _, k, _ in requests),
+                                        exclude=exclude if any(exclude) else None)
+        return [(scores[i, :len(ids[i][:k])].tolist(), ids[i][:k]) for i, (_, k, _) in enumerate(requests)]
+
 
 def smoke_context() -> tuple[RequestContext, list[Candidate]]:
     """A cold-start request with two unknown items: every servable model must score it finitely."""

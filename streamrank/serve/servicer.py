@@ -4,7 +4,8 @@ Requests arrive as bytes (`rpc_handlers` registers no deserializer). On the asyn
 or refused (RESOURCE_EXHAUSTED) by the calls and request bytes already in flight, before anything is
 decoded; the admitted work then runs on a small thread pool: count the limited repeated fields, decode,
 validate, read the replica, tensorise, forward, search. With batching on (serve_batch_wait_ms > 0) a Rank
-call's forward is shared with the calls that arrive close to it (`serve.batching`). So a slow forward
+call's forward (a Retrieve call's tower pass and search) is shared with the calls that arrive close to it
+(`serve.batching`). So a slow forward
 never stalls health checks, and a request too large for the limits is refused for the price of reading its
 bytes. Every outcome is counted
 by status code, model and version; a caller's mistake (INVALID_ARGUMENT, including bytes that are not a
@@ -27,7 +28,7 @@ import numpy as np
 from streamrank.config import Settings
 from streamrank.features.raw import Candidate, RequestContext
 from streamrank.serve.admission import Admission, CallLabels
-from streamrank.serve.batching import RankBatcher
+from streamrank.serve.batching import Batcher
 from streamrank.serve.metrics import ScorerMetrics
 from streamrank.serve.models import LoadedRanker, LoadedRetriever, ModelWatcher
 from streamrank.serve.replica import FeatureReplica
@@ -65,6 +66,16 @@ def ranked_response(request_id: str, ranker: LoadedRanker, item_ids: list[str],
     return resp
 
 
+def retrieved_response(request_id: str, retriever: LoadedRetriever, scores: list[float],
+                       item_ids: list[str]) -> ranking_pb2.RetrieveResponse:
+    """The found items, best first, with the model + index version that found them."""
+    resp = ranking_pb2.RetrieveResponse(request_id=request_id, index=retriever.name, index_version=retriever.version,
+                                        model=retriever.model_name, model_version=retriever.model_version)
+    for item_id, score in zip(item_ids, scores, strict=True):
+        resp.items.add(item_id=item_id, score=float(score))
+    return resp
+
+
 class RankingServicer:
     """See the module docstring."""
 
@@ -80,8 +91,13 @@ class RankingServicer:
         self.max_request_bytes = max_request_bytes(self.limits)
         self.receive_limit = self.receive_limit_for(settings)
         batching = executor is not None and settings.serve_batch_wait_ms > 0
-        self.batcher = (RankBatcher(executor, settings.serve_batch_wait_ms / 1000, settings.serve_batch_max_candidates,
-                                    metrics.batch_requests.observe) if batching else None)
+        wait = settings.serve_batch_wait_ms / 1000
+        self.rank_batcher: Batcher[Any, Any] | None = (
+            Batcher(executor, wait, settings.serve_batch_max_candidates, metrics.batch_calls.labels("Rank").observe)
+            if batching else None)
+        self.retrieve_batcher: Batcher[Any, Any] | None = (
+            Batcher(executor, wait, settings.serve_batch_max_candidates, metrics.batch_calls.labels("Retrieve").observe)
+            if batching else None)
 
     @staticmethod
     def receive_limit_for(settings: Settings) -> int:
@@ -116,22 +132,17 @@ class RankingServicer:
                 return ranking_pb2.RankResponse(request_id=request.request_id, model=ranker.name,
                                                 model_version=ranker.version)
             ctx, cands = rank_inputs(request, self.replica)
-            if self.batcher is not None:  # scored with the calls that arrive close to this one
+            if self.rank_batcher is not None:  # scored with the calls that arrive close to this one
                 return request.request_id, ranker, ctx, cands
             return ranked_response(request.request_id, ranker, [c.item_id for c in cands], ranker.score(ctx, cands))
 
         async def work() -> ranking_pb2.RankResponse:
-            if self.batcher is None:
-                return await self._offload(prepare)
-            self.batcher.preparing += 1
-            try:
-                prepared = await self._offload(prepare)
-            finally:
-                self.batcher.preparing -= 1
+            prepared = await self._prepare(self.rank_batcher, prepare)
             if isinstance(prepared, ranking_pb2.RankResponse):
                 return prepared
             request_id, ranker, ctx, cands = prepared
-            scores = await self.batcher.score(ranker, ctx, cands)
+            assert self.rank_batcher is not None
+            scores = await self.rank_batcher.run(ranker, ranker.score_many, (ctx, cands), len(cands))
             return ranked_response(request_id, ranker, [c.item_id for c in cands], scores)
 
         return await self._call("Rank", context, raw, labels, work)
@@ -140,23 +151,27 @@ class RankingServicer:
         """The k items of the catalog nearest to the user's vector, from one model + index version."""
         labels = CallLabels(self.watcher.retriever_name or "")
 
-        def work() -> ranking_pb2.RetrieveResponse:
+        def prepare() -> ranking_pb2.RetrieveResponse | tuple[str, LoadedRetriever, tuple[RequestContext, int, bool]]:
             request = decode(ranking_pb2.RetrieveRequest, raw)
             validate_retrieve(request, self.limits)
             retriever = self._retriever()
             labels.version = str(retriever.version)
             ctx, _view = user_side(request.user_id, request.query, request.scenario, self.replica)
-            vec = retriever.user_vector(ctx)
-            exclude = [set(ctx.behaviors.item_ids)] if request.exclude_seen else None
-            scores, ids = retriever.index.search(vec, request.k, exclude=exclude)
-            resp = ranking_pb2.RetrieveResponse(
-                request_id=request.request_id, index=retriever.name, index_version=retriever.version,
-                model=retriever.model_name, model_version=retriever.model_version)
-            for item_id, score in zip(ids[0], scores[0].tolist(), strict=False):
-                resp.items.add(item_id=item_id, score=float(score))
-            return resp
+            query = (ctx, request.k, request.exclude_seen)
+            if self.retrieve_batcher is not None:  # searched with the calls that arrive close to this one
+                return request.request_id, retriever, query
+            return retrieved_response(request.request_id, retriever, *retriever.retrieve_many([query])[0])
 
-        return await self._call("Retrieve", context, raw, labels, lambda: self._offload(work))
+        async def work() -> ranking_pb2.RetrieveResponse:
+            prepared = await self._prepare(self.retrieve_batcher, prepare)
+            if isinstance(prepared, ranking_pb2.RetrieveResponse):
+                return prepared
+            request_id, retriever, query = prepared
+            assert self.retrieve_batcher is not None
+            found = await self.retrieve_batcher.run(retriever, retriever.retrieve_many, query, query[1])
+            return retrieved_response(request_id, retriever, *found)
+
+        return await self._call("Retrieve", context, raw, labels, work)
 
     # --------------------------------------------------------------------------------------- helpers
     def _ranker(self, name: str, version: int = 0, label: str = "") -> LoadedRanker:
@@ -200,6 +215,16 @@ class RankingServicer:
                 f"({self.max_request_bytes:,}: serve_max_candidates, serve_max_behaviors, max_id_length)")
         busy = self.admission.enter(size)
         return None if busy is None else (grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
+
+    async def _prepare(self, batcher: Batcher[Any, Any] | None, fn: Callable[[], T]) -> T:
+        """fn() offloaded, counted as preparing while it runs, so the batcher knows who may still join."""
+        if batcher is None:
+            return await self._offload(fn)
+        batcher.preparing += 1
+        try:
+            return await self._offload(fn)
+        finally:
+            batcher.preparing -= 1
 
     async def _offload(self, fn: Callable[[], T]) -> T:
         """fn() on the forward threads (serve_workers = 0: on the loop itself, no thread hop, no overlap)."""
