@@ -43,63 +43,50 @@ def item_candidate(item: events_pb2.Item) -> Candidate:
                                              tags=list(item.tags)))
 
 
-def read_catalog(settings: Settings, timeout_s: float = 60) -> list[events_pb2.Item]:
-    """The latest entry of every item on the compacted items topic (read from the start to its end)."""
+def _latest_records(settings: Settings, topic: str, tail: int | None, timeout_s: float) -> dict[bytes, bytes | None]:
+    """The latest value of every key on a compacted topic (None: a tombstone), read up to the partitions' ends
+    as they were when reading began: from the beginning, or only the last `tail` records (split evenly over
+    the partitions)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    topic = settings.topic("items")
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                              **kafka_security.kafka_python(settings),
                              group_id=None, fetch_max_wait_ms=100, max_poll_records=10_000)
     latest: dict[bytes, bytes | None] = {}
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return latest
         consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
+        ends, begins = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
+        per = -(-tail // len(tps)) if tail is not None else 0
+        for tp in tps:
+            back = ends[tp] - per if tail is not None else begins[tp]
+            consumer.seek(tp, max(begins[tp], back))
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end within {timeout_s}s")
             for batch in consumer.poll(timeout_ms=200).values():
-                for r in batch:
-                    if r.key:
-                        latest[r.key] = r.value
-            highs = [consumer.highwater(tp) for tp in tps]
-            if all(h is not None and consumer.position(tp) >= h for tp, h in zip(tps, highs, strict=True)):
-                break
-        else:
-            raise TimeoutError(f"could not read {topic} to its end within {timeout_s}s")
+                latest.update((r.key, r.value) for r in batch if r.key)
     finally:
         consumer.close()
+    return latest
+
+
+def read_catalog(settings: Settings, timeout_s: float = 60) -> list[events_pb2.Item]:
+    """The latest entry of every item on the compacted items topic (read from the start to its end)."""
+    latest = _latest_records(settings, settings.topic("items"), None, timeout_s)
     return [events_pb2.Item.FromString(v) for v in latest.values() if v]
 
 
 def recent_users(settings: Settings, n: int = 500, timeout_s: float = 60) -> list[features_pb2.UserFeatures]:
     """The `n` most recently updated users on the compacted user-features topic, read from near the end of
     each partition (2n / partitions records each): the users whose tower vectors Retrieve answers next."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    topic = settings.topic("user-features")
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                             **kafka_security.kafka_python(settings),
-                             group_id=None, fetch_max_wait_ms=100, max_poll_records=10_000)
-    latest: dict[bytes, bytes] = {}
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not tps or n <= 0:
-            return []
-        consumer.assign(tps)
-        ends, begins = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
-        per = -(-2 * n // len(tps))
-        for tp in tps:
-            consumer.seek(tp, max(begins[tp], ends[tp] - per))
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read the end of {topic} within {timeout_s}s")
-            for batch in consumer.poll(timeout_ms=200).values():
-                latest.update((r.key, r.value) for r in batch if r.key and r.value)
-    finally:
-        consumer.close()
-    users = [features_pb2.UserFeatures.FromString(v) for v in latest.values()]
+    if n <= 0:
+        return []
+    latest = _latest_records(settings, settings.topic("user-features"), 2 * n, timeout_s)
+    users = [features_pb2.UserFeatures.FromString(v) for v in latest.values() if v]
     return sorted(users, key=lambda u: u.updated_ms, reverse=True)[:n]
 
 

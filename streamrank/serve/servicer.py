@@ -5,12 +5,11 @@ or refused (RESOURCE_EXHAUSTED) by the calls and request bytes already in flight
 decoded; the admitted work then runs on a small thread pool: count the limited repeated fields, decode,
 validate, read the replica, tensorise, forward, search. With batching on (serve_batch_wait_ms > 0) a Rank
 call's forward (a Retrieve call's tower pass and search) is shared with the calls that arrive close to it
-(`serve.batching`). So a slow forward
-never stalls health checks, and a request too large for the limits is refused for the price of reading its
-bytes. Every outcome is counted
-by status code, model and version; a caller's mistake (INVALID_ARGUMENT, including bytes that are not a
-message) and a refusal are one log line; anything unexpected is INTERNAL, logged with its traceback; nothing
-reaches the server's loop as an exception.
+(`serve.batching`). So a slow forward never stalls health checks, and a request too large for the limits
+is refused for the price of reading its bytes. Every outcome is counted by status code, model and version;
+a caller's mistake (INVALID_ARGUMENT, including bytes that are not a message) and a refusal are one log
+line; anything unexpected is INTERNAL, logged with its traceback; nothing reaches the server's loop as an
+exception.
 """
 
 from __future__ import annotations
@@ -121,7 +120,7 @@ class RankingServicer:
         def prepare() -> ranking_pb2.RankResponse | tuple[str, LoadedRanker, RequestContext, list[Candidate]]:
             check_rank_counts(raw, self.limits)
             request = decode(ranking_pb2.RankRequest, raw)
-            wanted = request.model or (self.watcher.ranker_names or [""])[0]
+            wanted = self._model_name(request.model)
             if wanted in self.watcher.ranker_names:  # a label per configured model, never per caller's string
                 labels.model = wanted
             validate_rank(request, self.limits)
@@ -174,9 +173,13 @@ class RankingServicer:
         return await self._call("Retrieve", context, raw, labels, work)
 
     # --------------------------------------------------------------------------------------- helpers
+    def _model_name(self, name: str) -> str:
+        """The model a request names, or the scorer's default (the first of serve_models) when it names none."""
+        return name or (self.watcher.ranker_names or [""])[0]
+
     def _ranker(self, name: str, version: int = 0, label: str = "") -> LoadedRanker:
         """The version of model `name` a request asked for: the live one, a named version, or a label's."""
-        name = name or (self.watcher.ranker_names or [""])[0]
+        name = self._model_name(name)
         if name not in self.watcher.ranker_names:
             raise InvalidRequest(f"unknown model {name!r}; this scorer serves {self.watcher.ranker_names}")
         if not version and not label:
