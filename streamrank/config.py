@@ -183,7 +183,7 @@ class Settings:
     serve_batch_max_candidates: int = 4_000
     # Calls accepted at once and request bytes held by them (more get RESOURCE_EXHAUSTED, before decoding;
     # together they bound the scorer's memory, docs/serving.md), and the longest a call may take.
-    serve_max_inflight: int = 256
+    serve_max_inflight: int = 64
     serve_max_inflight_bytes: int = 32 * 1024 * 1024
     serve_timeout_s: float = 2.0
     # Request limits (INVALID_ARGUMENT beyond them).
