@@ -199,3 +199,22 @@ def test_model_trains_after_recycling(zero_moments: bool) -> None:
     assert stats["user"]["free"] >= 0 and stats["category"]["live"] == 5
     scores = model.score_request(tz.encode(_examples(3, 32, rng)))
     assert torch.isfinite(scores).all() and torch.all(model.embed.table("item").weight[0] == 0)
+
+
+def test_lookup_many_equals_lookup_token_by_token() -> None:
+    """The C-speed batch lookup gives what `lookup` gives one token at a time: ids in order, growth order,
+    last-seen stamps, refusals of a full vocabulary, frozen lookups of unseen ids."""
+    rng = random.Random(7)
+    pool = [f"t{i}" for i in range(60)] + [""]
+    one, many = Vocab("one", max_size=40), Vocab("many", max_size=40)
+    for step in range(30):
+        tokens = [rng.choice(pool) for _ in range(rng.randint(0, 80))]
+        grow = step % 3 != 2
+        now = None if step % 4 == 0 else step * 10
+        expected = [one.lookup(t, grow=grow, now=now) for t in tokens]
+        assert many.lookup_many(tokens, grow=grow, now=now) == expected
+        assert many._tokens == one._tokens and many._seen[2:] == one._seen[2:]  # PAD/OOV stamps are moot
+        assert many.oov_admissions == one.oov_admissions
+        one.clock = many.clock  # the batch call advances the clock to `now` even when no token is admitted
+        if step == 15:
+            assert one.expire(100) == many.expire(100)
