@@ -222,3 +222,32 @@ def test_a_batch_prepared_before_a_restore_leaves_no_stale_rows(tmp_path: Path) 
     back = learner.replay.oldest_first()
     assert back is not None
     assert torch.equal(back.items.item, learner.tensorizer.encode_samples(samples[200:400]).items.item)
+
+
+def test_the_decomposition_pool_predicts_on_arrival_and_learns_every_sample_once_later() -> None:
+    """bench.online_decomposition's shuffle-pool rows: each micro-batch is predicted when it arrives (in stream
+    order, before any later sample is learned), every sample is learned exactly once, never before it was
+    predicted, and at most `pool_size` + one batch wait at any time."""
+    from streamrank.bench.online_decomposition import _pooled
+
+    settings = Settings(train_replay_buffer=0, train_batch_size=32)
+    learner = OnlineLearner(settings, "dnn", seed=0)
+    stream = make_samples(300, seed=3)
+    learned: list[str] = []
+    real_learn = learner.learn
+
+    def spy(samples: list) -> object:
+        learned.extend(s.sample_id for s in samples)
+        return real_learn(samples)
+
+    learner.learn = spy  # type: ignore[method-assign]
+    predicted: list[str] = []
+    for ids, labels, probs in _pooled(learner, stream, 32, pool_size=100, seed=0):
+        assert len(ids) == len(labels) == len(probs)
+        assert not set(ids) & set(learned)  # predicted before it is learned: no look-ahead into the batch
+        predicted.extend(ids)
+        assert len(predicted) - len(learned) <= 100 + 32
+    assert predicted == [s.sample_id for s in stream]  # predicted in stream order
+    assert sorted(learned) == sorted(predicted) and len(set(learned)) == len(learned)
+    assert learned != predicted  # learned in another order
+    assert learner.learned == len(stream)

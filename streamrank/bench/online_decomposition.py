@@ -22,6 +22,7 @@ import json
 import struct
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -47,6 +48,9 @@ YEAR_MS = 365 * 24 * 3600 * 1000
 BASE: dict[str, Any] = {"train_batch_size": 1024, "train_lr": 1e-3, "train_weight_decay": 1e-2,
                         "train_row_optimizer": "adagrad", "train_row_lr": 0.2, "train_passes": 1,
                         "train_replay_buffer": 0, "train_replay_ratio": 1.0}
+# Today's defaults as overrides of BASE (tests/test_replay.py holds them equal to Settings()).
+TUNED: dict[str, Any] = {"train_replay_buffer": 100_000, "train_replay_ratio": 2.0, "train_lr": 3e-3,
+                         "train_row_lr": 0.4}
 # (key, what the row changes, settings overrides); "order" is not a setting: the stream is shuffled in blocks.
 ONLINE_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("online", "online as before issue 16 (the base of the rows below)", {}),
@@ -58,7 +62,8 @@ ONLINE_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("online_row_lr_half", "table learning rate / 2 (0.1)", {"train_row_lr": 0.1}),
     ("online_row_lr_x2", "table learning rate x 2 (0.4)", {"train_row_lr": 0.4}),
     ("online_batch_256", "micro-batch 256", {"train_batch_size": 256}),
-    ("online_block_shuffled", "stream shuffled within blocks of 20,000 samples (a user's session spread out)",
+    ("online_block_shuffled", "stream shuffled within blocks of 20,000 samples (a user's session spread out; "
+     "look-ahead: a sample may be predicted after later ones of its block were learned)",
      {"order": "block_shuffle"}),
     ("online_passes_2", "remedy: 2 passes over each micro-batch", {"train_passes": 2}),
     ("online_replay_1", "remedy: replay 1:1 from the last 100,000 samples",
@@ -69,14 +74,24 @@ ONLINE_ROWS: list[tuple[str, str, dict[str, Any]]] = [
      {"train_replay_buffer": 100_000, "train_replay_ratio": 4.0}),
     ("online_replay_4_all", "remedy: replay 4:1 from every sample learned so far",
      {"train_replay_buffer": 1_000_000, "train_replay_ratio": 4.0}),
-    ("online_tuned", "the new defaults: replay 2:1 from the last 100,000, dense lr 3e-3, table lr 0.4",
-     {"train_replay_buffer": 100_000, "train_replay_ratio": 2.0, "train_lr": 3e-3, "train_row_lr": 0.4}),
+    ("online_tuned", "the new defaults: replay 2:1 from the last 100,000, dense lr 3e-3, table lr 0.4", TUNED),
     ("online_tuned_no_replay", "dense lr 3e-3 and table lr 0.4 without replay",
      {"train_lr": 3e-3, "train_row_lr": 0.4}),
     ("online_lr_1e-2_row_0.4", "dense lr 1e-2 and table lr 0.4 without replay",
      {"train_lr": 1e-2, "train_row_lr": 0.4}),
     ("online_lr_3e-3_row_0.8", "dense lr 3e-3 and table lr 0.8 without replay",
      {"train_lr": 3e-3, "train_row_lr": 0.8}),
+    # what is left of the gap at the defaults: order and passes, each on top of them
+    ("online_tuned_block_shuffled", "the defaults on the stream shuffled within blocks of 20,000 samples "
+     "(look-ahead, as above)",
+     TUNED | {"order": "block_shuffle"}),
+    ("online_tuned_passes_2", "the defaults with 2 passes over each fresh micro-batch", TUNED | {"train_passes": 2}),
+    # the deployable form of a shuffled order: predicted on arrival, learned later in random order
+    ("online_tuned_pool_0", "the defaults, each batch predicted on arrival by a separate forward (control of "
+     "the pool rows)", TUNED | {"order": "pool:0"}),
+    ("online_tuned_pool_5k", "the defaults with a shuffle pool of 5,000 samples (learned in random order, "
+     "predicted on arrival)", TUNED | {"order": "pool:5000"}),
+    ("online_tuned_pool_20k", "the defaults with a shuffle pool of 20,000 samples", TUNED | {"order": "pool:20000"}),
 ]
 OFFLINE_ROWS = [("offline_stream_order", "offline, 1 epoch in stream order"),
                 ("offline_shuffled", "offline, 1 epoch shuffled"),
@@ -140,10 +155,10 @@ def online_row(settings: Settings, preset: str, samples: list[features_pb2.Train
     learner = OnlineLearner(s, preset, seed=seed)
     ys, ps, all_y, all_p = [], [], [], []
     t0 = time.perf_counter()
-    for start in range(0, len(stream), s.train_batch_size):
-        report = learner.learn(stream[start:start + s.train_batch_size])
-        assert report.predictions is not None
-        ids, _, labels, probs = report.predictions
+    pool = int(order.split(":")[1]) if order and order.startswith("pool:") else None
+    batches = (_pooled(learner, stream, s.train_batch_size, pool, seed) if pool is not None
+               else _prequential(learner, stream, s.train_batch_size))
+    for ids, labels, probs in batches:
         all_y.append(labels)
         all_p.append(probs)
         keep = np.array([i in test for i in ids])
@@ -154,6 +169,43 @@ def online_row(settings: Settings, preset: str, samples: list[features_pb2.Train
     return {"auc": auc(p, y), "logloss": log_loss(p, y), "prequential_auc_all": auc(ap, ay),
             "test_examples": len(y), "seconds": time.perf_counter() - t0, "replayed": learner.replayed,
             "settings": {k: getattr(s, k) for k in BASE} | ({"order": order} if order else {})}
+
+
+def _prequential(learner: OnlineLearner, stream: list[features_pb2.TrainingSample], size: int
+                 ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """(ids, labels, predictions) of each micro-batch, predicted by the learner just before it learns it."""
+    for start in range(0, len(stream), size):
+        report = learner.learn(stream[start:start + size])
+        assert report.predictions is not None
+        ids, _, labels, probs = report.predictions
+        yield ids, labels, probs
+
+
+def _pooled(learner: OnlineLearner, stream: list[features_pb2.TrainingSample], size: int, pool_size: int,
+            seed: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """A shuffle pool in front of the learner: each arriving micro-batch is predicted at once by the current
+    model (a no-grad forward, unseen ids at OOV), in stream order, then joins a pool; while the pool holds
+    more than `pool_size` samples, a micro-batch drawn from it uniformly is learned. So no sample is
+    predicted by a model that learned anything after it (no look-ahead), and learning is decorrelated at the
+    price of a delay of about `pool_size` samples. What is left in the pool is learned at the end."""
+    rng = np.random.default_rng(seed)
+    held: list[features_pb2.TrainingSample] = []
+    model, tz, label = learner.model, learner.tensorizer, learner.model.spec.label
+    for start in range(0, len(stream), size):
+        arrived = stream[start:start + size]
+        model.eval()
+        with torch.no_grad():
+            batch = tz.encode_samples(arrived, grow=False, group_users=getattr(model, "groups_user_rows", False))
+            probs = torch.sigmoid(model(batch.to(learner.device)).logits).float().cpu().numpy()
+        yield ([s.sample_id for s in arrived], np.array([float(getattr(s.labels, label)) for s in arrived]),
+               probs)
+        held.extend(arrived)
+        while len(held) > pool_size:
+            pick = set(rng.choice(len(held), size=min(size, len(held)), replace=False).tolist())
+            learner.learn([x for i, x in enumerate(held) if i in pick])
+            held = [x for i, x in enumerate(held) if i not in pick]
+    for start in range(0, len(held), size):
+        learner.learn(held[start:start + size])
 
 
 def offline_rows(settings: Settings, preset: str, samples: list[features_pb2.TrainingSample], split_ts: int,
