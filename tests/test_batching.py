@@ -71,6 +71,27 @@ def test_flush_rules() -> None:
             _run(Batcher(pool, wait_s=0.01, max_size=100), Recorder(fail=True), [1, 1], preparing=1)
 
 
+def test_a_call_alone_is_answered_on_its_own_thread_and_counted_as_a_batch_of_one() -> None:
+    seen: list[int] = []
+    batcher: Batcher = Batcher(None, wait_s=10.0, max_size=100, observe=seen.append)
+    batcher.preparing = 1  # the caller itself
+    assert batcher.solo() and (batcher.batches, batcher.batched_calls, seen) == (1, 1, [1])
+    batcher.preparing = 2  # another call may still join
+    assert not batcher.solo()
+
+    async def queued_then_solo() -> bool:
+        batcher.preparing = 2  # a queued call waits for the one still preparing
+        waiting = asyncio.ensure_future(batcher.run("v", Recorder().score_many, _req(2), 2))
+        await asyncio.sleep(0)
+        batcher.preparing = 1
+        alone = batcher.solo()  # one call is queued: join it instead
+        waiting.cancel()
+        return alone
+
+    assert not asyncio.run(queued_then_solo())
+    assert (batcher.batches, batcher.batched_calls) == (1, 1)
+
+
 def test_batched_scores_equal_unbatched_ones(settings: Settings) -> None:
     publish(settings, "din", trained_files(settings, "din", n=1024))
     ranker = load_ranker(Registry(settings.registry_root(), "din"), 1)
@@ -135,3 +156,32 @@ def test_a_scorer_batches_concurrent_calls_and_answers_each_as_alone(settings: S
         assert [i.item_id for i in got.items] == [i.item_id for i in want.items] and got.items
         np.testing.assert_allclose([i.score for i in got.items], [i.score for i in want.items], rtol=0, atol=1e-6)
         assert got.index_version == want.index_version == 1
+
+
+def test_a_lone_call_with_batching_on_is_answered_without_a_second_hop(settings: Settings) -> None:
+    s = settings.with_overrides(serve_port=0, serve_metrics_port=0, serve_models="din", serve_retrieval="retrieval",
+                                serve_batch_wait_ms=500.0)
+    publish(s, "din", trained_files(s, "din", n=1024))
+    publish_retrieval(s)
+    produce_state(s, [user_features("u1", ["i1", "i9"], ["c0", "c0"])], catalog())
+    with running_scorer(s) as st:
+        servicer = st.scorer.servicer
+        assert servicer is not None and servicer.rank_batcher is not None and servicer.retrieve_batcher is not None
+        executor = st.scorer.executor
+        assert executor is not None
+        hops: list[object] = []
+        submit = executor.submit
+
+        def counted(fn: object, *args: object, **kwargs: object) -> object:
+            hops.append(fn)
+            return submit(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+        executor.submit = counted  # type: ignore[method-assign]
+        stub = st.stub()
+        for _ in range(3):  # one at a time: each finds nobody else, so none waits the 500 ms
+            got = stub.Rank(rank_request("u1", ["i1", "i2", "i3"], scenario="web"), timeout=0.4)
+            assert len(got.items) == 3
+            assert stub.Retrieve(ranking_pb2.RetrieveRequest(user_id="u1", k=3), timeout=0.4).items
+        assert len(hops) == 6  # one trip to the forward threads per call: prepared and answered there
+        assert servicer.rank_batcher.batches == servicer.rank_batcher.batched_calls == 3
+        assert servicer.retrieve_batcher.batches == servicer.retrieve_batcher.batched_calls == 3

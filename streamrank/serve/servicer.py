@@ -131,7 +131,7 @@ class RankingServicer:
                 return ranking_pb2.RankResponse(request_id=request.request_id, model=ranker.name,
                                                 model_version=ranker.version)
             ctx, cands = rank_inputs(request, self.replica)
-            if self.rank_batcher is not None:  # scored with the calls that arrive close to this one
+            if self.rank_batcher is not None and not self.rank_batcher.solo():  # scored with others close by
                 return request.request_id, ranker, ctx, cands
             return ranked_response(request.request_id, ranker, [c.item_id for c in cands], ranker.score(ctx, cands))
 
@@ -157,7 +157,7 @@ class RankingServicer:
             labels.version = str(retriever.version)
             ctx, _view = user_side(request.user_id, request.query, request.scenario, self.replica)
             query = (ctx, request.k, request.exclude_seen)
-            if self.retrieve_batcher is not None:  # searched with the calls that arrive close to this one
+            if self.retrieve_batcher is not None and not self.retrieve_batcher.solo():  # searched with others
                 return request.request_id, retriever, query
             return retrieved_response(request.request_id, retriever, *retriever.retrieve_many([query])[0])
 
