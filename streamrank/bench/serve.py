@@ -89,7 +89,10 @@ def _bare_rank(settings: Settings, world: World, requests: list[ranking_pb2.Rank
         ctx = RequestContext(req.user_id, world.histories[req.user_id], scenario=req.scenario)
         cands = candidates_of(world, rng, CANDIDATES)
         prepared.append((ctx, cands, ranker.tensorizer.encode_request(ctx, cands)))
-    forward, full = [], []
+    # four calls in one forward, as cross-request batching scores them: what batching can save at most
+    fours = [ranker.tensorizer.encode_requests([(c, cs) for c, cs, _ in prepared[k:k + 4]])
+             for k in range(0, len(prepared) - 3, 4)]
+    forward, full, four = [], [], []
     for i in range(reps):
         ctx, cands, batch = prepared[i % len(prepared)]
         t = time.perf_counter()
@@ -98,7 +101,12 @@ def _bare_rank(settings: Settings, world: World, requests: list[ranking_pb2.Rank
         t = time.perf_counter()
         ranker.score(ctx, cands)
         full.append((time.perf_counter() - t) * 1000)
-    return {"forward_ms": statistics.median(forward), "tensorize_forward_ms": statistics.median(full)}
+        if i % 4 == 0:
+            t = time.perf_counter()
+            ranker.model.score_request(fours[(i // 4) % len(fours)])
+            four.append((time.perf_counter() - t) * 1000)
+    return {"forward_ms": statistics.median(forward), "tensorize_forward_ms": statistics.median(full),
+            "forward_4_calls_ms": statistics.median(four)}
 
 
 def bare_retrieve_ms(settings: Settings, world: World, name: str, reps: int) -> dict[str, float]:
@@ -236,7 +244,9 @@ def write_report(results: dict, command: str, out: Path) -> None:
                   f" (wait {results['settings']['batch_wait_ms']} ms; measured side by side in this run)."]
     lines += ["", "Bare work in the bench process (same requests, same torch threads, idle scorer):", "",
               f"- Rank forward pass ({CANDIDATES} candidates, 50 behaviours): {bare['rank']['forward_ms']:.2f} ms; "
-              f"tensorisation + forward: {bare['rank']['tensorize_forward_ms']:.2f} ms"]
+              f"tensorisation + forward: {bare['rank']['tensorize_forward_ms']:.2f} ms; four calls in one forward (as "
+              f"batching scores them): {bare['rank']['forward_4_calls_ms']:.2f} ms, "
+              f"{bare['rank']['forward_4_calls_ms'] / bare['rank']['forward_ms']:.2f}x one call"]
     for name, b in bare.items():
         if name != "rank":
             lines.append(f"- Retrieve `{name}`: user tower + search {b['tower_search_ms']:.2f} ms, search "
