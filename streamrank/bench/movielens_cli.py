@@ -20,7 +20,7 @@ import torch
 
 from streamrank.config import load_settings
 from streamrank.data.dataset import InteractionLog, dataset_label, is_path, load_dataset
-from streamrank.train.offline import pick_device
+from streamrank.train.offline import TrainConfig, pick_device
 
 
 def add_common(parser: argparse.ArgumentParser, quick_help: str, data_seed: bool = True) -> None:
@@ -42,6 +42,30 @@ def add_common(parser: argparse.ArgumentParser, quick_help: str, data_seed: bool
                              "says otherwise; the committed figures: --out docs/benchmarks)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--no-progress", action="store_true")
+
+
+def add_table_optimizer(parser: argparse.ArgumentParser) -> None:
+    """`--table-optimizer` / `--table-lr`: the embedding tables' optimizer of the offline fits."""
+    parser.add_argument("--table-optimizer", choices=["adagrad", "adam"], default="adagrad",
+                        help="the embedding tables' optimizer (train.optim): row-wise Adagrad, the online trainer's, "
+                             "or lazy row-wise Adam; dense layers keep AdamW at --lr")
+    parser.add_argument("--table-lr", type=float, default=None,
+                        help="the tables' learning rate (default: 0.2 for adagrad, --lr for adam)")
+
+
+def table_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The table optimizer as fit settings: empty for the default, so that parts stored before the option
+    existed still match."""
+    if args.table_optimizer == "adagrad" and args.table_lr is None:
+        return {}
+    return {"table_optimizer": args.table_optimizer, "table_lr": args.table_lr}
+
+
+def table_lr(args: argparse.Namespace) -> float | None:
+    """The tables' learning rate of a fit (None: the dense lr)."""
+    if args.table_lr is not None:
+        return args.table_lr
+    return TrainConfig.row_lr if args.table_optimizer == "adagrad" else None
 
 
 def check_counts(args: argparse.Namespace, at_least_one: Iterable[str] = (), at_least_zero: Iterable[str] = ()) -> None:

@@ -170,6 +170,7 @@ def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> Part:
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="session_auc" if p.valid.sessions is not None else "auc",
                       progress=False, device=args.device, max_steps_per_epoch=args.max_steps_per_epoch,
+                      row_optimizer=args.table_optimizer, row_lr=cli.table_lr(args),
                       checkpoint=str(args.part_store.checkpoint(_fit_id(job, args, sizes))))
     res = fit(model, tz, data["train"], data["valid"], cfg, on_epoch=partial(cli.log_epoch, f"{job.key}/{job.seed}"))
     dev = pick_device(args.device)
@@ -230,7 +231,7 @@ def fit_settings(args: argparse.Namespace, sizes: dict) -> dict:
     keys = ("dataset_label", "data_seed", "quick", "epochs", "patience", "lr", "batch_size", "max_seq_len",
             "negatives", "min_item_count", "max_train_examples", "max_steps_per_epoch", "longtail_quantile",
             "elderly_age", "simulated_history", "max_valid_sessions", "overrides")
-    return {k: getattr(args, k) for k in keys} | {"sizes": sizes}
+    return {k: getattr(args, k) for k in keys} | {"sizes": sizes} | cli.table_settings(args)
 
 
 def _parts_of(jobs: list[Job], parts: list[Part], protocol: str, key: str) -> list[Part]:
@@ -341,6 +342,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--negatives", type=int, default=50, help="popularity-sampled negatives per test session")
     a.add_argument("--min-item-count", type=int, default=2, help="rarer training items share the OOV row")
     a.add_argument("--max-train-examples", type=int, default=0, help="subsample training rows (0 = all)")
+    cli.add_table_optimizer(a)
     a.add_argument("--max-steps-per-epoch", type=int, default=None)
     a.add_argument("--longtail-quantile", type=float, default=0.1)
     a.add_argument("--elderly-age", type=int, default=50)

@@ -105,7 +105,7 @@ def run_job(job: Job, args: argparse.Namespace) -> Part:
     model = build_model(job.model, spec, **_sizes(job.model, args))
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="auc", progress=False, device=args.device,
-                      row_optimizer=args.table_optimizer, row_lr=_table_lr(args),
+                      row_optimizer=args.table_optimizer, row_lr=cli.table_lr(args),
                       checkpoint=str(args.part_store.checkpoint(_fit_id(job, args))))
     res = fit(model, tz, train, valid, cfg, on_epoch=partial(cli.log_epoch, f"{job.model}/{job.seed}/{job.scenario}"))
     probs = predict(model, tz, test, device=next(model.parameters()).device)
@@ -122,17 +122,8 @@ def fit_settings(args: argparse.Namespace) -> dict:
     """The settings that change a fit's result: stored parts are reused only under equal ones."""
     keys = ("dataset_label", "data_seed", "quick", "scenario_field", "epochs", "patience", "lr", "batch_size",
             "max_seq_len", "max_train_examples")
-    out = {k: getattr(args, k) for k in keys} | {"sizes": QUICK_SIZES if args.quick else SIZES, "din": DIN_SIZES}
-    if args.table_optimizer != "adagrad" or args.table_lr is not None:  # parts of the default stay valid
-        out |= {"table_optimizer": args.table_optimizer, "table_lr": args.table_lr}
-    return out
-
-
-def _table_lr(args: argparse.Namespace) -> float | None:
-    """The tables' learning rate of a fit (None: the dense lr)."""
-    if args.table_lr is not None:
-        return args.table_lr
-    return TrainConfig.row_lr if args.table_optimizer == "adagrad" else None
+    return ({k: getattr(args, k) for k in keys} | {"sizes": QUICK_SIZES if args.quick else SIZES, "din": DIN_SIZES}
+            | cli.table_settings(args))
 
 
 def _jobs(args: argparse.Namespace, n_scenarios: int) -> list[Job]:
@@ -187,11 +178,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.add_argument("--batch-size", type=int, default=512)
     a.add_argument("--max-seq-len", type=int, default=20)
     a.add_argument("--max-train-examples", type=int, default=0, help="subsample training rows (0 = all)")
-    a.add_argument("--table-optimizer", choices=["adagrad", "adam"], default="adagrad",
-                   help="the embedding tables' optimizer (train.optim): row-wise Adagrad, the online trainer's, or "
-                        "lazy row-wise Adam; dense layers keep AdamW at --lr")
-    a.add_argument("--table-lr", type=float, default=None,
-                   help="the tables' learning rate (default: 0.2 for adagrad, --lr for adam)")
+    cli.add_table_optimizer(a)
     a.add_argument("--workers", type=int, default=2, help="fits run in parallel, one process each")
     a.add_argument("--threads-per-worker", type=int, default=1)
     a.add_argument("--parts", type=Path, default=None,

@@ -191,27 +191,34 @@ def run(args: argparse.Namespace) -> dict:
         for name in world.retrieval_names:
             results["bare"][name] = bare_retrieve_ms(settings, world, name, args.bare_reps)
         print(f"  bare: {json.dumps(results['bare'])}", flush=True)
-        # every call with batching off and on, side by side in this run
-        plan = [(name, batching) for name in world.retrieval_names for batching in (False, True)]
-        for name, batching in plan:
-            proc, port = start_scorer_for(settings, name, Path(tmp) / "scorer.log",
-                                          args.batch_wait_ms if batching else 0.0)
+        # every call with batching off and on, side by side: two scorers up at once and their runs alternated,
+        # so that the machine's drift over the minutes of the benchmark hits both alike
+        for name in world.retrieval_names:
+            scorers = {b: start_scorer_for(settings, name, Path(tmp) / f"scorer-{b}.log",
+                                           args.batch_wait_ms if b else 0.0) for b in (False, True)}
             try:
                 scenarios = [("Rank", "Rank", ranks)] if name == next(iter(world.retrieval_names)) else []
                 scenarios.append((f"Retrieve {name}", "Retrieve", retrieves))
                 for label, method, reqs in scenarios:
                     for conc in args.concurrency:
-                        runs = [asyncio.run(closed_loop(port, method, reqs, conc, args.warmup, args.duration))
-                                for _ in range(args.runs)]
-                        row = {"call": label, "items": world.retrieval_names.get(name) if method == "Retrieve"
-                               else CANDIDATES, "concurrency": conc, "batching": batching, **_median_runs(runs)}
-                        results["rows"].append(row)
-                        print(f"  {label:<24} c={conc:<3} batching {batching!s:<5} p50 {row['p50_ms']:6.2f} ms  "
-                              f"p99 {row['p99_ms']:6.2f} ms  {row['rps']:7.1f} calls/s  errors {row['errors']:.0f}",
-                              flush=True)
+                        runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+                        for _ in range(args.runs):
+                            for b, (_, port) in scorers.items():
+                                runs[b].append(asyncio.run(closed_loop(port, method, reqs, conc, args.warmup,
+                                                                       args.duration)))
+                        for batching, measured in runs.items():
+                            row = {"call": label, "items": world.retrieval_names.get(name) if method == "Retrieve"
+                                   else CANDIDATES, "concurrency": conc, "batching": batching,
+                                   **_median_runs(measured)}
+                            results["rows"].append(row)
+                            print(f"  {label:<24} c={conc:<3} batching {batching!s:<5} p50 {row['p50_ms']:6.2f} ms  "
+                                  f"p99 {row['p99_ms']:6.2f} ms  {row['rps']:7.1f} calls/s  "
+                                  f"errors {row['errors']:.0f}", flush=True)
             finally:
-                proc.terminate()
-                proc.wait(30)
+                for proc, _ in scorers.values():
+                    proc.terminate()
+                for proc, _ in scorers.values():
+                    proc.wait(30)
         rank_rps = {b: max((r["rps"] for r in results["rows"] if r["call"] == "Rank" and r["batching"] == b),
                            default=0.0) for b in (False, True)}
         results["rank_saturation_batching_ratio"] = rank_rps[True] / rank_rps[False] if rank_rps[False] else None
@@ -229,7 +236,8 @@ def write_report(results: dict, command: str, out: Path) -> None:
              f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}, torch "
              f"{results['machine']['torch']}; scorer and load generator on the same machine. Medians of "
              f"{results['settings']['runs']} runs of {results['settings']['duration']} s after "
-             f"{results['settings']['warmup']} s warm-up.", "",
+             f"{results['settings']['warmup']} s warm-up; batching off and on are two scorers up at once, their runs "
+             "alternated.", "",
              "| call | items | clients | batching | p50 ms | p99 ms | calls/s | errors | p50 / bare | p99 / bare |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
