@@ -166,8 +166,10 @@ def start_scorer_for(settings: Settings, retrieval: str, log_path: Path,
     """`streamrank serve` as a child process serving `retrieval` (batching off unless `batch_wait_ms`);
     returns it and its port once SERVING."""
     port = free_port()
+    # its own data dir (the replica's RocksDB is locked by its scorer), the shared registry
     s = settings.with_overrides(serve_port=port, serve_retrieval=retrieval, serve_metrics_port=0,
-                                serve_batch_wait_ms=batch_wait_ms)
+                                serve_batch_wait_ms=batch_wait_ms, registry_dir=str(settings.registry_root()),
+                                data_dir=str(Path(settings.data_dir) / f"scorer-{retrieval}-{batch_wait_ms:g}"))
     return start_scorer(s, log_path), port
 
 
