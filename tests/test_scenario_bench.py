@@ -92,8 +92,9 @@ def test_bad_benchmark_options_are_refused(argv: list[str], message: str) -> Non
 def test_the_table_optimizer_option_reaches_the_fit_and_keeps_default_parts_valid() -> None:
     default = bench.parse_args(["--quick"])
     assert "table_optimizer" not in bench.fit_settings(default)  # stored parts of the default still match
-    assert cli.table_lr(default) == TrainConfig().row_lr == 0.2
+    assert cli.table_config(default) == {"row_optimizer": "adagrad", "row_lr": TrainConfig().row_lr}
+    assert TrainConfig().row_lr == 0.2
     adam = bench.parse_args(["--quick", "--table-optimizer", "adam"])
     assert bench.fit_settings(adam)["table_optimizer"] == "adam"
-    assert cli.table_lr(adam) is None  # the dense lr
-    assert cli.table_lr(bench.parse_args(["--quick", "--table-lr", "0.05"])) == 0.05
+    assert cli.table_config(adam) == {"row_optimizer": "adam", "row_lr": None}  # the dense lr
+    assert cli.table_config(bench.parse_args(["--quick", "--table-lr", "0.05"]))["row_lr"] == 0.05

@@ -61,11 +61,12 @@ def table_settings(args: argparse.Namespace) -> dict[str, object]:
     return {"table_optimizer": args.table_optimizer, "table_lr": args.table_lr}
 
 
-def table_lr(args: argparse.Namespace) -> float | None:
-    """The tables' learning rate of a fit (None: the dense lr)."""
-    if args.table_lr is not None:
-        return args.table_lr
-    return TrainConfig.row_lr if args.table_optimizer == "adagrad" else None
+def table_config(args: argparse.Namespace) -> dict[str, object]:
+    """The `TrainConfig` fields of the table optimizer: `row_optimizer`, and `row_lr` (None: the dense lr)."""
+    lr = args.table_lr
+    if lr is None and args.table_optimizer == "adagrad":
+        lr = TrainConfig.row_lr
+    return {"row_optimizer": args.table_optimizer, "row_lr": lr}
 
 
 def check_counts(args: argparse.Namespace, at_least_one: Iterable[str] = (), at_least_zero: Iterable[str] = ()) -> None:

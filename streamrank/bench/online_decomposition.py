@@ -190,15 +190,15 @@ def _pooled(learner: OnlineLearner, stream: list[features_pb2.TrainingSample], s
     price of a delay of about `pool_size` samples. What is left in the pool is learned at the end."""
     rng = np.random.default_rng(seed)
     held: list[features_pb2.TrainingSample] = []
-    model, tz, label = learner.model, learner.tensorizer, learner.model.spec.label
+    model, tz = learner.model, learner.tensorizer
     for start in range(0, len(stream), size):
         arrived = stream[start:start + size]
         model.eval()
         with torch.no_grad():
             batch = tz.encode_samples(arrived, grow=False, group_users=getattr(model, "groups_user_rows", False))
             probs = torch.sigmoid(model(batch.to(learner.device)).logits).float().cpu().numpy()
-        yield ([s.sample_id for s in arrived], np.array([float(getattr(s.labels, label)) for s in arrived]),
-               probs)
+        assert batch.labels is not None
+        yield [s.sample_id for s in arrived], batch.labels.numpy(), probs
         held.extend(arrived)
         while len(held) > pool_size:
             pick = set(rng.choice(len(held), size=min(size, len(held)), replace=False).tolist())

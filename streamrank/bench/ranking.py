@@ -170,7 +170,7 @@ def run_job(job: Job, args: argparse.Namespace, sizes: dict) -> Part:
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="session_auc" if p.valid.sessions is not None else "auc",
                       progress=False, device=args.device, max_steps_per_epoch=args.max_steps_per_epoch,
-                      row_optimizer=args.table_optimizer, row_lr=cli.table_lr(args),
+                      **cli.table_config(args),
                       checkpoint=str(args.part_store.checkpoint(_fit_id(job, args, sizes))))
     res = fit(model, tz, data["train"], data["valid"], cfg, on_epoch=partial(cli.log_epoch, f"{job.key}/{job.seed}"))
     dev = pick_device(args.device)

@@ -105,7 +105,7 @@ def run_job(job: Job, args: argparse.Namespace) -> Part:
     model = build_model(job.model, spec, **_sizes(job.model, args))
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
                       seed=job.seed, valid_metric="auc", progress=False, device=args.device,
-                      row_optimizer=args.table_optimizer, row_lr=cli.table_lr(args),
+                      **cli.table_config(args),
                       checkpoint=str(args.part_store.checkpoint(_fit_id(job, args))))
     res = fit(model, tz, train, valid, cfg, on_epoch=partial(cli.log_epoch, f"{job.model}/{job.seed}/{job.scenario}"))
     probs = predict(model, tz, test, device=next(model.parameters()).device)

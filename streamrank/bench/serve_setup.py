@@ -5,13 +5,14 @@
 - User features: each ML-1M user's last 50 ratings as clicks, on the user-features topic as the worker
   writes them, so Rank reads 50 behaviours per user from the scorer's replica.
 - Retrieval: a base two-tower model trained on the first `tower_ratings` ML-1M ratings (default all, one
-  epoch, about a minute; `streamrank.train.retrieval_serving`: stream-available fields only), so that user
-  vectors and item vectors have the geometry of a trained model; `tower_ratings=0` keeps it untrained (the
-  quick smoke run). `retrieval` indexes the ML-1M catalog through its item tower. `retrieval-1m` is the same
-  model over a 1M-item catalog made from it: each synthetic item is a real film's item-tower vector plus
-  Gaussian noise of relative norm `SPREAD` (`scaled_catalog`), since ML-1M has only 3,706 films. Its
-  recall@100 against exact search is measured, and the index's search width tuned to 0.95, with 500 real
-  users' user-tower vectors (their last 50 ratings) as queries: what Retrieve really searches with.
+  epoch, about three minutes on 2 cores; `streamrank.train.retrieval_serving`: stream-available fields
+  only), so that user vectors and item vectors have the geometry of a trained model; `tower_ratings=0` keeps
+  it untrained (the quick smoke run). `retrieval` indexes the ML-1M catalog through its item tower.
+  `retrieval-1m` is the same model over a 1M-item catalog made from it: each synthetic item is a real film's
+  item-tower vector plus Gaussian noise of relative norm `SPREAD` (`scaled_catalog`), since ML-1M has only
+  3,706 films. Its recall@100 against exact search is measured, and the index's search width tuned to 0.95,
+  with 500 real users' user-tower vectors (their last 50 ratings) as queries: what Retrieve really searches
+  with.
 """
 
 from __future__ import annotations
