@@ -96,6 +96,10 @@ class Settings:
     # drawn from the newest `train_replay_buffer` learned ones (0: no replay). Defaults chosen on
     # measurements: docs/online-training.md, "Online against batch".
     train_passes: int = 1
+    # Samples wait in a shuffle pool of this many after their prediction and are learned in random order
+    # (streamrank/train/shuffle_pool.py; 0: learned in arrival order at once). The pool is learned out before
+    # every checkpoint, so versions and offsets are unaffected; chosen on docs/online-training.md's figures.
+    train_shuffle_pool: int = 5_000
     train_replay_buffer: int = 100_000
     train_replay_ratio: float = 2.0
     # Replay spends spare capacity only: while more than this many samples wait on the samples topic beyond
@@ -250,8 +254,8 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("registry_keep", "min_samples_to_publish", "guardrail_margin", "publish_every_s",
-                     "progress_every_s", "train_replay_buffer", "train_replay_ratio", "guardrail_min_per_class",
-                     "train_torch_threads",
+                     "progress_every_s", "train_replay_buffer", "train_shuffle_pool", "train_replay_ratio",
+                     "guardrail_min_per_class", "train_torch_threads",
                      "serve_port", "serve_metrics_port", "serve_grace_s", "serve_workers", "serve_batch_wait_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")

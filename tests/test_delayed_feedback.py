@@ -79,12 +79,14 @@ def test_route_learns_negatives_and_positives_of_the_models_label_once() -> None
     assert route(window_stream, "fnw", "click")[0] == window_stream
 
 
-def test_predictions_are_scored_on_final_labels_when_the_window_closes(tmp_path) -> None:
-    settings = Settings(data_dir=str(tmp_path))
+@pytest.mark.parametrize("pool", [0, 5000])
+def test_predictions_are_scored_on_final_labels_when_the_window_closes(tmp_path, pool: int) -> None:
+    """With or without a shuffle pool (which predicts on arrival and learns later)."""
+    settings = Settings(data_dir=str(tmp_path), train_shuffle_pool=pool)
     imps, positives, finals = _fake_negative_stream(400, seed=3)
     learner = OnlineLearner(settings, "dnn", seed=1)
     first = learner.learn(imps + positives)
-    assert first.learned == len(imps) + len(positives) and learner.window.seen == 0
+    assert first.learned + learner.drain() == len(imps) + len(positives) and learner.window.seen == 0
     assert first.predictions is not None and len(first.predictions[0]) == 0, "nothing final yet"
     again = learner.learn(positives)
     assert again.learned == 0 and again.duplicates == len(positives), "a re-sent positive is a duplicate"
@@ -135,7 +137,7 @@ def test_window_mode_learns_only_the_closed_emissions(tmp_path) -> None:
     imps, positives, finals = _fake_negative_stream(200, seed=5)
     learner = OnlineLearner(Settings(data_dir=str(tmp_path), train_fake_negative="window"), "dnn")
     report = learner.learn(imps + positives + finals)
-    assert report.learned == len(finals) and learner.window.seen == len(finals)
+    assert report.learned + learner.drain() == len(finals) and learner.window.seen == len(finals)
     assert learner.not_learned == len(imps) + len(positives)
 
 
@@ -166,7 +168,7 @@ def test_the_delayed_feedback_bench_scores_every_mode_on_the_same_impressions(tm
     # the worker's order: batches of impressions with their clicks, the window-closed emissions later
     stream = [s for k in range(0, 4000, 500) for s in imps[k:k + 500] + [
         p for p in positives if k <= int(p.sample_id[1:]) < k + 500]] + finals
-    settings = Settings(data_dir=str(tmp_path), train_batch_size=256)
+    settings = Settings(data_dir=str(tmp_path), train_batch_size=256, train_shuffle_pool=500)
     rows = {mode: run_mode(settings, "dnn", stream, mode, seed=0) for mode in ("window", "fnw", "fnc")}
     assert rows["window"]["learned"] == len(finals)
     assert rows["fnw"]["learned"] == len(imps) + len(positives)

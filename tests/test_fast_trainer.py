@@ -82,7 +82,8 @@ def test_fused_prediction_equals_a_separate_no_grad_forward(tmp_path, preset: st
 
 
 def test_pipelined_stream_learns_the_same_as_learn(tmp_path) -> None:
-    settings = Settings(data_dir=str(tmp_path), vocab_ttl_ms=60_000, vocab_expire_every_ms=20_000)
+    settings = Settings(data_dir=str(tmp_path), vocab_ttl_ms=60_000, vocab_expire_every_ms=20_000,
+                        train_shuffle_pool=0)  # the pipelined path is the one without a pool
     samples = make_samples(2000, seed=5)
     chunks = [samples[k:k + 250] for k in range(0, 2000, 250)]
     chunks.insert(3, chunks[2])  # a replayed batch: all duplicates

@@ -32,7 +32,7 @@ MODEL = "din"
 def _trainer_settings(settings: Settings, **over: object) -> Settings:
     base = dict(train_batch_size=256, train_batch_within_s=0.2, train_lr=1e-2, prequential_window=3000,
                 checkpoint_every_steps=10, checkpoint_every_s=60.0, publish_every_s=0.0,
-                min_samples_to_publish=1000)
+                min_samples_to_publish=1000, train_shuffle_pool=500)  # a pool small beside these streams
     return settings.with_overrides(**{**base, **over})
 
 
@@ -135,7 +135,7 @@ def test_a_non_finite_loss_skips_the_batch_and_is_never_published(settings: Sett
 def test_non_finite_weights_are_restored_from_the_last_good_state(settings: Settings) -> None:
     from streamrank.train.learner import OnlineLearner
 
-    learner = OnlineLearner(_trainer_settings(settings), MODEL)
+    learner = OnlineLearner(_trainer_settings(settings, train_shuffle_pool=0), MODEL)  # pooled: test_shuffle_pool
     samples = make_samples(2000)
     learner.learn(samples[:500])
     learner.mark_good()

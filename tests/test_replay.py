@@ -124,7 +124,7 @@ class CountingOptimizer:
 def test_the_learner_replays_what_the_settings_say(tmp_path: Path, passes: int, buffer: int,
                                                    ratio: float) -> None:
     settings = Settings(data_dir=str(tmp_path), train_passes=passes, train_replay_buffer=buffer,
-                        train_replay_ratio=ratio)
+                        train_replay_ratio=ratio, train_shuffle_pool=0)
     learner = OnlineLearner(settings, "dnn")
     learner.optimizer = CountingOptimizer(learner.optimizer)  # type: ignore[assignment]
     samples = make_samples(600, seed=1)
@@ -142,7 +142,8 @@ def test_the_learner_replays_what_the_settings_say(tmp_path: Path, passes: int, 
 
 
 def test_replayed_samples_were_learned_before(tmp_path: Path) -> None:
-    settings = Settings(data_dir=str(tmp_path), train_replay_buffer=150, train_replay_ratio=1.0)
+    settings = Settings(data_dir=str(tmp_path), train_replay_buffer=150, train_replay_ratio=1.0,
+                        train_shuffle_pool=0)
     learner = OnlineLearner(settings, "dnn")
     samples = make_samples(400, seed=2)
     learner.learn(samples[:200])
@@ -159,7 +160,8 @@ def test_replayed_samples_were_learned_before(tmp_path: Path) -> None:
 
 
 def test_a_paused_replay_takes_no_extra_step_and_keeps_filling(tmp_path: Path) -> None:
-    settings = Settings(data_dir=str(tmp_path), train_replay_buffer=1000, train_replay_ratio=2.0)
+    settings = Settings(data_dir=str(tmp_path), train_replay_buffer=1000, train_replay_ratio=2.0,
+                        train_shuffle_pool=0)
     learner = OnlineLearner(settings, "dnn")
     learner.optimizer = CountingOptimizer(learner.optimizer)  # type: ignore[assignment]
     samples = make_samples(600, seed=3)
@@ -176,7 +178,7 @@ def test_a_paused_replay_takes_no_extra_step_and_keeps_filling(tmp_path: Path) -
 def test_expiry_and_restore_drop_rows_that_could_point_at_freed_indices(tmp_path: Path) -> None:
     day = 86_400_000
     settings = Settings(data_dir=str(tmp_path), train_replay_buffer=10_000, vocab_ttl_ms=day,
-                        vocab_expire_every_ms=day // 4)
+                        vocab_expire_every_ms=day // 4, train_shuffle_pool=0)
     learner = OnlineLearner(settings, "dnn")
     learner.learn(make_samples(200, seed=4))
     learner.learn(make_samples(200, seed=5, start=200))
@@ -190,25 +192,26 @@ def test_expiry_and_restore_drop_rows_that_could_point_at_freed_indices(tmp_path
 
 def test_settings_refuse_bad_remedies(tmp_path: Path) -> None:
     for bad in ({"train_passes": 0}, {"train_replay_buffer": -1}, {"train_replay_ratio": -0.5},
-                {"train_replay_max_lag": -2}):
+                {"train_replay_max_lag": -2}, {"train_shuffle_pool": -1}):
         with pytest.raises(ConfigError):
             Settings(data_dir=str(tmp_path), **bad).validate()
 
 
 def test_the_decomposition_row_of_the_defaults_is_the_defaults(tmp_path: Path) -> None:
-    """docs/online-training.md quotes the `online_tuned` row as the defaults' figure: keep them equal."""
-    from streamrank.bench.online_decomposition import BASE, ONLINE_ROWS
+    """docs/online-training.md quotes the `online_tuned_pool_5k` row as the defaults' figure: keep them equal."""
+    from streamrank.bench.online_decomposition import BASE, DEFAULTS, ONLINE_ROWS
 
-    tuned = BASE | next(o for key, _, o in ONLINE_ROWS if key == "online_tuned")
+    row = BASE | next(o for key, _, o in ONLINE_ROWS if key == "online_tuned_pool_5k")
     defaults = Settings(data_dir=str(tmp_path))
-    assert {k: getattr(defaults, k) for k in tuned} == tuned
+    assert row == BASE | DEFAULTS
+    assert {k: getattr(defaults, k) for k in row} == row
 
 
 def test_a_batch_prepared_before_a_restore_leaves_no_stale_rows(tmp_path: Path) -> None:
     """learn_stream prepares batch k+1 in a thread while batch k trains; if k restores the last good state,
     k+1's prepare may add rows of the discarded vocabularies after the restore emptied the buffer. Its apply
     (a generation mismatch) empties the buffer again and encodes k+1 against the restored vocabularies."""
-    settings = Settings(data_dir=str(tmp_path), train_replay_buffer=10_000)
+    settings = Settings(data_dir=str(tmp_path), train_replay_buffer=10_000, train_shuffle_pool=0)
     learner = OnlineLearner(settings, "dnn")
     samples = make_samples(400, seed=7)
     learner.learn(samples[:200])
@@ -222,32 +225,3 @@ def test_a_batch_prepared_before_a_restore_leaves_no_stale_rows(tmp_path: Path) 
     back = learner.replay.oldest_first()
     assert back is not None
     assert torch.equal(back.items.item, learner.tensorizer.encode_samples(samples[200:400]).items.item)
-
-
-def test_the_decomposition_pool_predicts_on_arrival_and_learns_every_sample_once_later() -> None:
-    """bench.online_decomposition's shuffle-pool rows: each micro-batch is predicted when it arrives (in stream
-    order, before any later sample is learned), every sample is learned exactly once, never before it was
-    predicted, and at most `pool_size` + one batch wait at any time."""
-    from streamrank.bench.online_decomposition import _pooled
-
-    settings = Settings(train_replay_buffer=0, train_batch_size=32)
-    learner = OnlineLearner(settings, "dnn", seed=0)
-    stream = make_samples(300, seed=3)
-    learned: list[str] = []
-    real_learn = learner.learn
-
-    def spy(samples: list) -> object:
-        learned.extend(s.sample_id for s in samples)
-        return real_learn(samples)
-
-    learner.learn = spy  # type: ignore[method-assign]
-    predicted: list[str] = []
-    for ids, labels, probs in _pooled(learner, stream, 32, pool_size=100, seed=0):
-        assert len(ids) == len(labels) == len(probs)
-        assert not set(ids) & set(learned)  # predicted before it is learned: no look-ahead into the batch
-        predicted.extend(ids)
-        assert len(predicted) - len(learned) <= 100 + 32
-    assert predicted == [s.sample_id for s in stream]  # predicted in stream order
-    assert sorted(learned) == sorted(predicted) and len(set(learned)) == len(learned)
-    assert learned != predicted  # learned in another order
-    assert learner.learned == len(stream)

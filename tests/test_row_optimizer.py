@@ -147,7 +147,7 @@ def test_table_state_dict_holds_used_rows_only() -> None:
 
 
 def test_checkpoint_round_trip_keeps_row_state(tmp_path) -> None:
-    settings = Settings(data_dir=str(tmp_path))
+    settings = Settings(data_dir=str(tmp_path), train_shuffle_pool=0)  # each call learns its batch
     samples = make_samples(1200, seed=1)
     learner = OnlineLearner(settings, "din", seed=0)
     for k in range(0, 800, 200):
@@ -183,10 +183,11 @@ def test_rowwise_adagrad_on_one_dimensional_rows_is_torch_adagrad() -> None:
 
 def test_a_checkpoint_of_another_optimizer_resumes_with_fresh_optimizer_state(tmp_path) -> None:
     samples = make_samples(400, seed=3)
-    learner = OnlineLearner(Settings(data_dir=str(tmp_path), train_row_optimizer="adam"), "din")
+    adam = Settings(data_dir=str(tmp_path), train_row_optimizer="adam", train_shuffle_pool=0)
+    learner = OnlineLearner(adam, "din")
     learner.learn(samples[:200])
     state = learner.state()
-    resumed = OnlineLearner.from_state(Settings(data_dir=str(tmp_path)), state)  # adagrad now: state restarts
+    resumed = OnlineLearner.from_state(Settings(data_dir=str(tmp_path), train_shuffle_pool=0), state)  # adagrad now: state restarts
     assert resumed.learned == 200 and resumed.optimizer.rows.kind == "adagrad" and not resumed.optimizer.rows.state
     for (n, p), (_, q) in zip(learner.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.equal(p, q), n

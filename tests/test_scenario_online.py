@@ -113,6 +113,7 @@ def test_a_scenario_model_resumes_from_its_checkpoint(settings: Settings) -> Non
     s = _settings(settings)
     learner = OnlineLearner(s, MODEL)
     learner.learn(make_samples(600, scenarios=WORLD))
+    learner.drain()  # what the trainer does before a checkpoint
     again = OnlineLearner.from_state(s, learner.state())
     assert isinstance(again.model, ScenarioModel) and again.model.spec.scenarios == ("app", "web")
     for name, tensor in learner.model.state_dict().items():

@@ -68,6 +68,7 @@ def run_mode(settings: Settings, preset: str, stream: list[features_pb2.Training
             ps.append(p)
         if start // size % 200 == 0:
             print(f"  {mode} seed {seed}: {start + size:,}/{len(stream):,} emissions", flush=True)
+    learner.drain()
     return {"ids": ids, "stamps": np.array(stamps), "labels": np.concatenate(ys), "probs": np.concatenate(ps),
             "learned": learner.learned, "seconds": time.perf_counter() - t0, "pending_left": len(learner.pending)}
 

@@ -47,10 +47,13 @@ YEAR_MS = 365 * 24 * 3600 * 1000
 # that the table keeps its meaning when the defaults move; "online_tuned" is today's defaults (a test holds it).
 BASE: dict[str, Any] = {"train_batch_size": 1024, "train_lr": 1e-3, "train_weight_decay": 1e-2,
                         "train_row_optimizer": "adagrad", "train_row_lr": 0.2, "train_passes": 1,
-                        "train_replay_buffer": 0, "train_replay_ratio": 1.0}
-# Today's defaults as overrides of BASE (tests/test_replay.py holds them equal to Settings()).
+                        "train_replay_buffer": 0, "train_replay_ratio": 1.0, "train_shuffle_pool": 0}
+# The first round of tuned settings (replay and learning rates) as overrides of BASE; the rows named
+# "online_tuned*" are on it. Today's defaults add the shuffle pool (tests/test_replay.py holds DEFAULTS
+# equal to Settings()).
 TUNED: dict[str, Any] = {"train_replay_buffer": 100_000, "train_replay_ratio": 2.0, "train_lr": 3e-3,
                          "train_row_lr": 0.4}
+DEFAULTS: dict[str, Any] = TUNED | {"train_shuffle_pool": 5_000}
 # (key, what the row changes, settings overrides); "order" is not a setting: the stream is shuffled in blocks.
 ONLINE_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("online", "online as before issue 16 (the base of the rows below)", {}),
@@ -74,7 +77,7 @@ ONLINE_ROWS: list[tuple[str, str, dict[str, Any]]] = [
      {"train_replay_buffer": 100_000, "train_replay_ratio": 4.0}),
     ("online_replay_4_all", "remedy: replay 4:1 from every sample learned so far",
      {"train_replay_buffer": 1_000_000, "train_replay_ratio": 4.0}),
-    ("online_tuned", "the new defaults: replay 2:1 from the last 100,000, dense lr 3e-3, table lr 0.4", TUNED),
+    ("online_tuned", "tuned: replay 2:1 from the last 100,000, dense lr 3e-3, table lr 0.4", TUNED),
     ("online_tuned_no_replay", "dense lr 3e-3 and table lr 0.4 without replay",
      {"train_lr": 3e-3, "train_row_lr": 0.4}),
     ("online_lr_1e-2_row_0.4", "dense lr 1e-2 and table lr 0.4 without replay",
@@ -82,16 +85,14 @@ ONLINE_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("online_lr_3e-3_row_0.8", "dense lr 3e-3 and table lr 0.8 without replay",
      {"train_lr": 3e-3, "train_row_lr": 0.8}),
     # what is left of the gap at the defaults: order and passes, each on top of them
-    ("online_tuned_block_shuffled", "the defaults on the stream shuffled within blocks of 20,000 samples "
+    ("online_tuned_block_shuffled", "tuned, on the stream shuffled within blocks of 20,000 samples "
      "(look-ahead, as above)",
      TUNED | {"order": "block_shuffle"}),
-    ("online_tuned_passes_2", "the defaults with 2 passes over each fresh micro-batch", TUNED | {"train_passes": 2}),
+    ("online_tuned_passes_2", "tuned, with 2 passes over each fresh micro-batch", TUNED | {"train_passes": 2}),
     # the deployable form of a shuffled order: predicted on arrival, learned later in random order
-    ("online_tuned_pool_0", "the defaults, each batch predicted on arrival by a separate forward (control of "
-     "the pool rows)", TUNED | {"order": "pool:0"}),
-    ("online_tuned_pool_5k", "the defaults with a shuffle pool of 5,000 samples (learned in random order, "
-     "predicted on arrival)", TUNED | {"order": "pool:5000"}),
-    ("online_tuned_pool_20k", "the defaults with a shuffle pool of 20,000 samples", TUNED | {"order": "pool:20000"}),
+    ("online_tuned_pool_5k", "today's defaults: tuned, with a shuffle pool of 5,000 samples (`train_shuffle_pool`: "
+     "learned in random order, predicted on arrival)", DEFAULTS),
+    ("online_tuned_pool_20k", "tuned, with a shuffle pool of 20,000 samples", TUNED | {"train_shuffle_pool": 20_000}),
 ]
 OFFLINE_ROWS = [("offline_stream_order", "offline, 1 epoch in stream order"),
                 ("offline_shuffled", "offline, 1 epoch shuffled"),
@@ -155,10 +156,7 @@ def online_row(settings: Settings, preset: str, samples: list[features_pb2.Train
     learner = OnlineLearner(s, preset, seed=seed)
     ys, ps, all_y, all_p = [], [], [], []
     t0 = time.perf_counter()
-    pool = int(order.split(":")[1]) if order and order.startswith("pool:") else None
-    batches = (_pooled(learner, stream, s.train_batch_size, pool, seed) if pool is not None
-               else _prequential(learner, stream, s.train_batch_size))
-    for ids, labels, probs in batches:
+    for ids, labels, probs in _prequential(learner, stream, s.train_batch_size):
         all_y.append(labels)
         all_p.append(probs)
         keep = np.array([i in test for i in ids])
@@ -173,39 +171,14 @@ def online_row(settings: Settings, preset: str, samples: list[features_pb2.Train
 
 def _prequential(learner: OnlineLearner, stream: list[features_pb2.TrainingSample], size: int
                  ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
-    """(ids, labels, predictions) of each micro-batch, predicted by the learner just before it learns it."""
+    """(ids, labels, predictions) of each micro-batch, predicted by the learner just before it learns it (with
+    a shuffle pool: on arrival; what the pool holds at the end is learned out)."""
     for start in range(0, len(stream), size):
         report = learner.learn(stream[start:start + size])
         assert report.predictions is not None
         ids, _, labels, probs = report.predictions
         yield ids, labels, probs
-
-
-def _pooled(learner: OnlineLearner, stream: list[features_pb2.TrainingSample], size: int, pool_size: int,
-            seed: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
-    """A shuffle pool in front of the learner: each arriving micro-batch is predicted at once by the current
-    model (a no-grad forward, unseen ids at OOV), in stream order, then joins a pool; while the pool holds
-    more than `pool_size` samples, a micro-batch drawn from it uniformly is learned. So no sample is
-    predicted by a model that learned anything after it (no look-ahead), and learning is decorrelated at the
-    price of a delay of about `pool_size` samples. What is left in the pool is learned at the end."""
-    rng = np.random.default_rng(seed)
-    held: list[features_pb2.TrainingSample] = []
-    model, tz = learner.model, learner.tensorizer
-    for start in range(0, len(stream), size):
-        arrived = stream[start:start + size]
-        model.eval()
-        with torch.no_grad():
-            batch = tz.encode_samples(arrived, grow=False, group_users=getattr(model, "groups_user_rows", False))
-            probs = torch.sigmoid(model(batch.to(learner.device)).logits).float().cpu().numpy()
-        assert batch.labels is not None
-        yield [s.sample_id for s in arrived], batch.labels.numpy(), probs
-        held.extend(arrived)
-        while len(held) > pool_size:
-            pick = set(rng.choice(len(held), size=min(size, len(held)), replace=False).tolist())
-            learner.learn([x for i, x in enumerate(held) if i in pick])
-            held = [x for i, x in enumerate(held) if i not in pick]
-    for start in range(0, len(held), size):
-        learner.learn(held[start:start + size])
+    learner.drain()
 
 
 def offline_rows(settings: Settings, preset: str, samples: list[features_pb2.TrainingSample], split_ts: int,
@@ -268,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="din")
     parser.add_argument("--max-epochs", type=int, default=8, help="offline best: most epochs")
     parser.add_argument("--rows", default="", help="comma-separated row keys to run (default: all)")
+    parser.add_argument("--rerun", action="store_true", help="run the --rows again even where the JSON has them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default="",
@@ -281,7 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache or f"/tmp/streamrank-{args.dataset}-{args.ratings}.samples")
     partial = out / f"{name}.json"  # rewritten after every row: a rerun resumes from it
     result: dict[str, Any] = json.loads(partial.read_text()) if partial.exists() else {"rows": {}}
-    wanted = set(filter(None, args.rows.split(","))) or {k for k, _ in OFFLINE_ROWS} | {k for k, _, _ in ONLINE_ROWS}
+    known = {k for k, _ in OFFLINE_ROWS} | {k for k, _, _ in ONLINE_ROWS}
+    wanted = set(filter(None, args.rows.split(","))) or known
+    if unknown := wanted - known:
+        parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
+    # rows no longer defined are dropped; rows to rerun are run again
+    result["rows"] = {k: v for k, v in result["rows"].items() if k in known and not (args.rerun and k in wanted)}
     todo = [k for k, _ in OFFLINE_ROWS if k in wanted and k not in result["rows"]]
     online_todo = [(k, o) for k, _, o in ONLINE_ROWS if k in wanted and k not in result["rows"]]
 

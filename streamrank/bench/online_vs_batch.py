@@ -132,7 +132,7 @@ def run_stream(args: argparse.Namespace, work: Path, overrides: dict[str, Any]) 
         timings["trainer"] = {k: status[k] for k in ("publications", "blocked")}
     timings["settings"] = {k: getattr(settings, k) for k in (
         "train_batch_size", "train_lr", "train_row_optimizer", "train_row_lr", "train_weight_decay",
-        "train_passes", "train_replay_buffer", "train_replay_ratio", "train_replay_max_lag")}
+        "train_passes", "train_replay_buffer", "train_replay_ratio", "train_replay_max_lag", "train_shuffle_pool")}
     done.write_text(json.dumps(timings, indent=1) + "\n")
     return timings
 

@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamrank.train.losses import fnc_probability
+from streamrank.train.prequential import PrequentialWindow
 from streamrank.v1 import features_pb2
+
+# Predictions that reached the prequential window: sample ids (dedupe keys), impression times, labels, scores.
+Scored = tuple[list[str], list[int], np.ndarray, np.ndarray]
 
 FAKE_NEGATIVE = features_pb2.LABEL_POLICY_FAKE_NEGATIVE
 IMPRESSION = features_pb2.EMISSION_IMPRESSION
@@ -112,3 +117,39 @@ class PendingScores:
         pending.put(state["ids"], np.asarray(state["probs"], dtype=np.float32).reshape(-1))
         pending.dropped += int(state["dropped"])
         return pending
+
+
+def score_predictions(window: PrequentialWindow, pending: PendingScores, mode: str, keys: list[str],
+                      stamps: list[int], fresh: list[features_pb2.TrainingSample], fn_rows: np.ndarray | None,
+                      emissions: np.ndarray | None, labels: np.ndarray, probs: np.ndarray) -> Scored:
+    """Prequential bookkeeping of predictions made before learning: final labels go to the window now;
+    provisional negatives wait in `pending` for theirs; positive emissions are not scored again (their
+    impression was, as a negative). Under `mode == "fnc"` fake-negative scores are calibrated first
+    (the model learned b on those rows: p = b / (1 - b)). Returns what reached the window."""
+    if fn_rows is None or emissions is None:  # a window-policy batch: every label is final
+        window.add(probs, labels)
+        return keys, stamps, labels, probs
+    if mode == "fnc":
+        probs = np.where(fn_rows, fnc_probability(torch.from_numpy(probs)).numpy(), probs)
+    waiting = np.flatnonzero(emissions == IMPRESSION)
+    pending.put([fresh[i].sample_id for i in waiting], probs[waiting])
+    now = np.flatnonzero((emissions != IMPRESSION) & (emissions != POSITIVE))
+    if len(now):
+        window.add(probs[now], labels[now])
+    return [keys[i] for i in now], [stamps[i] for i in now], labels[now], probs[now]
+
+
+def score_finals(window: PrequentialWindow, pending: PendingScores, label: str,
+                 finals: list[features_pb2.TrainingSample] | None, scored: Scored | None) -> Scored | None:
+    """Scores the waiting predictions that window-closed emissions bring final labels (`label`) for, after
+    `scored` (what the batch scored already)."""
+    if not finals:
+        return scored
+    probs, found = pending.pop([s.sample_id for s in finals])
+    rows = [finals[i] for i in found]
+    final_labels = np.array([float(getattr(s.labels, label)) for s in rows], dtype=np.float32)
+    if len(rows):
+        window.add(probs, final_labels)
+    ids, stamps, ys, ps = scored or ([], [], np.zeros(0, np.float32), np.zeros(0, np.float32))
+    return ([*ids, *(s.sample_id for s in rows)], [*stamps, *(s.impression_ts_ms for s in rows)],
+            np.concatenate([ys, final_labels]), np.concatenate([ps, probs]))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import logging
 import zlib
-from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,12 +31,13 @@ from streamrank.features.tensorize import Tensorizer
 from streamrank.features.vocab import advance_clock, expire_all, vocab_stats
 from streamrank.models.factory import Ranker, build_model, is_scenario_preset, model_from_config, same_architecture
 from streamrank.models.layers import drain_recycled
-from streamrank.train.label_policy import FAKE_NEGATIVE, IMPRESSION, POSITIVE, PendingScores, route
-from streamrank.train.losses import fnc_probability
+from streamrank.train.dedupe import RecentKeys
+from streamrank.train.label_policy import FAKE_NEGATIVE, PendingScores, Scored, route, score_finals, score_predictions
 from streamrank.train.offline import pick_device, train_step_with_output
 from streamrank.train.optim import ModelOptimizer
 from streamrank.train.prequential import PrequentialWindow
 from streamrank.train.replay import ReplayBuffer
+from streamrank.train.shuffle_pool import ShufflePool
 from streamrank.v1 import features_pb2
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class StepReport:
     restored: bool
     loss: float
     # The predictions made before learning: sample ids, impression times, labels, probabilities.
-    predictions: tuple[list[str], list[int], np.ndarray, np.ndarray] | None = None
+    predictions: Scored | None = None
 
 
 @dataclass
@@ -83,6 +83,14 @@ def _crc(sample_id: str) -> int:
     return zlib.crc32(sample_id.encode())
 
 
+def _policy_rows(fresh: list[features_pb2.TrainingSample]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Which samples are fake_negative emissions, and each one's emission (None, None: no fake_negative)."""
+    fn_rows = np.array([s.label_policy == FAKE_NEGATIVE for s in fresh])
+    if not fn_rows.any():
+        return None, None
+    return fn_rows, np.array([s.emission for s in fresh])
+
+
 class OnlineLearner:
     """One model learning from a stream of TrainingSamples."""
 
@@ -101,6 +109,8 @@ class OnlineLearner:
         self.generation = 0
         self.replay = ReplayBuffer(settings.train_replay_buffer, seed)
         self.replayed = 0  # samples learned again from the replay buffer (not in `learned`)
+        # `train_shuffle_pool` > 0: samples are predicted on arrival and learned later, in random order
+        self.pool = ShufflePool(settings.train_shuffle_pool, seed)
         # Set by the trainer while it is behind the stream: fresh batches are learned without replay steps
         # (replay spends spare capacity only; `train_replay_max_lag`), counted in `replay_paused_batches`.
         self.replay_paused = False
@@ -121,8 +131,7 @@ class OnlineLearner:
         self.trained_through_ms = 0
         self.last_expiry_ms = 0
         self.expired_ids = 0
-        self._recent: deque[str] = deque(maxlen=RECENT_IDS)
-        self._recent_set: set[str] = set()
+        self._recent = RecentKeys(RECENT_IDS)
         self._good: dict[str, Any] | None = None
         self.mark_good()
 
@@ -164,23 +173,72 @@ class OnlineLearner:
     # -- learning -----------------------------------------------------------------------------------
     def _dedupe(self, samples: list[features_pb2.TrainingSample], keys: list[str]
                 ) -> tuple[list[features_pb2.TrainingSample], list[str]]:
-        fresh, fresh_keys = [], []
-        recent, recent_set = self._recent, self._recent_set
-        for s, key in zip(samples, keys, strict=True):
-            if key in recent_set:
-                self.duplicates += 1
-                continue
-            if len(recent) == recent.maxlen:
-                recent_set.discard(recent[0])
-            recent.append(key)
-            recent_set.add(key)
-            fresh.append(s)
-            fresh_keys.append(key)
+        fresh, fresh_keys = self._recent.fresh(samples, keys)
+        self.duplicates += len(samples) - len(fresh)
         return fresh, fresh_keys
 
     def learn(self, samples: list[features_pb2.TrainingSample]) -> StepReport:
-        """Scores the batch with the current model (prequential), then learns from it."""
+        """Scores the batch with the current model (prequential), then learns from it; with a shuffle pool,
+        learns instead micro-batches drawn from the pool while it holds more than its capacity."""
+        if self.pool.capacity:
+            return self._learn_pooled(samples)
         return self.apply(self.prepare(samples))
+
+    def _learn_pooled(self, samples: list[features_pb2.TrainingSample]) -> StepReport:
+        """The shuffle-pool path: route and dedupe, predict the fresh samples now (no-grad forward, ids not
+        seen yet at OOV), put them in the pool, then learn random micro-batches from it down to its capacity.
+        The report's predictions are the arrival ones; its counts are what this call learned."""
+        routed, keys, finals, skipped = route(samples, self.settings.train_fake_negative, self.model.spec.label)
+        self.not_learned += skipped
+        fresh, keys = self._dedupe(routed, keys)
+        duplicates = len(routed) - len(fresh)
+        if fresh:  # scored as the fresh step scores (finals after this batch's waiting predictions)
+            predictions = self._predict_arrivals(fresh, keys, finals)
+            self.pool.add(fresh, keys)
+        else:
+            predictions = self._score_finals(finals, None)
+        learned, losses, failed, restored = 0, [], False, False
+        while self.pool.overfull():
+            report = self._learn_held(self.settings.train_batch_size)
+            learned += report.learned
+            failed |= report.skipped_non_finite
+            restored |= report.restored
+            if report.learned:
+                losses.append(report.loss)
+        loss = float(np.mean(losses)) if losses else float("nan")
+        return StepReport(learned, duplicates, failed, restored, loss, predictions)
+
+    def _predict_arrivals(self, fresh: list[features_pb2.TrainingSample], keys: list[str],
+                          finals: list[features_pb2.TrainingSample] | None) -> Scored | None:
+        """Predictions of arriving samples by the current model, through the same prequential bookkeeping as
+        the fresh step's (`_score`)."""
+        batch = self.tensorizer.encode_samples(fresh, grow=False,
+                                               group_users=getattr(self.model, "groups_user_rows", False))
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            probs = torch.sigmoid(self.model(batch.to(self.device)).logits).float().cpu().numpy()
+        assert batch.labels is not None
+        fn_rows, emissions = _policy_rows(fresh)
+        stamps = [s.impression_ts_ms for s in fresh]
+        arrived = PreparedBatch(len(fresh), fresh, keys, stamps, max(stamps), None, {}, self.generation,
+                                fn_rows=fn_rows, emissions=emissions, finals=finals)
+        return self._score(arrived, batch.labels.numpy(), probs)
+
+    def _learn_held(self, n: int) -> StepReport:
+        """Learns up to n samples drawn from the shuffle pool (already predicted, so not scored again)."""
+        held, keys = self.pool.take(n)
+        if not held:
+            return StepReport(0, 0, False, False, float("nan"))
+        stamps = [s.impression_ts_ms for s in held]
+        return self.apply(self._encode(len(held), held, keys, stamps, max(stamps)), score=False)
+
+    def drain(self) -> int:
+        """Learns every sample the shuffle pool holds, in random micro-batches; returns how many were learned.
+        The trainer calls it before each checkpoint (the pool is not checkpointed)."""
+        learned = 0
+        while len(self.pool):
+            learned += self._learn_held(self.settings.train_batch_size).learned
+        return learned
 
     def learn_stream(self, batches: Iterable[list[features_pb2.TrainingSample]]) -> Iterator[StepReport]:
         """`learn` over consecutive micro-batches, preparing batch k+1 in a background thread while batch k
@@ -191,6 +249,9 @@ class OnlineLearner:
         While the generator is suspended the next batch may be being prepared: call nothing that reads
         the vocabularies (`state`, `mark_good`) until it is exhausted or closed.
         """
+        if self.pool.capacity:  # learning lags arrival already: the pooled path in turn
+            yield from (self.learn(samples) for samples in batches)
+            return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
             pending: Future[PreparedBatch] | None = None
             for samples in batches:
@@ -222,13 +283,11 @@ class OnlineLearner:
         advance_clock(spec, now)
         group = getattr(self.model, "groups_user_rows", False)
         batch = tensorizer.encode_samples(fresh, grow=True, group_users=group)
-        fn_rows = np.array([s.label_policy == FAKE_NEGATIVE for s in fresh])
-        has_fn = bool(fn_rows.any())
-        if has_fn:
+        fn_rows, emissions = _policy_rows(fresh)
+        if fn_rows is not None:
             self.fake_negative_learned += int(fn_rows.sum())
             if self.settings.train_fake_negative == "fnw":
                 batch.fnw_rows = torch.from_numpy(fn_rows)
-        emissions = np.array([s.emission for s in fresh]) if has_fn else None
         # Replay draws from samples learned before this batch (their tensors), then the batch joins the buffer
         # stamped with the clock its ids were stamped with (what lets expiry drop exactly the stale rows).
         replay_batch = None
@@ -238,10 +297,11 @@ class OnlineLearner:
             replay_batch = self.replay.draw(round(self.settings.train_replay_ratio * len(fresh)))
         self.replay.add(batch, min(v.clock for v in spec.vocabs.values() if v.clock is not None))
         return PreparedBatch(received, fresh, keys, stamps, now, batch, drain_recycled(spec), generation, replay_batch,
-                             fn_rows if has_fn else None, emissions, finals)
+                             fn_rows, emissions, finals)
 
-    def apply(self, prepared: PreparedBatch) -> StepReport:
-        """Stage 2: bring the tables in line, predict (test), then learn (train) from a prepared batch."""
+    def apply(self, prepared: PreparedBatch, score: bool = True) -> StepReport:
+        """Stage 2: bring the tables in line, predict (test), then learn (train) from a prepared batch
+        (`score=False`: learn only, for samples predicted on arrival)."""
         p = prepared
         if p.batch is None:
             return StepReport(0, p.received, False, False, float("nan"), self._score_finals(p.finals, None))
@@ -254,7 +314,7 @@ class OnlineLearner:
         self.model.sync_vocab(self.optimizer, p.recycled)
         batch = p.batch.to(self.device)
         fused = self.model.train_eval_identical
-        if not fused:  # the model predicts differently in eval mode: a separate no-grad forward
+        if score and not fused:  # the model predicts differently in eval mode: a separate no-grad forward
             self.model.eval()
             with torch.no_grad(), self._autocast():
                 probs = torch.sigmoid(self.model(batch).logits).float().cpu().numpy()
@@ -264,9 +324,10 @@ class OnlineLearner:
             probs = torch.sigmoid(logits).float().cpu().numpy()
         if not logs.get("skipped_non_finite"):
             self._extra_steps(batch, p.replay_batch)
-        assert batch.labels is not None
-        labels = batch.labels.float().cpu().numpy()
-        predictions = self._score(p, labels, probs)
+        predictions = None
+        if score:
+            assert batch.labels is not None
+            predictions = self._score(p, batch.labels.float().cpu().numpy(), probs)
         duplicates = p.received - len(p.fresh)
         skipped = bool(logs.get("skipped_non_finite"))
         if skipped:
@@ -285,41 +346,16 @@ class OnlineLearner:
         self.trained_through_ms = max(self.trained_through_ms, p.now)
         return StepReport(len(p.fresh), duplicates, False, False, logs["loss_rank"], predictions)
 
-    def _score(self, p: PreparedBatch, labels: np.ndarray, probs: np.ndarray
-               ) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
-        """Prequential bookkeeping of a batch's predictions (made before it learned): final labels go to the
-        window now; provisional negatives wait in `pending` for theirs; positive emissions are not scored
-        again (their impression was, as a negative). Returns what reached the window."""
-        if p.fn_rows is None or p.emissions is None:  # a window-policy batch: every label is final
-            scored = (p.keys, p.stamps, labels, probs)
-            self.window.add(probs, labels)
-            return scored
-        if self.settings.train_fake_negative == "fnc":  # the model learned b on fake-negative rows: p = b/(1-b)
-            probs = np.where(p.fn_rows, fnc_probability(torch.from_numpy(probs)).numpy(), probs)
-        waiting = np.flatnonzero(p.emissions == IMPRESSION)
-        final_now = (p.emissions != IMPRESSION) & (p.emissions != POSITIVE)
-        self.pending.put([p.fresh[i].sample_id for i in waiting], probs[waiting])
-        now = np.flatnonzero(final_now)
-        if len(now):
-            self.window.add(probs[now], labels[now])
-        scored = ([p.keys[i] for i in now], [p.stamps[i] for i in now], labels[now], probs[now])
+    def _score(self, p: PreparedBatch, labels: np.ndarray, probs: np.ndarray) -> Scored:
+        """Prequential bookkeeping of a batch's predictions (made before it learned), then of the waiting
+        predictions its window-closed emissions bring final labels for (`label_policy`)."""
+        scored = score_predictions(self.window, self.pending, self.settings.train_fake_negative, p.keys, p.stamps,
+                                   p.fresh, p.fn_rows, p.emissions, labels, probs)
         return self._score_finals(p.finals, scored)
 
-    def _score_finals(self, finals: list[features_pb2.TrainingSample] | None,
-                      scored: tuple[list[str], list[int], np.ndarray, np.ndarray] | None
-                      ) -> tuple[list[str], list[int], np.ndarray, np.ndarray] | None:
-        """Scores the waiting predictions that the window-closed emissions bring final labels for."""
-        if not finals:
-            return scored
-        label = self.model.spec.label
-        probs, found = self.pending.pop([s.sample_id for s in finals])
-        rows = [finals[i] for i in found]
-        final_labels = np.array([float(getattr(s.labels, label)) for s in rows], dtype=np.float32)
-        if len(rows):
-            self.window.add(probs, final_labels)
-        ids, stamps, ys, ps = scored or ([], [], np.zeros(0, np.float32), np.zeros(0, np.float32))
-        return ([*ids, *(s.sample_id for s in rows)], [*stamps, *(s.impression_ts_ms for s in rows)],
-                np.concatenate([ys, final_labels]), np.concatenate([ps, probs]))
+    def _score_finals(self, finals: list[features_pb2.TrainingSample] | None, scored: Scored | None
+                      ) -> Scored | None:
+        return score_finals(self.window, self.pending, self.model.spec.label, finals, scored)
 
     def _extra_steps(self, batch: Batch, replay_batch: Batch | None) -> None:
         """The remedies after the fresh step: more passes over the batch, then one step on replayed samples.
@@ -363,10 +399,13 @@ class OnlineLearner:
                 "restores": float(self.restores), "expired_ids": float(self.expired_ids),
                 "replayed": float(self.replayed), "replay_paused_batches": float(self.replay_paused_batches),
                 "not_learned": float(self.not_learned), "pending_scores": float(len(self.pending)),
-                "pending_dropped": float(self.pending.dropped)}
+                "pending_dropped": float(self.pending.dropped),
+                "shuffle_pool_held": float(len(self.pool))}
 
     def state(self) -> dict[str, Any]:
-        """Everything needed to resume exactly here."""
+        """Everything needed to resume exactly here (after `drain`: the shuffle pool is not part of it)."""
+        if len(self.pool):
+            raise RuntimeError(f"the shuffle pool holds {len(self.pool)} samples not learned yet: drain() first")
         return {
             "preset": self.preset,
             "config": self.model.cfg.to_dict(),

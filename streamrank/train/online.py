@@ -97,6 +97,7 @@ class OnlineTrainer:
             while not self.stop_event.is_set():
                 records = feed.next_batch(timeout_s=s.train_batch_within_s)
                 if not records:
+                    self.learner.drain()  # the stream paused: nothing to shuffle with, learn what waits
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
                     self._maybe_checkpoint(feed)
@@ -151,11 +152,13 @@ class OnlineTrainer:
         s = self.settings
         due_steps = self.learner.steps - self._steps_at_checkpoint >= s.checkpoint_every_steps
         due_time = time.monotonic() - self._last_checkpoint >= s.checkpoint_every_s
-        if (due_steps or due_time) and self.learner.steps > self._steps_at_checkpoint:
+        if (due_steps or due_time) and (self.learner.steps > self._steps_at_checkpoint or len(self.learner.pool)):
             self.checkpoint(feed)
 
     def checkpoint(self, feed: SampleFeed | None = None) -> None:
-        """Writes the checkpoint, then commits the offsets it covers, then maybe publishes."""
+        """Learns what the shuffle pool holds, writes the checkpoint, then commits the offsets it covers, then
+        maybe publishes: so a checkpoint and a version cover exactly the samples learned."""
+        self.learner.drain()
         self.learner.window.record(wall_s=time.time())
         state = {**self.learner.state(), "offsets": dict(self.offsets)}
         save_checkpoint(self.checkpoint_path, state)

@@ -125,6 +125,8 @@ class ReplayBuffer:
 
     def _drop_oldest(self, k: int) -> None:
         k = min(k, self._size)
+        if k <= 0:  # nothing held (a buffer of capacity 0 holds nothing: no ring to move)
+            return
         self._start = (self._start + k) % self.capacity
         self._size -= k
         self.dropped += k
