@@ -187,7 +187,8 @@ def test_a_checkpoint_of_another_optimizer_resumes_with_fresh_optimizer_state(tm
     learner = OnlineLearner(adam, "din")
     learner.learn(samples[:200])
     state = learner.state()
-    resumed = OnlineLearner.from_state(Settings(data_dir=str(tmp_path), train_shuffle_pool=0), state)  # adagrad now: state restarts
+    adagrad = Settings(data_dir=str(tmp_path), train_shuffle_pool=0)
+    resumed = OnlineLearner.from_state(adagrad, state)  # adagrad now: state restarts
     assert resumed.learned == 200 and resumed.optimizer.rows.kind == "adagrad" and not resumed.optimizer.rows.state
     for (n, p), (_, q) in zip(learner.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.equal(p, q), n

@@ -228,6 +228,8 @@ def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", rat
                     row = time_model(settings, model, chunks, warmup_batches, dev)
                     row["bare"] = time_bare(settings, model, chunks, warmup_batches, dev)
                     row["pipelined"] = time_pipelined(settings, model, chunks, warmup_batches, dev)
+                    row["no_pool"] = time_model(settings.with_overrides(train_shuffle_pool=0), model, chunks,
+                                                warmup_batches, dev)["samples_per_s"]
                     row["with_replay"] = time_model(settings, model, chunks, warmup_batches, dev,
                                                     replay=True)["samples_per_s"]
                     row["bare_with_replay"] = time_bare(settings, model, chunks, warmup_batches, dev, replay=True)
@@ -235,7 +237,8 @@ def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", rat
                     if progress:
                         print(f"rep {rep + 1}/{reps} {model}: {row['samples_per_s']:,.0f} samples/s "
                               f"({row['ms_per_batch']:.1f} ms/batch), bare {row['bare']:,.0f}, "
-                              f"pipelined {row['pipelined']:,.0f}; with replay {row['with_replay']:,.0f}, "
+                              f"pipelined {row['pipelined']:,.0f}, no pool {row['no_pool']:,.0f}; "
+                              f"with replay {row['with_replay']:,.0f}, "
                               f"bare {row['bare_with_replay']:,.0f}", flush=True)
             timed = samples[warmup_batches * size:]
             history = statistics.mean(len(s.behaviors.item_ids) for s in timed)
@@ -250,6 +253,8 @@ def run_throughput(models: Sequence[str] = MODELS, dataset: str = "ml-100k", rat
                 "ratio_to_bare": statistics.median(r["samples_per_s"] / r["bare"] for r in runs),
                 "bare_runs": [r["bare"] for r in runs],
                 "pipelined": statistics.median(r["pipelined"] for r in runs),
+                "no_pool": statistics.median(r["no_pool"] for r in runs),
+                "ratio_to_no_pool": statistics.median(r["samples_per_s"] / r["no_pool"] for r in runs),
                 "with_replay": statistics.median(r["with_replay"] for r in runs),
                 "bare_with_replay": statistics.median(r["bare_with_replay"] for r in runs),
                 "with_replay_ratio_to_bare": statistics.median(r["with_replay"] / r["bare_with_replay"]
@@ -309,13 +314,15 @@ def write_throughput(result: dict, command: str, out_dir: Path = DOCS, before: d
         f"Models run round-robin within each repetition; medians over repetitions ({result['reps']}). "
         "`bare` is the same model's forward + backward + optimizer step alone on the same batches, tensorised "
         "beforehand (the physical limit of this model on this machine); `pipelined` is `learn_stream`, which "
-        "prepares the next batch in a background thread." + (
+        "prepares the next batch in a background thread; `no pool` is learn() with `train_shuffle_pool=0` "
+        "(each batch learned as it arrives, no second tensorisation and forward for the arrival prediction)."
+        + (
             " `before` is the previous code with replay off, run by the same command in the same hour." if before
             else ""),
         "",
-        f"| model | samples/s (median) | runs | bare | ratio to bare | pipelined |{head_before} ms / batch "
-        "| tensorize | score forward | train forward | backward + step + rest |",
-        "|---|---:|---|---:|---:|---:|" + ("---:|---:|" if before else "") + "---:|---:|---:|---:|---:|",
+        f"| model | samples/s (median) | runs | bare | ratio to bare | pipelined | no pool | x no pool |{head_before} "
+        "ms / batch | tensorize | score forward | train forward | backward + step + rest |",
+        "|---|---:|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if before else "") + "---:|---:|---:|---:|---:|",
     ]
     for model, r in result["models"].items():
         p = r["parts_ms"]
@@ -324,8 +331,10 @@ def write_throughput(result: dict, command: str, out_dir: Path = DOCS, before: d
         if before:
             b = before["models"].get(model, {}).get("median")
             cells_before = f" {b:,.0f} | {r['median'] / b:.2f} |" if b else " - | - |"
+        nopool = f"{r['no_pool']:,.0f} | {r['ratio_to_no_pool']:.2f}" if "no_pool" in r else "- | -"
         lines.append(f"| {DISPLAY_NAMES.get(model, model)} | **{r['median']:,.0f}** | {runs} | {r['bare']:,.0f} | "
-                     f"{r['ratio_to_bare']:.2f} | {r['pipelined']:,.0f} |{cells_before} {r['ms_per_batch']:.1f} | "
+                     f"{r['ratio_to_bare']:.2f} | {r['pipelined']:,.0f} | {nopool} |{cells_before} "
+                     f"{r['ms_per_batch']:.1f} | "
                      f"{p['tensorize']:.1f} | {p['score_forward']:.1f} | {p['train_forward']:.1f} | {p['rest']:.1f} |")
     lines += [
         "",
