@@ -98,3 +98,7 @@ def test_the_table_optimizer_option_reaches_the_fit_and_keeps_default_parts_vali
     assert bench.fit_settings(adam)["table_optimizer"] == "adam"
     assert cli.table_config(adam) == {"row_optimizer": "adam", "row_lr": None}  # the dense lr
     assert cli.table_config(bench.parse_args(["--quick", "--table-lr", "0.05"]))["row_lr"] == 0.05
+    # other table settings keep their parts in a folder of their own: they would replace the default's
+    assert cli.parts_label(default) == default.dataset_label
+    assert cli.parts_label(adam) == f"{adam.dataset_label}-tables-adam"
+    assert cli.parts_label(bench.parse_args(["--quick", "--table-lr", "0.05"])).endswith("-tables-adagrad-lr0.05")

@@ -61,6 +61,17 @@ def table_settings(args: argparse.Namespace) -> dict[str, object]:
     return {"table_optimizer": args.table_optimizer, "table_lr": args.table_lr}
 
 
+def parts_label(args: argparse.Namespace) -> str:
+    """The dataset label of the default parts folder: with another table optimizer than the default, a
+    suffix of its own (`-tables-adam`, `-tables-adagrad-lr0.1`), because part files are named by model, seed
+    and model configuration only, and a run with other settings in the same folder replaces those parts."""
+    settings = table_settings(args)
+    if not settings:
+        return args.dataset_label
+    lr = f"-lr{args.table_lr:g}" if args.table_lr is not None else ""
+    return f"{args.dataset_label}-tables-{args.table_optimizer}{lr}"
+
+
 def table_config(args: argparse.Namespace) -> dict[str, object]:
     """The `TrainConfig` fields of the table optimizer: `row_optimizer`, and `row_lr` (None: the dense lr)."""
     lr = args.table_lr

@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench ranking") 
     workers = effective_workers(args.workers, args.device)
     threads = args.threads or (1 if workers > 1 else torch.get_num_threads())
     jobs = _jobs(args)
-    root = args.parts or default_root(args.out, "ranking", args.dataset_label, args.quick)
+    root = args.parts or default_root(args.out, "ranking", cli.parts_label(args), args.quick)
     store = PartStore(root, fit_settings(args, sizes), cap_key="epochs")
     args.part_store = store  # the workers' fits keep their epoch checkpoints where it says
     fid = partial(_fit_id, args=args, sizes=sizes)

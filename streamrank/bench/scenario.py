@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None, prog: str = "streamrank bench scenario")
         raise SystemExit(f"--dataset {args.dataset}: {exc}") from exc
     p, scenarios, codes = _WORLD["protocol"], _WORLD["scenarios"], _WORLD["codes"]
     jobs = _jobs(args, len(scenarios))
-    root = args.parts or default_root(args.out, "scenario", args.dataset_label, args.quick)
+    root = args.parts or default_root(args.out, "scenario", cli.parts_label(args), args.quick)
     store = PartStore(root, fit_settings(args), cap_key="epochs")
     args.part_store = store  # the workers' fits keep their epoch checkpoints where it says
     parts = run_resumable(jobs, store, partial(run_job, args=args), args.workers, args.threads_per_worker,
