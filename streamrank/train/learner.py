@@ -9,6 +9,10 @@ the prediction and the training step: tensor work, which owns the weights). `lea
 `learn_stream` overlaps the prepare of the next batch with the apply of the current one in a background
 thread. A prepared batch carries what its stage changed in the vocabularies (rows handed out again), so the
 weights follow the vocabularies batch by batch even while the next batch is being prepared.
+
+With a shuffle pool (`train_shuffle_pool`, streamrank/train/shuffle_pool.py) `learn` predicts the arriving
+samples at once and learns micro-batches drawn at random from the pool instead (prepare + apply without
+scoring); `drain` learns out what the pool holds, which the trainer does before every checkpoint.
 """
 
 from __future__ import annotations
