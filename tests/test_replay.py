@@ -198,12 +198,12 @@ def test_settings_refuse_bad_remedies(tmp_path: Path) -> None:
 
 
 def test_the_decomposition_row_of_the_defaults_is_the_defaults(tmp_path: Path) -> None:
-    """docs/online-training.md quotes the `online_tuned_pool_5k` row as the defaults' figure: keep them equal."""
-    from streamrank.bench.online_decomposition import BASE, DEFAULTS, ONLINE_ROWS
+    """docs/online-training.md quotes the `online_tuned` row as the defaults' figure: keep them equal."""
+    from streamrank.bench.online_decomposition import BASE, ONLINE_ROWS, TUNED
 
-    row = BASE | next(o for key, _, o in ONLINE_ROWS if key == "online_tuned_pool_5k")
+    row = BASE | next(o for key, _, o in ONLINE_ROWS if key == "online_tuned")
     defaults = Settings(data_dir=str(tmp_path))
-    assert row == BASE | DEFAULTS
+    assert row == BASE | TUNED
     assert {k: getattr(defaults, k) for k in row} == row
 
 
