@@ -102,3 +102,6 @@ def test_the_table_optimizer_option_reaches_the_fit_and_keeps_default_parts_vali
     assert cli.parts_label(default) == default.dataset_label
     assert cli.parts_label(adam) == f"{adam.dataset_label}-tables-adam"
     assert cli.parts_label(bench.parse_args(["--quick", "--table-lr", "0.05"])).endswith("-tables-adagrad-lr0.05")
+    # and the report says which optimizer the tables had
+    assert cli.tables_text(bench.fit_settings(default)) == "row-wise Adagrad, lr 0.2"
+    assert cli.tables_text(bench.fit_settings(adam)) == f"lazy row-wise Adam, lr {adam.lr}"

@@ -61,12 +61,20 @@ def table_settings(args: argparse.Namespace) -> dict[str, object]:
     return {"table_optimizer": args.table_optimizer, "table_lr": args.table_lr}
 
 
+def tables_text(settings: dict[str, object]) -> str:
+    """How a report names the tables' optimizer, read from a run's settings (absent keys: the default)."""
+    if settings.get("table_optimizer", "adagrad") == "adam":
+        lr = settings.get("table_lr")
+        return f"lazy row-wise Adam, lr {lr if lr is not None else settings.get('lr')}"
+    lr = settings.get("table_lr")
+    return f"row-wise Adagrad, lr {lr if lr is not None else TrainConfig.row_lr}"
+
+
 def parts_label(args: argparse.Namespace) -> str:
-    """The dataset label of the default parts folder: with another table optimizer than the default, a
+    """The dataset label of the default parts folder and of the result files: with another table optimizer than the default, a
     suffix of its own (`-tables-adam`, `-tables-adagrad-lr0.1`), because part files are named by model, seed
     and model configuration only, and a run with other settings in the same folder replaces those parts."""
-    settings = table_settings(args)
-    if not settings:
+    if not hasattr(args, "table_optimizer") or not table_settings(args):
         return args.dataset_label
     lr = f"-lr{args.table_lr:g}" if args.table_lr is not None else ""
     return f"{args.dataset_label}-tables-{args.table_optimizer}{lr}"
@@ -177,9 +185,10 @@ def finish(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def write_result(args: argparse.Namespace, name: str, result: dict, render: Callable[[dict], str]) -> Path:
-    """Writes the result's JSON and its markdown page; returns the path stem."""
+    """Writes the result's JSON and its markdown page; returns the path stem. A run with another table
+    optimizer than the default writes files of its own (`scenario-ml-1m-tables-adam.md`), beside the default's."""
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{name}-{args.dataset_label}{'-quick' if args.quick else ''}"
+    stem = args.out / f"{name}-{parts_label(args)}{'-quick' if args.quick else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
     stem.with_suffix(".md").write_text(render(result))
     return stem

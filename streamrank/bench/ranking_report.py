@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from streamrank.bench.claims import ALPHA, claims_lines
+from streamrank.bench.movielens_cli import tables_text
 from streamrank.models.ranking import DISPLAY_NAMES
 
 MAIN = ("dnn", "din", "category_moe", "aw_moe", "aw_moe_cl")
@@ -223,7 +224,7 @@ def render(r: dict) -> str:
             "| model | JD AUC | JD NDCG@10 | long-tail-1 AUC | Amazon AUC |", "|---|---|---|---|---|",
             *(f"| {m} | {a} | {b} | {c} | {d} |" for m, a, b, c, d in PAPER), "",
             "## Settings", "", f"Model sizes: `{r['model_sizes']}`  ",
-            f"Training: dense layers AdamW lr {s['lr']}, embedding tables row-wise Adagrad (lr 0.2, the rows a "
+            f"Training: dense layers AdamW lr {s['lr']}, embedding tables {tables_text(s)} (the rows a "
             f"batch touches), batch {s['batch_size']}, up to {s['epochs']} epochs, early stopping on validation "
             f"(patience {s['patience']}), behaviours ≤ {s['max_seq_len']}, items seen fewer than "
             f"{s['min_item_count']} times in training share the OOV row.", "", _convergence(sec), "", *_fits(sec),

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from streamrank.bench.claims import ALPHA, claims_lines
+from streamrank.bench.movielens_cli import tables_text
 from streamrank.data.dataset import is_path
 from streamrank.models.factory import DISPLAY_NAMES
 
@@ -132,7 +133,7 @@ def render(r: dict) -> str:
            f"8:1:1 split ({p['train']:,} / {p['valid']:,} / {p['test']:,} rows; data seed {s['data_seed']}). The "
            f"scenario is {_scenario(s)} ({len(p['scenarios'])} scenarios, named as the "
            "stream names them). History = the user's earlier kept interactions, the last "
-           f"{s['max_seq_len']}. Every model: AdamW lr {s['lr']} (embedding tables: row-wise Adagrad, lr 0.2), "
+           f"{s['max_seq_len']}. Every model: AdamW lr {s['lr']} (embedding tables: {tables_text(s)}), "
            f"batch {s['batch_size']}, up to {s['epochs']} epochs, early stopping on validation AUC "
            f"(patience {s['patience']}); seeds {s['seed_list']}.", "",
            "Values are mean ± std over seeds. *vs BST per seed*: in how many seeds the model's test AUC is above "
