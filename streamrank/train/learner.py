@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,63 +34,18 @@ from streamrank.features.vocab import advance_clock, expire_all, vocab_stats
 from streamrank.models.factory import Ranker, build_model, is_scenario_preset, model_from_config, same_architecture
 from streamrank.models.layers import drain_recycled
 from streamrank.train.dedupe import RecentKeys
-from streamrank.train.label_policy import FAKE_NEGATIVE, PendingScores, Scored, route, score_finals, score_predictions
+from streamrank.train.label_policy import PendingScores, Scored, route, score_finals, score_predictions
 from streamrank.train.offline import pick_device, train_step_with_output
 from streamrank.train.optim import ModelOptimizer
 from streamrank.train.prequential import PrequentialWindow
 from streamrank.train.replay import ReplayBuffer
 from streamrank.train.shuffle_pool import ShufflePool
+from streamrank.train.step import PreparedBatch, StepReport, key_crc, policy_rows
 from streamrank.v1 import features_pb2
 
 log = logging.getLogger(__name__)
 # Sample ids remembered to drop duplicates (a worker replaying a batch after a crash re-sends its samples).
 RECENT_IDS = 200_000
-
-
-@dataclass
-class StepReport:
-    """What one micro-batch did."""
-
-    learned: int
-    duplicates: int
-    skipped_non_finite: bool
-    restored: bool
-    loss: float
-    # The predictions made before learning: sample ids, impression times, labels, probabilities.
-    predictions: Scored | None = None
-
-
-@dataclass
-class PreparedBatch:
-    """A micro-batch after `prepare`: the fresh samples and their tensors, ready for `apply`."""
-
-    received: int  # samples handed in (duplicates included)
-    fresh: list[features_pb2.TrainingSample]
-    keys: list[str]  # what each fresh sample is deduplicated and counted by (sample id, "+label" for positives)
-    stamps: list[int]  # impression times of the fresh samples
-    now: int  # newest impression time of the batch
-    batch: Batch | None
-    recycled: dict[str, list[int]]  # per vocabulary, rows this batch's encoding handed to new ids
-    generation: int  # the learner's vocabulary generation it was encoded against (a restore starts a new one)
-    replay_batch: Batch | None = None  # drawn from the replay buffer (samples learned before this batch)
-    # a batch holding fake_negative samples: which fresh rows are (None: none are) and each row's emission
-    # (what decides whether its prediction is scored now or waits for its final label), and the
-    # window-closed emissions that bring final labels (not learned from)
-    fn_rows: np.ndarray | None = None
-    emissions: np.ndarray | None = None
-    finals: list[features_pb2.TrainingSample] | None = None
-
-
-def _crc(sample_id: str) -> int:
-    return zlib.crc32(sample_id.encode())
-
-
-def _policy_rows(fresh: list[features_pb2.TrainingSample]) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Which samples are fake_negative emissions, and each one's emission (None, None: no fake_negative)."""
-    fn_rows = np.array([s.label_policy == FAKE_NEGATIVE for s in fresh])
-    if not fn_rows.any():
-        return None, None
-    return fn_rows, np.array([s.emission for s in fresh])
 
 
 class OnlineLearner:
@@ -222,7 +175,7 @@ class OnlineLearner:
         with torch.no_grad(), self._autocast():
             probs = torch.sigmoid(self.model(batch.to(self.device)).logits).float().cpu().numpy()
         assert batch.labels is not None
-        fn_rows, emissions = _policy_rows(fresh)
+        fn_rows, emissions = policy_rows(fresh)
         stamps = [s.impression_ts_ms for s in fresh]
         arrived = PreparedBatch(len(fresh), fresh, keys, stamps, max(stamps), None, {}, self.generation,
                                 fn_rows=fn_rows, emissions=emissions, finals=finals)
@@ -287,7 +240,7 @@ class OnlineLearner:
         advance_clock(spec, now)
         group = getattr(self.model, "groups_user_rows", False)
         batch = tensorizer.encode_samples(fresh, grow=True, group_users=group)
-        fn_rows, emissions = _policy_rows(fresh)
+        fn_rows, emissions = policy_rows(fresh)
         if fn_rows is not None:
             self.fake_negative_learned += int(fn_rows.sum())
             if self.settings.train_fake_negative == "fnw":
@@ -346,7 +299,7 @@ class OnlineLearner:
             return StepReport(0, duplicates, True, restored, float("nan"), predictions)
         self.steps += 1
         self.learned += len(p.fresh)
-        self.learned_hash = (self.learned_hash + sum(_crc(k) for k in p.keys)) % (1 << 64)
+        self.learned_hash = (self.learned_hash + sum(key_crc(k) for k in p.keys)) % (1 << 64)
         self.trained_through_ms = max(self.trained_through_ms, p.now)
         return StepReport(len(p.fresh), duplicates, False, False, logs["loss_rank"], predictions)
 
