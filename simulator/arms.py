@@ -25,12 +25,16 @@ BUILTINS: tuple[str, ...] = ("random", "popularity", "oracle")
 MODEL_PREFIX = "model:"
 
 
+# The model version recorded for a model arm's request that its fallback built-in served.
+FALLBACK_VERSION = -1
+
+
 @dataclass(frozen=True)
 class Arm:
     """One arm: its name, what ranks for it (a built-in or a scorer model), and its traffic weight.
 
     `fallback` is the built-in used by a model arm while the scorer cannot answer (no version published
-    yet, scorer down); such requests are recorded with model version -1.
+    yet, scorer down); such requests are recorded with model version `FALLBACK_VERSION` (-1).
     """
 
     name: str

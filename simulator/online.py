@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from simulator.arms import Arm, assign, check_arms
+from simulator.arms import FALLBACK_VERSION, Arm, assign, check_arms
 from simulator.client import Ranked, ScorerClient, ScorerError
 from simulator.environment import Environment, Outcome, Request
 from simulator.publish import EventSink, impression_events, interaction_event
@@ -35,7 +35,6 @@ from streamrank.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
-FALLBACK_VERSION = -1  # a model arm's request served by its fallback ranker
 BUILTIN_VERSION = 0  # built-in rankers have no versions
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from simulator.arms import Arm, assign, check_arms
+from simulator.arms import FALLBACK_VERSION, Arm, assign, check_arms
 from simulator.client import Ranked, Retrieved, ScorerClient, ScorerError
 from simulator.publish import EventSink, impression_events, interaction_event
 from simulator.rankers import builtin_order
@@ -46,8 +46,6 @@ from simulator.replay_log import LoggedInteraction
 from simulator.stats import auc, hit_at_k, ndcg_at_k
 from streamrank.events.producer import known_length
 from streamrank.v1 import events_pb2
-
-FALLBACK_VERSION = -1
 
 
 @dataclass

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from simulator.arms import FALLBACK_VERSION
+
 Table = tuple[list[str], list[list[str]]]
 
 
@@ -199,18 +201,20 @@ def replay_report(result: Any, out_dir: str | Path, control: str | None = None, 
 
 
 def training_summary(result: Any) -> dict[str, Any]:
-    """Per arm: the model versions it served, and its trainer's lag (samples behind the stream) over the
-    replay's probes; plus the seconds the replay held for the trainers. Arms whose trainers lag differently
-    compare training speed as much as models."""
+    """Per arm: the model versions it served, how many of its requests the fallback served, and its trainer's
+    lag (samples behind the stream) over the replay's probes; plus the seconds the replay held for the
+    trainers. Arms whose trainers lag differently compare training speed as much as models."""
     versions: dict[str, set[int]] = {}
+    fallback: dict[str, int] = {}
     for arm, version in zip(result.rows.get("arm", []), result.rows.get("model_version", []), strict=True):
         versions.setdefault(arm, set()).add(int(version))
+        fallback[arm] = fallback.get(arm, 0) + (int(version) == FALLBACK_VERSION)
     arms: dict[str, Any] = {}
     for a in result.arms:
         name = a["name"]
         lags = [p["lags"].get(name) for p in result.lag]
         known = [v for v in lags if v is not None]
-        arms[name] = {"versions_served": sorted(versions.get(name, ())),
+        arms[name] = {"versions_served": sorted(versions.get(name, ())), "fallback_requests": fallback.get(name, 0),
                       "lag_median": float(np.median(known)) if known else None,
                       "lag_max": max(known) if known else None, "lag_last": known[-1] if known else None}
     return {"arms": arms, "probes": len(result.lag), "held_s": round(result.held_s, 1)}
@@ -223,6 +227,9 @@ def training_notes(training: dict[str, Any]) -> list[str]:
         served = t["versions_served"]
         text = f"{arm}: served model versions {served[0]}..{served[-1]} ({len(served)} distinct)" if served else \
             f"{arm}: no model version served"
+        if t.get("fallback_requests"):
+            text += (f"; {t['fallback_requests']:,} requests served by the fallback (no model version yet, or the "
+                     "scorer unavailable)")
         if t["lag_median"] is not None:
             text += (f"; trainer behind the stream by {t['lag_median']:,.0f} samples (median of {training['probes']} "
                      f"probes), at most {t['lag_max']:,}, {t['lag_last']:,} at the end")

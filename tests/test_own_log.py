@@ -163,7 +163,11 @@ def test_an_orders_log_end_to_end_through_the_demo(broker, tmp_path: Path, capsy
     assert sum(a["requests"] for a in report["summary"]) == 600
     training = report["training"]
     assert training["probes"] > 0 and all(t["lag_last"] is not None for t in training["arms"].values())
-    assert all(-1 not in t["versions_served"] for t in training["arms"].values())  # the scorer answered
+    # the scorer answered: a model version served each arm, the fallback at most a few requests (a call that
+    # misses its deadline on a loaded 2-core machine falls back, by design)
+    for arm in report["summary"]:
+        t = training["arms"][arm["arm"]]
+        assert max(t["versions_served"]) > 0 and t["fallback_requests"] <= 0.02 * arm["requests"], (arm, t)
     out = capsys.readouterr().out
     assert "trainer behind the stream by" in out
 

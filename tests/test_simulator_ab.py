@@ -148,3 +148,18 @@ def test_a_comparison_with_too_few_users_is_not_starred() -> None:
     assert hit["users_a"] == hit["users_b"] == n < MIN_USERS_FOR_TEST and not hit["enough_users"]
     row = next(r for r in comparison_table(compared)[1] if r[1] == "HIT@10")
     assert row[-1].endswith("(only 6 users: too few to test)") and "*" not in row[-1]
+
+
+def test_training_summary_counts_the_requests_the_fallback_served() -> None:
+    from types import SimpleNamespace
+
+    from simulator.arms import FALLBACK_VERSION
+    from simulator.report import training_notes, training_summary
+
+    rows = {"arm": ["a", "a", "a", "b", "b"], "model_version": [FALLBACK_VERSION, 3, 4, 5, 5]}
+    result = SimpleNamespace(rows=rows, arms=[{"name": "a"}, {"name": "b"}], lag=[], held_s=0.0)
+    summary = training_summary(result)
+    assert summary["arms"]["a"]["fallback_requests"] == 1 and summary["arms"]["a"]["versions_served"] == [-1, 3, 4]
+    assert summary["arms"]["b"]["fallback_requests"] == 0
+    notes = training_notes(summary)
+    assert "1 requests served by the fallback" in notes[0] and "fallback" not in notes[1]

@@ -8,11 +8,11 @@ import grpc
 import pytest
 from kafka import KafkaConsumer
 
-from simulator.arms import Arm
+from simulator.arms import FALLBACK_VERSION, Arm
 from simulator.catalog import CatalogParams
 from simulator.client import ScorerClient, ScorerError
 from simulator.environment import Environment, EnvParams
-from simulator.online import FALLBACK_VERSION, run_online
+from simulator.online import run_online
 from simulator.publish import KafkaSink
 from simulator.replay import run_replay
 from simulator.replay_log import LoggedInteraction
