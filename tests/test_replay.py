@@ -225,3 +225,12 @@ def test_a_batch_prepared_before_a_restore_leaves_no_stale_rows(tmp_path: Path) 
     back = learner.replay.oldest_first()
     assert back is not None
     assert torch.equal(back.items.item, learner.tensorizer.encode_samples(samples[200:400]).items.item)
+
+
+def test_the_decomposition_names_its_files_by_the_prefix_and_will_not_mix_rows(tmp_path: Path) -> None:
+    from streamrank.bench.online_decomposition import main, ratings_suffix
+
+    assert [ratings_suffix(n) for n in (250_000, 0, 50_000)] == ["", "-all", "-50000"]
+    (tmp_path / "online-decomposition-ml-100k-din-all.json").write_text('{"rows": {}, "ratings": 5}')
+    with pytest.raises(SystemExit):  # rows of another prefix in the file: refused before any work
+        main(["--dataset", "ml-100k", "--ratings", "0", "--out", str(tmp_path)])

@@ -71,9 +71,10 @@ def tables_text(settings: dict[str, object]) -> str:
 
 
 def parts_label(args: argparse.Namespace) -> str:
-    """The dataset label of the default parts folder and of the result files: with another table optimizer than the default, a
-    suffix of its own (`-tables-adam`, `-tables-adagrad-lr0.1`), because part files are named by model, seed
-    and model configuration only, and a run with other settings in the same folder replaces those parts."""
+    """The dataset label of the default parts folder and of the result files: with another table optimizer
+    than the default, a suffix of its own (`-tables-adam`, `-tables-adagrad-lr0.1`), because part files are
+    named by model, seed and model configuration only, and a run with other settings in the same folder
+    replaces those parts."""
     if not hasattr(args, "table_optimizer") or not table_settings(args):
         return args.dataset_label
     lr = f"-lr{args.table_lr:g}" if args.table_lr is not None else ""

@@ -92,7 +92,14 @@ ONLINE_ROWS: list[tuple[str, str, dict[str, Any]]] = [
      "random order, predicted on arrival)", TUNED | {"train_shuffle_pool": 5_000}),
     ("online_tuned_pool_20k", "the defaults with a shuffle pool of 20,000 samples",
      TUNED | {"train_shuffle_pool": 20_000}),
+    ("online_tuned_pool_1k", "the defaults with a shuffle pool of 1,000 samples",
+     TUNED | {"train_shuffle_pool": 1_000}),
+    # more looks at older samples: what a one-pass learner can have of the offline model's epochs
+    ("online_tuned_replay_4", "the defaults with replay 4:1", TUNED | {"train_replay_ratio": 4.0}),
+    ("online_tuned_replay_all", "the defaults with replay from the last 1,000,000 samples",
+     TUNED | {"train_replay_buffer": 1_000_000}),
 ]
+DEFAULT_RATINGS = 250_000
 OFFLINE_ROWS = [("offline_stream_order", "offline, 1 epoch in stream order"),
                 ("offline_shuffled", "offline, 1 epoch shuffled"),
                 ("offline_best", "offline, best epoch (early stopping)")]
@@ -231,12 +238,20 @@ def report(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def ratings_suffix(ratings: int) -> str:
+    """The file-name suffix of a run on other than the default prefix: "" (250k), "-all" (0), "-<n>"."""
+    if ratings == DEFAULT_RATINGS:
+        return ""
+    return "-all" if ratings == 0 else f"-{ratings}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: run the rows not yet in the partial JSON, then write the report."""
     parser = argparse.ArgumentParser(prog="python -m streamrank.bench.online_decomposition", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="ml-1m", choices=["ml-100k", "ml-1m"])
-    parser.add_argument("--ratings", type=int, default=250_000, help="first N ratings by time (0 = all)")
+    parser.add_argument("--ratings", type=int, default=DEFAULT_RATINGS,
+                        help="first N ratings by time (0 = all; other than the default, the files are named by it)")
     parser.add_argument("--model", default="din")
     parser.add_argument("--max-epochs", type=int, default=8, help="offline best: most epochs")
     parser.add_argument("--rows", default="", help="comma-separated row keys to run (default: all)")
@@ -250,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"online-decomposition-{args.dataset}-{args.model}"
+    name = f"online-decomposition-{args.dataset}-{args.model}{ratings_suffix(args.ratings)}"
     cache = Path(args.cache or f"/tmp/streamrank-{args.dataset}-{args.ratings}.samples")
     partial = out / f"{name}.json"  # rewritten after every row: a rerun resumes from it
     result: dict[str, Any] = json.loads(partial.read_text()) if partial.exists() else {"rows": {}}
+    if result.get("ratings", args.ratings) != args.ratings:  # rows of other samples must not be mixed in
+        parser.error(f"{partial} holds rows of --ratings {result['ratings']}, not {args.ratings}: use another --out")
     known = {k for k, _ in OFFLINE_ROWS} | {k for k, _, _ in ONLINE_ROWS}
     wanted = set(filter(None, args.rows.split(","))) or known
     if unknown := wanted - known:
@@ -286,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
                    "machine": machine() | {"threads": args.threads}, "command": command,
                    "date": time.strftime("%Y-%m-%d")})
     partial.write_text(json.dumps(result, indent=1) + "\n")
+    prefix = f"first {args.ratings:,} ratings" if args.ratings else "all ratings"
     lines = [f"# Online against offline on {args.dataset} ({args.model}): the gap, cause by cause", "",
              f"Command: `{result['command']}` ({result['date']})  ",
-             f"{result['samples']:,} samples (first {args.ratings:,} ratings), held-out: the last 10% by impression "
+             f"{result['samples']:,} samples ({prefix}), held-out: the last 10% by impression "
              f"time ({result['test_examples']:,}). Every online row is the base configuration {json.dumps(BASE)} "
              "(the trainer's defaults before this benchmark) with the one change it names; rows can be run in "
              "parts (`--rows a,b`), each saved in the JSON as it finishes.", "", *report(result), ""]
