@@ -228,7 +228,8 @@ def training_notes(training: dict[str, Any]) -> list[str]:
         text = f"{arm}: served model versions {served[0]}..{served[-1]} ({len(served)} distinct)" if served else \
             f"{arm}: no model version served"
         if t.get("fallback_requests"):
-            text += (f"; {t['fallback_requests']:,} requests served by the fallback (no model version yet, or the "
+            n = t["fallback_requests"]
+            text += (f"; {n:,} request{'' if n == 1 else 's'} served by the fallback (no model version yet, or the "
                      "scorer unavailable)")
         if t["lag_median"] is not None:
             text += (f"; trainer behind the stream by {t['lag_median']:,.0f} samples (median of {training['probes']} "

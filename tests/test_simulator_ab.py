@@ -162,4 +162,4 @@ def test_training_summary_counts_the_requests_the_fallback_served() -> None:
     assert summary["arms"]["a"]["fallback_requests"] == 1 and summary["arms"]["a"]["versions_served"] == [-1, 3, 4]
     assert summary["arms"]["b"]["fallback_requests"] == 0
     notes = training_notes(summary)
-    assert "1 requests served by the fallback" in notes[0] and "fallback" not in notes[1]
+    assert "1 request served by the fallback" in notes[0] and "fallback" not in notes[1]
