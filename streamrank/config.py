@@ -103,6 +103,9 @@ class Settings:
     train_shuffle_pool: int = 0
     train_replay_buffer: int = 100_000
     train_replay_ratio: float = 2.0
+    # The replayed samples join the fresh micro-batch's step (one step on both) instead of a step of their own:
+    # each step then mixes the few users of a fresh batch with the buffer's many (docs/online-training.md).
+    train_replay_mixed: bool = False
     # Replay spends spare capacity only: while more than this many samples wait on the samples topic beyond
     # the micro-batch being learned, the trainer learns fresh batches without replay steps, so a trainer
     # behind the stream catches up at its no-replay speed (-1: replay regardless, as an offline protocol

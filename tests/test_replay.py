@@ -11,7 +11,7 @@ import torch
 from streamrank.config import ConfigError, Settings
 from streamrank.features.batch import Batch, ItemSide, UserSide
 from streamrank.train.learner import OnlineLearner
-from streamrank.train.replay import ReplayBuffer, batch_columns
+from streamrank.train.replay import ReplayBuffer, batch_columns, concat_batches
 from tests.synthetic_samples import make_samples
 
 torch.set_num_threads(1)
@@ -139,6 +139,22 @@ def test_the_learner_replays_what_the_settings_say(tmp_path: Path, passes: int, 
     extra = 1 if buffer else 0  # the first batch has nothing to replay
     assert learner.optimizer.steps == 3 * passes + (2 if extra else 0)
     assert len(learner.replay) == min(buffer, 600)
+
+
+def test_a_mixed_replay_is_one_step_on_fresh_then_replayed_rows(tmp_path: Path) -> None:
+    """`train_replay_mixed`: the replayed rows join the fresh batch's step (no step of their own), the fresh
+    candidates first, so the step's own outputs are still the fresh batch's prequential predictions."""
+    mixed = concat_batches(_rows(3, 10), _rows(2, 50))
+    assert _ids(mixed) == [10, 11, 12, 50, 51] and torch.equal(mixed.owner, torch.arange(5))
+    settings = Settings(data_dir=str(tmp_path), train_replay_buffer=1000, train_replay_ratio=0.5,
+                        train_replay_mixed=True, train_shuffle_pool=0)
+    learner = OnlineLearner(settings, "dnn")
+    learner.optimizer = CountingOptimizer(learner.optimizer)  # type: ignore[assignment]
+    samples = make_samples(600, seed=1)
+    for start in range(0, 600, 200):
+        report = learner.learn(samples[start:start + 200])
+        assert report.learned == 200 and report.predictions is not None and len(report.predictions[3]) == 200
+    assert learner.optimizer.steps == 3 and learner.replayed == 2 * 100 and learner.learned == 600
 
 
 def test_replayed_samples_were_learned_before(tmp_path: Path) -> None:

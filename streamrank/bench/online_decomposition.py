@@ -47,7 +47,8 @@ YEAR_MS = 365 * 24 * 3600 * 1000
 # that the table keeps its meaning when the defaults move; "online_tuned" is today's defaults (a test holds it).
 BASE: dict[str, Any] = {"train_batch_size": 1024, "train_lr": 1e-3, "train_weight_decay": 1e-2,
                         "train_row_optimizer": "adagrad", "train_row_lr": 0.2, "train_passes": 1,
-                        "train_replay_buffer": 0, "train_replay_ratio": 1.0, "train_shuffle_pool": 0}
+                        "train_replay_buffer": 0, "train_replay_ratio": 1.0, "train_shuffle_pool": 0,
+                        "train_replay_mixed": False}
 # Today's defaults as overrides of BASE (replay and learning rates); the rows named "online_tuned*" are on
 # them (tests/test_replay.py holds TUNED equal to Settings()).
 TUNED: dict[str, Any] = {"train_replay_buffer": 100_000, "train_replay_ratio": 2.0, "train_lr": 3e-3,
@@ -98,6 +99,8 @@ ONLINE_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("online_tuned_replay_4", "the defaults with replay 4:1", TUNED | {"train_replay_ratio": 4.0}),
     ("online_tuned_replay_all", "the defaults with replay from the last 1,000,000 samples",
      TUNED | {"train_replay_buffer": 1_000_000}),
+    ("online_tuned_replay_mixed", "the defaults with the replayed samples in the fresh batch's step "
+     "(`train_replay_mixed`: one step on both)", TUNED | {"train_replay_mixed": True}),
 ]
 DEFAULT_RATINGS = 250_000
 OFFLINE_ROWS = [("offline_stream_order", "offline, 1 epoch in stream order"),

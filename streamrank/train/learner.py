@@ -38,7 +38,7 @@ from streamrank.train.label_policy import PendingScores, Scored, route, score_fi
 from streamrank.train.offline import pick_device, train_step_with_output
 from streamrank.train.optim import ModelOptimizer
 from streamrank.train.prequential import PrequentialWindow
-from streamrank.train.replay import ReplayBuffer
+from streamrank.train.replay import ReplayBuffer, concat_batches
 from streamrank.train.shuffle_pool import ShufflePool
 from streamrank.train.step import PreparedBatch, StepReport, key_crc, policy_rows
 from streamrank.v1 import features_pb2
@@ -275,12 +275,17 @@ class OnlineLearner:
             self.model.eval()
             with torch.no_grad(), self._autocast():
                 probs = torch.sigmoid(self.model(batch).logits).float().cpu().numpy()
+        replay_batch, step_batch = p.replay_batch, batch
+        if replay_batch is not None and self.settings.train_replay_mixed:  # one step on fresh + replayed rows
+            step_batch = concat_batches(batch, replay_batch.to(self.device))
+            self.replayed += len(replay_batch.items)
+            replay_batch = None
         with self._autocast():
-            logs, logits = train_step_with_output(self.model, batch, self.optimizer)
-        if fused:
-            probs = torch.sigmoid(logits).float().cpu().numpy()
+            logs, logits = train_step_with_output(self.model, step_batch, self.optimizer)
+        if fused:  # the fresh candidates come first in a mixed step
+            probs = torch.sigmoid(logits[:len(batch.items)]).float().cpu().numpy()
         if not logs.get("skipped_non_finite"):
-            self._extra_steps(batch, p.replay_batch)
+            self._extra_steps(batch, replay_batch)
         predictions = None
         if score:
             assert batch.labels is not None

@@ -54,6 +54,13 @@ def columns_batch(cols: dict[str, torch.Tensor]) -> Batch:
     return Batch(users, items, torch.arange(len(items)), cols.get("labels"), cols.get("fnw_rows"))
 
 
+def concat_batches(first: Batch, second: Batch) -> Batch:
+    """One training batch of `first`'s rows then `second`'s (owner = arange; a grouped batch is expanded per
+    candidate, its candidates in their order), so a step's outputs start with `first`'s candidates."""
+    a, b = batch_columns(first), batch_columns(second)
+    return columns_batch({k: torch.cat([a[k], b[k].to(device=a[k].device, dtype=a[k].dtype)]) for k in a})
+
+
 class ReplayBuffer:
     """The newest `capacity` learned samples as tensor rows, drawn uniformly at random."""
 
