@@ -221,9 +221,10 @@ def offline_rows(settings: Settings, preset: str, samples: list[features_pb2.Tra
 def report(result: dict[str, Any]) -> list[str]:
     """The markdown table of the decomposition."""
     rows = result["rows"]
-    base = rows.get("online", {}).get("auc", float("nan"))
+    base_key = "online" if "online" in rows or "online_tuned" not in rows else "online_tuned"  # a partial run's
+    base = rows.get(base_key, {}).get("auc", float("nan"))
     best = rows.get("offline_best", {}).get("auc", float("nan"))
-    lines = ["| row | what it changes | held-out AUC | vs online (base) | vs offline best | log-loss | seconds |",
+    lines = [f"| row | what it changes | held-out AUC | vs {base_key} | vs offline best | log-loss | seconds |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for key, what in [(k, w) for k, w in OFFLINE_ROWS] + [(k, w) for k, w, _ in ONLINE_ROWS]:
         r = rows.get(key)
