@@ -99,6 +99,9 @@ ONLINE_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("online_tuned_replay_4", "the defaults with replay 4:1", TUNED | {"train_replay_ratio": 4.0}),
     ("online_tuned_replay_all", "the defaults with replay from the last 1,000,000 samples",
      TUNED | {"train_replay_buffer": 1_000_000}),
+    ("online_tuned_replay_1", "the defaults with replay 1:1", TUNED | {"train_replay_ratio": 1.0}),
+    ("online_tuned_lr_half", "the defaults with both learning rates halved (dense 1.5e-3, tables 0.2)",
+     TUNED | {"train_lr": 1.5e-3, "train_row_lr": 0.2}),
     ("online_tuned_replay_mixed", "the defaults with the replayed samples in the fresh batch's step "
      "(`train_replay_mixed`: one step on both)", TUNED | {"train_replay_mixed": True}),
 ]
