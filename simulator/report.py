@@ -227,8 +227,7 @@ def training_notes(training: dict[str, Any]) -> list[str]:
         served = t["versions_served"]
         text = f"{arm}: served model versions {served[0]}..{served[-1]} ({len(served)} distinct)" if served else \
             f"{arm}: no model version served"
-        if t.get("fallback_requests"):
-            n = t["fallback_requests"]
+        if n := t["fallback_requests"]:
             text += (f"; {n:,} request{'' if n == 1 else 's'} served by the fallback (no model version yet, or the "
                      "scorer unavailable)")
         if t["lag_median"] is not None:

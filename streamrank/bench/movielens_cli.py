@@ -54,20 +54,25 @@ def add_table_optimizer(parser: argparse.ArgumentParser) -> None:
 
 
 def table_settings(args: argparse.Namespace) -> dict[str, object]:
-    """The table optimizer as fit settings: empty for the default, so that parts stored before the option
-    existed still match."""
-    if args.table_optimizer == "adagrad" and args.table_lr is None:
+    """The table optimizer as fit settings: empty for the default (and for a benchmark without the option),
+    so that parts stored before the option existed still match."""
+    optimizer, lr = getattr(args, "table_optimizer", "adagrad"), getattr(args, "table_lr", None)
+    if optimizer == "adagrad" and lr is None:
         return {}
-    return {"table_optimizer": args.table_optimizer, "table_lr": args.table_lr}
+    return {"table_optimizer": optimizer, "table_lr": lr}
+
+
+def _table_lr(optimizer: str, lr: float | None) -> float | None:
+    """The tables' learning rate of an optimizer and its `--table-lr`: Adagrad's default, or None (the dense lr)."""
+    return TrainConfig.row_lr if lr is None and optimizer == "adagrad" else lr
 
 
 def tables_text(settings: dict[str, object]) -> str:
     """How a report names the tables' optimizer, read from a run's settings (absent keys: the default)."""
-    if settings.get("table_optimizer", "adagrad") == "adam":
-        lr = settings.get("table_lr")
-        return f"lazy row-wise Adam, lr {lr if lr is not None else settings.get('lr')}"
-    lr = settings.get("table_lr")
-    return f"row-wise Adagrad, lr {lr if lr is not None else TrainConfig.row_lr}"
+    optimizer = str(settings.get("table_optimizer", "adagrad"))
+    lr = _table_lr(optimizer, settings.get("table_lr"))  # type: ignore[arg-type]
+    name = "lazy row-wise Adam" if optimizer == "adam" else "row-wise Adagrad"
+    return f"{name}, lr {lr if lr is not None else settings.get('lr')}"
 
 
 def parts_label(args: argparse.Namespace) -> str:
@@ -75,7 +80,7 @@ def parts_label(args: argparse.Namespace) -> str:
     than the default, a suffix of its own (`-tables-adam`, `-tables-adagrad-lr0.1`), because part files are
     named by model, seed and model configuration only, and a run with other settings in the same folder
     replaces those parts."""
-    if not hasattr(args, "table_optimizer") or not table_settings(args):
+    if not table_settings(args):
         return args.dataset_label
     lr = f"-lr{args.table_lr:g}" if args.table_lr is not None else ""
     return f"{args.dataset_label}-tables-{args.table_optimizer}{lr}"
@@ -83,10 +88,7 @@ def parts_label(args: argparse.Namespace) -> str:
 
 def table_config(args: argparse.Namespace) -> dict[str, object]:
     """The `TrainConfig` fields of the table optimizer: `row_optimizer`, and `row_lr` (None: the dense lr)."""
-    lr = args.table_lr
-    if lr is None and args.table_optimizer == "adagrad":
-        lr = TrainConfig.row_lr
-    return {"row_optimizer": args.table_optimizer, "row_lr": lr}
+    return {"row_optimizer": args.table_optimizer, "row_lr": _table_lr(args.table_optimizer, args.table_lr)}
 
 
 def check_counts(args: argparse.Namespace, at_least_one: Iterable[str] = (), at_least_zero: Iterable[str] = ()) -> None:

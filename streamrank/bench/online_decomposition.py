@@ -224,7 +224,7 @@ def offline_rows(settings: Settings, preset: str, samples: list[features_pb2.Tra
 def report(result: dict[str, Any]) -> list[str]:
     """The markdown table of the decomposition."""
     rows = result["rows"]
-    base_key = "online" if "online" in rows or "online_tuned" not in rows else "online_tuned"  # a partial run's
+    base_key = next((k for k in ("online", "online_tuned") if k in rows), "online")  # a partial run's base
     base = rows.get(base_key, {}).get("auc", float("nan"))
     best = rows.get("offline_best", {}).get("auc", float("nan"))
     lines = [f"| row | what it changes | held-out AUC | vs {base_key} | vs offline best | log-loss | seconds |",

@@ -275,23 +275,24 @@ class OnlineLearner:
             self.model.eval()
             with torch.no_grad(), self._autocast():
                 probs = torch.sigmoid(self.model(batch).logits).float().cpu().numpy()
-        replay_batch, step_batch = p.replay_batch, batch
-        if replay_batch is not None and self.settings.train_replay_mixed:  # one step on fresh + replayed rows
-            step_batch = concat_batches(batch, replay_batch.to(self.device))
-            self.replayed += len(replay_batch.items)
-            replay_batch = None
+        replay_step, step_batch = p.replay_batch, batch  # replayed rows: a step of their own, or in this one
+        if p.replay_batch is not None and self.settings.train_replay_mixed:
+            step_batch = concat_batches(batch, p.replay_batch.to(self.device))
+            replay_step = None
         with self._autocast():
             logs, logits = train_step_with_output(self.model, step_batch, self.optimizer)
         if fused:  # the fresh candidates come first in a mixed step
             probs = torch.sigmoid(logits[:len(batch.items)]).float().cpu().numpy()
-        if not logs.get("skipped_non_finite"):
-            self._extra_steps(batch, replay_batch)
+        skipped = bool(logs.get("skipped_non_finite"))
+        if not skipped:
+            self._extra_steps(batch, replay_step)
+            if p.replay_batch is not None:
+                self.replayed += len(p.replay_batch.items)
         predictions = None
         if score:
             assert batch.labels is not None
             predictions = self._score(p, batch.labels.float().cpu().numpy(), probs)
         duplicates = p.received - len(p.fresh)
-        skipped = bool(logs.get("skipped_non_finite"))
         if skipped:
             self.non_finite_batches += 1
             log.warning("non-finite loss or gradients: batch of %d samples skipped", len(p.fresh))
@@ -331,8 +332,6 @@ class OnlineLearner:
             if extra_logs.get("skipped_non_finite"):
                 self.non_finite_batches += 1
                 log.warning("non-finite loss or gradients in a replay/extra pass: step skipped")
-        if replay_batch is not None:
-            self.replayed += len(replay_batch.items)
 
     def _autocast(self) -> torch.autocast:
         """bf16 mixed precision on CUDA (no loss scaling needed); a disabled no-op on CPU."""
