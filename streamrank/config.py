@@ -68,6 +68,11 @@ class Settings:
     stats_bucket_ms: int = HOUR_MS
     # Buckets stay this long past the window, so a partition that lags the others still lands its counts.
     stats_grace_ms: int = 7 * DAY_MS
+    # Item counters in samples (docs/design.md, "Deterministic item counters"): counts per bucket of effective
+    # event time; a sample counts the events before the start of its impression's bucket (0 to this stale).
+    counter_bucket_ms: int = 60_000
+    # A partition caught up and without records for this long (wall time) stops holding the counters' frontier.
+    counter_idle_ms: int = 2_000
     # Duplicate event ids are recognised for this long (event time) after the first copy.
     dedupe_horizon_ms: int = DAY_MS
     # Behaviours written into samples and user snapshots (newest kept).
@@ -244,7 +249,8 @@ class Settings:
         positive = [
             "partitions", "max_event_bytes", "max_id_length", "batch_size", "max_sequence_length",
             "cooc_window_ms", "cooc_lookback", "cooc_top_m", "attribution_window_ms",
-            "stats_window_ms", "stats_bucket_ms", "dedupe_horizon_ms", "feature_sequence_length",
+            "stats_window_ms", "stats_bucket_ms", "counter_bucket_ms", "counter_idle_ms", "dedupe_horizon_ms",
+            "feature_sequence_length",
             "user_cache_size", "click_retention_ms", "add_to_cart_retention_ms", "purchase_retention_ms",
             "max_future_skew_ms", "train_batch_size", "checkpoint_every_steps", "prequential_window",
             "vocab_ttl_ms", "vocab_expire_every_ms", "train_lr", "checkpoint_every_s",

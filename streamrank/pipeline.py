@@ -91,7 +91,8 @@ def processed_through(status: dict | None, topic: str) -> dict[int, int]:
 
 def wait_caught_up(settings: Settings, targets: dict[int, int], proc: subprocess.Popen[bytes] | None = None,
                    timeout_s: float = 600, progress: bool = False) -> dict:
-    """Waits until the worker's durable offsets reach `targets` (partition -> end offset); returns its status."""
+    """Waits until the worker's durable offsets reach `targets` (partition -> end offset) and no impression
+    waits for its item counters; returns the worker's status."""
     topic = settings.topic("events")
     total = sum(targets.values())
     deadline = time.monotonic() + timeout_s
@@ -101,7 +102,10 @@ def wait_caught_up(settings: Settings, targets: dict[int, int], proc: subprocess
             raise RuntimeError(f"worker exited with code {proc.returncode} before catching up")
         status = read_status(settings)
         done = processed_through(status, topic)
-        if all(done.get(p, -1) + 1 >= end for p, end in targets.items() if end > 0):
+        # Caught up: every record folded in, and no impression still waiting for the counters' frontier
+        # (the worker moves it once the partitions are idle; docs/design.md, "Deterministic item counters").
+        if (all(done.get(p, -1) + 1 >= end for p, end in targets.items() if end > 0)
+                and (status or {}).get("waiting_impressions", 0) == 0):
             return status or {}
         if progress and time.monotonic() - last_print > 5:
             count = sum(min(done.get(p, -1) + 1, end) for p, end in targets.items())

@@ -6,6 +6,7 @@ regenerates them into a temporary folder and fails when the committed ones are s
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -47,13 +48,23 @@ def generate(out_dir: Path) -> list[Path]:
     return written
 
 
+# The grpc generator stamps its own version into the stubs (the oldest grpcio they accept); a newer generator
+# changes that line and nothing else, so it is not a sign of a schema edited without regenerating.
+_GENERATOR_VERSION = re.compile(rb"^GRPC_GENERATED_VERSION = .*$", re.MULTILINE)
+
+
+def _normalized(raw: bytes) -> bytes:
+    return _GENERATOR_VERSION.sub(b"GRPC_GENERATED_VERSION = ...", raw)
+
+
 def stale_files() -> list[str]:
-    """Names of generated modules that differ from what the schemas produce now (empty when fresh)."""
+    """Names of generated modules that differ from what the schemas produce now (empty when fresh), leaving
+    aside the grpc generator's version stamp."""
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = {p.name: p.read_bytes() for p in generate(Path(tmp))}
+        fresh = {p.name: _normalized(p.read_bytes()) for p in generate(Path(tmp))}
     committed_dir = REPO_ROOT / PROTO_PACKAGE
     committed = {
-        p.name: p.read_bytes() for p in committed_dir.glob("*.py*") if p.name != "__init__.py"
+        p.name: _normalized(p.read_bytes()) for p in committed_dir.glob("*.py*") if p.name != "__init__.py"
     }
     names = set(fresh) | set(committed)
     return sorted(n for n in names if fresh.get(n) != committed.get(n))

@@ -66,6 +66,32 @@ def samples_by_id(records: list) -> dict[str, tuple[bool, bool, bool]]:
     return out
 
 
+def sample_counts_by_id(records: list) -> dict[str, tuple[int, int, int]]:
+    """sample_id -> the item counters a sample carries (impressions, clicks, purchases)."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for rec in records:
+        sample = features_pb2.TrainingSample.FromString(rec.value)
+        c = sample.counts
+        out[sample.sample_id] = (c.item_impressions, c.item_clicks, c.item_purchases)
+    return out
+
+
+def assert_resent_identical(records: list) -> int:
+    """Every copy of a sample (same sample id and emission) has the same bytes; returns the copies beyond the
+    first (what a restart re-sent)."""
+    first: dict[tuple[str, int], bytes] = {}
+    resent = 0
+    for rec in records:
+        s = features_pb2.TrainingSample.FromString(rec.value)
+        key = (s.sample_id, s.emission)
+        if key in first:
+            resent += 1
+            assert first[key] == rec.value, f"sample {key} was re-sent with other bytes"
+        else:
+            first[key] = rec.value
+    return resent
+
+
 def categories_of(items: list[events_pb2.Item]) -> dict[str, str]:
     """item_id -> category from catalog entries."""
     return {i.item_id: i.category for i in items}

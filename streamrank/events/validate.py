@@ -90,20 +90,29 @@ def _raise(problem: tuple[str, str] | None) -> None:
 def check_event(event: events_pb2.Event, settings: Settings, now_ms: int | None = None) -> None:
     """Raises InvalidEvent when a decoded event breaks a rule of the schema; returns None when it is good."""
     limit = settings.max_id_length
-    for name in ("event_id", "user_id", "item_id"):
-        _raise(id_problem(name, getattr(event, name), limit, required=True))
-    for name in ("session_id", "request_id", "scenario"):
-        _raise(id_problem(name, getattr(event, name), limit))
+    has_item = event.HasField("item")
+    values = [event.event_id, event.user_id, event.item_id, event.session_id, event.request_id, event.scenario]
+    if has_item:
+        item = event.item
+        values += (item.category, item.brand, item.shop)
+    # Fast path (this runs per event): every id present where required, short enough, and no control
+    # character anywhere, checked in one pass; only a bad event goes field by field for its reason.
+    if not (values[0] and values[1] and values[2] and max(map(len, values)) <= limit
+            and _CONTROL.search("".join(values)) is None):
+        for name in ("event_id", "user_id", "item_id"):
+            _raise(id_problem(name, getattr(event, name), limit, required=True))
+        for name in ("session_id", "request_id", "scenario"):
+            _raise(id_problem(name, getattr(event, name), limit))
+        if has_item:
+            for name in ("category", "brand", "shop"):
+                _raise(id_problem(f"item.{name}", getattr(event.item, name), limit))
     if event.type not in NAME_BY_TYPE:
         raise InvalidEvent(UNKNOWN_TYPE, f"event type {event.type} is not one of {sorted(NAME_BY_TYPE)}")
     _raise(timestamp_problem("ts_ms", event.ts_ms, settings.max_future_skew_ms, now_ms))
     if event.position < 0:
         raise InvalidEvent(BAD_POSITION, f"position must be >= 0, got {event.position}")
-    if event.HasField("item"):
-        for name in ("category", "brand", "shop"):
-            _raise(id_problem(f"item.{name}", getattr(event.item, name), limit))
-        if event.item.HasField("price"):
-            _raise(price_problem("item.price", event.item.price))
+    if has_item and event.item.HasField("price"):
+        _raise(price_problem("item.price", event.item.price))
 
 
 def _parse(raw: bytes | None, message: M, settings: Settings) -> M:

@@ -112,6 +112,9 @@ class Worker:
             "first_record_at": events.first_record_at,
             "last_batch_at": events.last_batch_at,
             "late_stat_events": self.processor.stats.late,
+            # Impressions waiting for the counters' frontier (0 once every partition caught up and went idle).
+            "waiting_impressions": len(self.processor.waiting),
+            "counter_frontier_ms": self.processor.counters.frontier,
         }
 
     def metric_series(self) -> list[Series]:
@@ -127,6 +130,10 @@ class Worker:
                    "summary", [({}, (c["batches"], events.batch_seconds))]),
             Series("streamrank_worker_lag_records", "Records behind the partition's high watermark", "gauge",
                    [({"partition": str(p)}, n) for p, n in sorted(events.lag.items())], ("partition",)),
+            Series("streamrank_worker_waiting_impressions", "Impressions waiting for the item counters' frontier",
+                   "gauge", [({}, len(self.processor.waiting))]),
+            Series("streamrank_worker_counter_frontier_ms", "Effective event time below which item counters are "
+                   "complete", "gauge", [({}, self.processor.counters.frontier)]),
             Series("streamrank_worker_catalog_items", "Items in the catalog", "gauge",
                    [({}, len(self.store.catalog_cache))]),
             Series("streamrank_worker_item_dead_letters_total", "Catalog records refused", "counter",

@@ -15,13 +15,24 @@ def _fill_sequence(seq: features_pb2.BehaviorSequence, items: list[str], types: 
     seq.categories.extend(cats)
 
 
-def _request_template(user_id: str, request_id: str, req: PendingRequest, policy: int) -> features_pb2.TrainingSample:
-    """The point-in-time part shared by every impression of a request (built once per request)."""
+def request_template(user_id: str, request_id: str, ts_ms: int, session_id: str, scenario: str, query: str,
+                     sequence: tuple[list[str], list[int], list[int], list[str]]) -> bytes:
+    """The point-in-time part shared by every impression of a request, serialized once when the request opens.
+
+    The worker keeps it as bytes with the open request: a waiting request is stored (pickled) in every batch
+    that changes it, and bytes cost a copy where the behaviour lists cost a few hundred objects.
+    """
     template = features_pb2.TrainingSample(
-        user_id=user_id, request_id=request_id, session_id=req.session_id, scenario=req.scenario,
-        query=req.query, impression_ts_ms=req.ts_ms, label_policy=policy,  # type: ignore[arg-type]
+        user_id=user_id, request_id=request_id, session_id=session_id, scenario=scenario, query=query,
+        impression_ts_ms=ts_ms,
     )
-    _fill_sequence(template.behaviors, req.seq_items, req.seq_types, req.seq_ts, req.seq_cats)
+    _fill_sequence(template.behaviors, *sequence)
+    return template.SerializeToString()
+
+
+def _request_template(req: PendingRequest, policy: int) -> features_pb2.TrainingSample:
+    template = features_pb2.TrainingSample.FromString(req.template)
+    template.label_policy = policy  # type: ignore[assignment]
     return template
 
 
@@ -58,7 +69,7 @@ def sample_messages(user_id: str, request_id: str, req: PendingRequest,
     by user. Under either policy these carry the full features, so a window-policy trainer can learn from a
     fake_negative stream."""
     key = user_id.encode()
-    template = _request_template(user_id, request_id, req, policy)
+    template = _request_template(req, policy)
     return [(key, _impression_sample(template, item_id, imp, features_pb2.EMISSION_WINDOW_CLOSED, emitted_ts_ms))
             for item_id, imp in req.impressions.items()]
 
@@ -67,7 +78,7 @@ def emission_message(user_id: str, request_id: str, req: PendingRequest, item_id
                      emitted_ts_ms: int) -> tuple[bytes, bytes]:
     """One fake_negative emission of one impression (EMISSION_IMPRESSION or EMISSION_POSITIVE), with the
     impression's point-in-time features, exactly as its window-closed sample will carry them."""
-    template = _request_template(user_id, request_id, req, features_pb2.LABEL_POLICY_FAKE_NEGATIVE)
+    template = _request_template(req, features_pb2.LABEL_POLICY_FAKE_NEGATIVE)
     return user_id.encode(), _impression_sample(template, item_id, req.impressions[item_id], emission,
                                                 emitted_ts_ms)
 

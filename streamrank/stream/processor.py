@@ -17,7 +17,15 @@ from streamrank.config import Settings
 from streamrank.events.types import CLICK, IMPRESSION, TYPE_INDEX
 from streamrank.events.validate import PROCESSING_ERROR, InvalidEvent, decode_event
 from streamrank.stream.aggregates import CoocCounts, ScenarioStats
-from streamrank.stream.encode import cooc_update, emission_message, item_stats_record, sample_messages, user_snapshot
+from streamrank.stream.counters import SealedCounters
+from streamrank.stream.encode import (
+    cooc_update,
+    emission_message,
+    item_stats_record,
+    request_template,
+    sample_messages,
+    user_snapshot,
+)
 from streamrank.stream.store import StateStore
 from streamrank.stream.userstate import PendingImpression, PendingRequest, UserState
 from streamrank.v1 import events_pb2, features_pb2
@@ -78,14 +86,28 @@ class BatchProcessor:
         self.batch_seq = store.load_batch_seq()
         # Events partitions this worker owns (set by the consumer on assignment; None: those seen so far).
         self.assigned: set[int] | None = None
+        # Partitions caught up and quiet for counter_idle_ms (set by the consumer): they leave the minimum
+        # that moves the counters' frontier, so a quiet partition does not hold every impression back.
+        self.idle: set[int] = set()
         # (deadline, tie, user_id, request_id) per partition
         self.deadlines: dict[int, list[tuple[int, int, str, str]]] = {}
+        # Impressions waiting for the frontier to reach their cut: (cut, tie, user_id, request_id, item_id)
+        self.waiting: list[tuple[int, int, str, str, str]] = []
+        # Requests whose window closed while an impression still waited: kept apart from their user (whose
+        # record stays small and untouched by the answer), stored under their own keys until they go out.
+        self.closed: dict[tuple[str, str], PendingRequest] = {}
+        self.closed_dirty: set[tuple[str, str]] = set()
         self._tie = 0
-        store.load_aggregates(self.cooc, self.stats)
+        self.counters = SealedCounters(settings.counter_bucket_ms)
+        store.load_aggregates(self.cooc, self.stats, self.counters)
         for user in store.load_pending_users():
             self._remember(user)
             for request_id, req in user.pending.items():
                 self._schedule(user.partition, req.ts_ms, user.user_id, request_id)
+                self._wait_all(user.user_id, request_id, req)
+        for (user_id, request_id), req in store.load_closed_requests():
+            self.closed[(user_id, request_id)] = req
+            self._wait_all(user_id, request_id, req)
         self.catalog = store.catalog_cache
         # fake_negative: impressions go out at once as negatives and again as positives when clicked
         self.fake_negative = settings.label_policy == "fake_negative"
@@ -116,6 +138,15 @@ class BatchProcessor:
         self._tie += 1
         heap = self.deadlines.setdefault(partition, [])
         heapq.heappush(heap, (ts_ms + self.settings.attribution_window_ms, self._tie, user_id, request_id))
+
+    def _wait(self, cut_ms: int, user_id: str, request_id: str, item_id: str) -> None:
+        self._tie += 1
+        heapq.heappush(self.waiting, (cut_ms, self._tie, user_id, request_id, item_id))
+
+    def _wait_all(self, user_id: str, request_id: str, req: PendingRequest) -> None:
+        for item_id, imp in req.impressions.items():
+            if not imp.answered:
+                self._wait(imp.cut_ms, user_id, request_id, item_id)
 
     # ------------------------------------------------------------------------------------------
     def process(self, records: list[Record]) -> BatchResult:
@@ -151,27 +182,66 @@ class BatchProcessor:
                 result.dead.append(DeadLetter(record, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"))
                 result.counters[f"dlq.{PROCESSING_ERROR}"] += 1
         # Event time advances at the slowest assigned partition; one not read yet holds it at 0.
-        parts = self.assigned if self.assigned is not None else set(self.watermarks)
+        parts = self._partitions()
         if parts:
             self.stats.expire(min(self.watermarks.get(p, 0) for p in parts))
         self.batch_seq += 1
-        for user in touched.values():
-            result.snapshots.append((user.user_id.encode(), user_snapshot(user, settings)))
         delta, result.cooc_dirty = self.cooc.take_delta()
         for item_id, neighbours in delta.items():
             result.cooc.append((item_id.encode(), cooc_update(item_id, neighbours, settings.worker_id,
                                                               self.batch_seq, self.stats.watermark)))
-        for scenario, item_id in self.stats.dirty:
-            if item_id:
-                counts = self.stats.item_counts(scenario, item_id)
-                result.item_stats.append(item_stats_record(scenario, item_id, settings.worker_id, counts,
-                                                           self.stats.watermark))
+        return self._finish(result)
+
+    def tick(self) -> BatchResult:
+        """A batch without records: moves the frontier (a partition went idle) and answers who waited for it."""
+        return self._finish(BatchResult())
+
+    def frontier_target(self) -> int:
+        """Where the counters' frontier may move now: the slowest live partition's watermark, in buckets.
+
+        A partition not read yet holds it at 0; idle partitions leave the minimum; when every partition is
+        idle, the newest watermark sets it (nothing can arrive below the frontier: see effective_time).
+        """
+        parts = self._partitions()
+        marks = self.watermarks
+        live = [marks.get(p, 0) for p in parts if p not in self.idle]
+        low = min(live) if live else max((marks.get(p, 0) for p in parts), default=0)
+        return max(self.counters.frontier, self.counters.frontier_for(low))
+
+    def _partitions(self) -> set[int]:
+        return self.assigned if self.assigned is not None else set(self.watermarks)
+
+    def _finish(self, result: BatchResult) -> BatchResult:
+        """Moves the frontier, answers the impressions it reached, and adds the batch's snapshots and item stats."""
+        settings = self.settings
+        # Snapshots of the users the batch's events changed (an answered impression changes no snapshot).
+        for user in result.touched.values():
+            result.snapshots.append((user.user_id.encode(), user_snapshot(user, settings)))
+        target = self.frontier_target()
+        counters = self.counters
+        if target > counters.frontier:
+            waiting = self.waiting
+            folded = counters.frontier
+            while waiting and waiting[0][0] <= target:
+                cut, _, user_id, request_id, item_id = heapq.heappop(waiting)
+                if cut > folded:
+                    counters.fold_to(cut)
+                    folded = cut
+                self._release(user_id, request_id, item_id, result)
+            counters.fold_to(target)
+            counters.frontier = target
+        for scenario, item_id in counters.sealed_changed:
+            result.item_stats.append(item_stats_record(scenario, item_id, settings.worker_id,
+                                                       counters.sealed((scenario, item_id)), counters.frontier))
+        counters.sealed_changed = set()
         return result
 
     def commit(self, result: BatchResult) -> None:
         """Makes a processed batch durable: its state changes and offsets in one atomic write."""
-        self.store.commit(result.touched, self.cooc, result.cooc_dirty, self.stats, self.offsets,
-                          self.watermarks, self.batch_seq)
+        closed = {key: self.closed.get(key) for key in self.closed_dirty}
+        self.closed_dirty = set()
+        self.store.commit(result.touched, self.cooc, result.cooc_dirty, self.stats, self.counters, closed,
+                          self.offsets, self.watermarks, self.batch_seq)
         self.durable_offsets = dict(self.offsets)
         self._trim_cache()
 
@@ -191,36 +261,46 @@ class BatchProcessor:
         if ts > user.max_ts:
             user.max_ts = ts
         user.partition = partition
+        # The effective time (SealedCounters.effective_time, inlined: this runs per event)
+        effective = self.watermarks.get(partition, 0)
+        if ts > effective:
+            effective = ts
+        if effective < self.counters.frontier:
+            effective = self.counters.frontier
+        if event.item_id:
+            self.counters.add((event.scenario, event.item_id), TYPE_INDEX[etype], effective)
         if etype == IMPRESSION:
             user.totals[0] += 1
             request_id = event.request_id or event.event_id
             req = user.pending.get(request_id)
             if req is None:
-                items, types, tss, cats = user.snapshot(settings.feature_sequence_length)
-                req = PendingRequest(ts, event.session_id, event.scenario, event.query, items, types, tss, cats)
+                template = request_template(user.user_id, request_id, ts, event.session_id, event.scenario,
+                                            event.query, user.snapshot(settings.feature_sequence_length))
+                req = PendingRequest(ts, event.session_id, event.scenario, event.query, template)
                 user.pending[request_id] = req
                 self._schedule(partition, ts, user.user_id, request_id)
             if event.item_id not in req.impressions:
                 category, brand, shop, price = self._category(event)
-                item_counts = self.stats.item_counts(event.scenario, event.item_id)
-                req.impressions[event.item_id] = PendingImpression(
+                imp = req.impressions[event.item_id] = PendingImpression(
                     event.event_id, event.position, category, brand, shop, price,
-                    (item_counts[0], item_counts[1], item_counts[3],
-                     user.item_clicks.get(event.item_id, 0), user.category_clicks.get(category, 0)),
+                    (0, 0, 0, user.item_clicks.get(event.item_id, 0), user.category_clicks.get(category, 0)),
+                    cut_ms=self.counters.cut_of(effective),
                 )
+                if imp.cut_ms <= self.counters.frontier:
+                    self._answer(imp, event.scenario, event.item_id)
+                else:
+                    self._wait(imp.cut_ms, user.user_id, request_id, event.item_id)
                 if self.fake_negative:
-                    result.samples.append(emission_message(user.user_id, request_id, req, event.item_id,
-                                                           features_pb2.EMISSION_IMPRESSION, ts))
-                    result.counters["emissions.impression"] += 1
+                    self._emit(user.user_id, request_id, req, event.item_id, features_pb2.EMISSION_IMPRESSION, ts,
+                               result)
             self.stats.add(event.scenario, event.item_id, etype, ts)
             return
         user.totals[TYPE_INDEX[etype]] += 1
         self.stats.add(event.scenario, event.item_id, etype, ts)
         labelled = user.label_open(etype, event.item_id, event.request_id, ts, settings)
         if labelled is not None and labelled[2] and self.fake_negative:
-            result.samples.append(emission_message(user.user_id, labelled[0], labelled[1], event.item_id,
-                                                   features_pb2.EMISSION_POSITIVE, ts))
-            result.counters["emissions.positive"] += 1
+            self._emit(user.user_id, labelled[0], labelled[1], event.item_id, features_pb2.EMISSION_POSITIVE, ts,
+                       result)
         category = self._category(event)[0]
         partners = user.cooc_partners(ts, event.session_id, event.item_id, settings)
         if partners:
@@ -243,5 +323,53 @@ class BatchProcessor:
             if req is None:
                 continue
             touched[user_id] = user
-            result.samples.extend(sample_messages(user.user_id, request_id, req, self.policy, watermark))
-            result.counters["samples"] += len(req.impressions)
+            if req.all_answered():
+                self._emit_closed(user.user_id, request_id, req, watermark, result)
+            else:  # its samples go out when the last impression is answered
+                req.closed_at = watermark
+                self.closed[(user_id, request_id)] = req
+                self.closed_dirty.add((user_id, request_id))
+
+    # -- item counters and the emissions that wait for them ---------------------------------------
+    def _answer(self, imp: PendingImpression, scenario: str, item_id: str) -> None:
+        """Fills the impression's item counters with the sealed counts below its cut (== the frontier now)."""
+        c = self.counters.sealed((scenario, item_id))
+        imp.counts = (c[0], c[1], c[3], imp.counts[3], imp.counts[4])
+        imp.answered = True
+
+    def _emit(self, user_id: str, request_id: str, req: PendingRequest, item_id: str, emission: int,
+              emitted_ts_ms: int, result: BatchResult) -> None:
+        """Sends a fake_negative emission now, or holds it until the impression's counters are answered."""
+        imp = req.impressions[item_id]
+        if not imp.answered:
+            imp.held.append((emission, emitted_ts_ms))
+            return
+        result.samples.append(emission_message(user_id, request_id, req, item_id, emission, emitted_ts_ms))
+        result.counters["emissions.impression" if emission == features_pb2.EMISSION_IMPRESSION
+                        else "emissions.positive"] += 1
+
+    def _emit_closed(self, user_id: str, request_id: str, req: PendingRequest, watermark: int,
+                     result: BatchResult) -> None:
+        result.samples.extend(sample_messages(user_id, request_id, req, self.policy, watermark))
+        result.counters["samples"] += len(req.impressions)
+
+    def _release(self, user_id: str, request_id: str, item_id: str, result: BatchResult) -> None:
+        """Answers a waiting impression (the frontier reached its cut) and sends what waited for it."""
+        key = (user_id, request_id)
+        req = self.closed.get(key)
+        if req is not None:
+            self.closed_dirty.add(key)
+        else:
+            user = self._user(user_id)
+            req = user.pending.get(request_id)
+            if req is None:
+                return
+            result.touched[user_id] = user
+        imp = req.impressions[item_id]
+        self._answer(imp, req.scenario, item_id)
+        held, imp.held = imp.held, []
+        for emission, emitted_ts_ms in held:
+            self._emit(user_id, request_id, req, item_id, emission, emitted_ts_ms, result)
+        if req.closed_at >= 0 and req.all_answered():
+            del self.closed[key]
+            self._emit_closed(user_id, request_id, req, req.closed_at, result)

@@ -60,6 +60,8 @@ class EventsService(Service):
         self.first_record_at = 0.0  # when the first batch arrived (wall clock)
         self.last_batch_at = 0.0  # when the last batch became durable
         self.idle = asyncio.Event()
+        self.last_record_at: dict[int, float] = {}  # partition -> monotonic time of its last record (or assignment)
+        self._idle_checked_at = 0.0
         self.progress = ProgressLog(log, settings.progress_every_s)
         self._not_busy = asyncio.Event()
         self._not_busy.set()
@@ -97,6 +99,9 @@ class EventsService(Service):
         assert self.consumer is not None
         stored = self.processor.offsets
         self.processor.assigned = {tp.partition for tp in self.consumer.assignment()}
+        now = time.monotonic()
+        for tp in assigned:
+            self.last_record_at[tp.partition] = now
         for tp in assigned:
             last = stored.get((tp.topic, tp.partition))
             committed = await self.consumer.committed(tp)
@@ -120,8 +125,15 @@ class EventsService(Service):
         while not self.should_stop:
             records = await self._collect(s.batch_size, s.batch_within_s)
             self.progress.maybe(self._progress_counters(), self._progress_line)
+            await self._update_idle_partitions()
             if not records:
                 self.idle.set()
+                if self.processor.frontier_target() > self.processor.counters.frontier:
+                    self._not_busy.clear()
+                    try:
+                        await self.tick()
+                    finally:
+                        self._not_busy.set()
                 continue
             self.idle.clear()
             self._not_busy.clear()
@@ -129,6 +141,42 @@ class EventsService(Service):
                 await self.handle(records)
             finally:
                 self._not_busy.set()
+
+    async def _update_idle_partitions(self) -> None:
+        """Marks the partitions caught up to their end and without records for counter_idle_ms (wall time).
+
+        They leave the minimum that moves the item counters' frontier, so one quiet partition does not hold
+        every impression back. The end offsets are asked at most once a second, only for quiet partitions.
+        """
+        assert self.consumer is not None
+        now = time.monotonic()
+        idle_s = self.settings.counter_idle_ms / 1000
+        quiet = [tp for tp in self.consumer.assignment()
+                 if now - self.last_record_at.get(tp.partition, now) >= idle_s]
+        if not quiet:
+            self.processor.idle = set()
+            return
+        if now - self._idle_checked_at < min(1.0, idle_s):
+            return
+        self._idle_checked_at = now
+        try:
+            ends = await self.consumer.end_offsets(quiet)
+        except KafkaError as exc:
+            log.warning("end offsets unavailable (%s); partitions kept in the counters' frontier", exc)
+            return
+        offsets = self.processor.offsets
+        self.processor.idle = {
+            tp.partition for tp in quiet
+            if offsets.get((tp.topic, tp.partition), -1) + 1 >= ends.get(tp, 0)
+        }
+
+    async def tick(self) -> BatchResult:
+        """Moves the counters' frontier without records (partitions went idle): answers, sends, commits."""
+        result = self.processor.tick()
+        await self._send(result)
+        self.processor.commit(result)
+        self._count(result, 0, batch=False)
+        return result
 
     async def _collect(self, max_records: int, within_s: float) -> list[Record]:
         """Gathers up to max_records records, waiting at most within_s once the first has arrived."""
@@ -143,8 +191,11 @@ class EventsService(Service):
             except IllegalStateError:  # no assignment yet (group join in progress)
                 await asyncio.sleep(0.2)
                 return out
+            now = time.monotonic()
             for tp, messages in fetched.items():
                 out.extend(Record(tp.topic, tp.partition, m.offset, m.key, m.value) for m in messages)
+                if messages:
+                    self.last_record_at[tp.partition] = now
             if not out:
                 return out
             if not self.first_record_at:
@@ -243,7 +294,7 @@ class EventsService(Service):
                 f"{int(counters['dead_letters']):,} dead letters, lag {sum(self.lag.values()):,}, "
                 f"mean batch {batch_ms:.0f} ms")
 
-    def _count(self, result: BatchResult, n: int) -> None:
+    def _count(self, result: BatchResult, n: int, batch: bool = True) -> None:
         c = self.counters
         c["records"] += n
         c["processed"] += result.processed
@@ -251,6 +302,6 @@ class EventsService(Service):
         c["replayed"] += result.replayed
         c["dead_letters"] += len(result.dead)
         self.dead_by_reason.update(d.reason for d in result.dead)
-        c["batches"] += 1
+        c["batches"] += batch
         c.update(result.counters)
         self.last_batch_at = time.time()

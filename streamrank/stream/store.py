@@ -5,14 +5,18 @@ records they fold in, in one WriteBatch: after a kill -9 the state and the offse
 from the stored offsets neither loses nor double-counts an event.
 
 Keys are a one-byte kind prefix followed by the id: u user, p user with open impressions, c co-occurrence
-of an item, g scenario totals, n (scenario, item) totals, b recent buckets, i catalog item, o offset,
-w partition watermark, m metadata. Values are pickles (internal format; readers outside the worker use
-the compacted topics instead).
+of an item, g scenario totals, n (scenario, item) totals, b recent buckets, k (scenario, item)
+counters below the frontier and per effective-time bucket (packed integers), q (user, request) closed
+while an impression waits for its counters, i catalog item, o offset,
+w partition watermark, m metadata. The other values are pickles (internal format, written and read only by
+the worker; readers outside it use the compacted topics). The format is versioned: state written by an
+older layout is refused with a one-line error, not misread.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +24,17 @@ from typing import Any
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from streamrank.stream.aggregates import CoocCounts, ScenarioStats
-from streamrank.stream.userstate import UserState
+from streamrank.stream.counters import SealedCounters
+from streamrank.stream.userstate import PendingRequest, UserState
 from streamrank.v1 import events_pb2
 
 SEP = b"\x00"
+# The layout of the values; 2: impressions carry a counter cut and may wait for it (stream/counters.py).
+STATE_FORMAT = 2
+
+
+class StateFormatError(ValueError):
+    """The stored state was written in another layout than this code reads."""
 
 
 def _pair_key(scenario: str, item_id: str) -> bytes:
@@ -35,6 +46,15 @@ def _pair_key(scenario: str, item_id: str) -> bytes:
 def _split_pair_key(key: bytes) -> tuple[str, str]:
     n = int.from_bytes(key[:4], "big")
     return key[4:4 + n].decode(), key[4 + n:].decode()
+def _pack_ints(values: list[int]) -> bytes:
+    """Signed 64-bit big-endian integers (the counter rows: no pickle for the most written values)."""
+    return struct.pack(f">{len(values)}q", *values)
+
+
+def _unpack_ints(raw: bytes) -> list[int]:
+    return list(struct.unpack(f">{len(raw) // 8}q", raw))
+
+
 _DUMP = pickle.dumps
 _LOAD = pickle.loads
 PROTO = pickle.HIGHEST_PROTOCOL
@@ -55,11 +75,27 @@ class StateStore:
             self.path.mkdir(parents=True, exist_ok=True)
             opts.create_if_missing(True)
             self.db = Rdict(str(self.path), opts)
+        self._check_format(read_only)
         self.catalog_cache: dict[str, events_pb2.Item] = {}
         for key, raw in self._scan(b"i"):
             item = events_pb2.Item()
             item.ParseFromString(raw)
             self.catalog_cache[key.decode()] = item
+
+    def _check_format(self, read_only: bool) -> None:
+        """Refuses state of another layout; stamps a new database with this one."""
+        raw = self.db.get(b"mformat")
+        if raw is None:
+            has_state = any(True for _ in self._scan(b"o"))
+            if has_state:
+                raise StateFormatError(
+                    f"worker state at {self.path} was written by an older streamrank (format 1, this one reads "
+                    f"{STATE_FORMAT}); move it aside and start the worker again to rebuild it from the events topic")
+            if not read_only:
+                self.db.put(b"mformat", str(STATE_FORMAT).encode())
+        elif int(raw) != STATE_FORMAT:
+            raise StateFormatError(f"worker state at {self.path} has format {int(raw)}, this streamrank reads "
+                                   f"{STATE_FORMAT}; move it aside and start the worker again to rebuild it")
 
     def close(self) -> None:
         """Flushes and closes the database."""
@@ -90,6 +126,14 @@ class StateStore:
                 users.append(user)
         return users
 
+    def load_closed_requests(self) -> list[tuple[tuple[str, str], PendingRequest]]:
+        """Requests whose window closed while an impression waited for its item counters."""
+        out = []
+        for key, raw in self._scan(b"q"):
+            user_id, request_id = key.split(SEP, 1)
+            out.append(((user_id.decode(), request_id.decode()), _LOAD(raw)))
+        return out
+
     def iter_users(self) -> Iterator[UserState]:
         """Every stored user (for inspection and tests)."""
         for _, raw in self._scan(b"u"):
@@ -112,7 +156,8 @@ class StateStore:
         raw = self.db.get(b"mbatch")
         return 0 if raw is None else int(raw)
 
-    def load_aggregates(self, cooc: CoocCounts, stats: ScenarioStats) -> None:
+    def load_aggregates(self, cooc: CoocCounts, stats: ScenarioStats, counters: SealedCounters | None = None
+                        ) -> None:
         """Fills the in-memory aggregates from disk (at start-up)."""
         for key, raw in self._scan(b"c"):
             cooc.counts[key.decode()] = _LOAD(raw)
@@ -125,6 +170,10 @@ class StateStore:
         raw = self.db.get(b"mstats")
         if raw is not None:
             stats.watermark, stats.low_watermark, stats.late = _LOAD(raw)
+        if counters is not None:
+            raw = self.db.get(b"mcounters")
+            counters.restore(0 if raw is None else int(raw),
+                             ((_split_pair_key(key), _unpack_ints(value)) for key, value in self._scan(b"k")))
 
     # -- the atomic commit --------------------------------------------------------------------------
     def commit(
@@ -133,6 +182,8 @@ class StateStore:
         cooc: CoocCounts,
         cooc_dirty: set[str],
         stats: ScenarioStats,
+        counters: SealedCounters,
+        closed: dict[tuple[str, str], PendingRequest | None],
         offsets: dict[tuple[str, int], int],
         watermarks: dict[int, int],
         batch_seq: int,
@@ -162,6 +213,16 @@ class StateStore:
             else:
                 wb.delete(b"b" + skey)
         stats.dirty = set()
+        for key in counters.dirty:
+            put(b"k" + _pair_key(*key), _pack_ints(counters.packed(key)))
+        counters.dirty = set()
+        for (user_id, request_id), req in closed.items():
+            key = b"q" + user_id.encode() + SEP + request_id.encode()
+            if req is None:
+                wb.delete(key)
+            else:
+                put(key, _DUMP(req, PROTO))
+        put(b"mcounters", str(counters.frontier).encode())
         put(b"mstats", _DUMP((stats.watermark, stats.low_watermark, stats.late), PROTO))
         for (topic, part), offset in offsets.items():
             put(b"o" + topic.encode() + SEP + str(part).encode(), str(offset).encode())

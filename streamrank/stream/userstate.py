@@ -31,6 +31,17 @@ class PendingImpression:
     price: float | None
     counts: tuple[int, int, int, int, int]  # item imp/click/purchase, user-item clicks, user-category clicks
     labels: list[bool] = field(default_factory=lambda: [False, False, False])
+    # The item counters are those of the events before `cut_ms` in effective time (stream/counters.py); they
+    # are filled in (`answered`) once the frontier reaches the cut. Emissions wait for it in `held`.
+    cut_ms: int = 0
+    answered: bool = False
+    held: list[tuple[int, int]] = field(default_factory=list)  # (emission, emitted_ts_ms) not sent yet
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        # Pickled as constructor arguments: several times faster than the slots protocol, and this is written
+        # for every waiting request of every batch.
+        return PendingImpression, (self.event_id, self.position, self.category, self.brand, self.shop, self.price,
+                                   self.counts, self.labels, self.cut_ms, self.answered, self.held)
 
 
 @dataclass(slots=True)
@@ -41,12 +52,22 @@ class PendingRequest:
     session_id: str
     scenario: str
     query: str
-    # Snapshot of the behaviour sequence just before the request (newest `feature_sequence_length`).
-    seq_items: list[str]
-    seq_types: list[int]
-    seq_ts: list[int]
-    seq_cats: list[str]
+    # The sample fields shared by its impressions, with the behaviour sequence just before the request (the
+    # newest `feature_sequence_length`): a serialized TrainingSample (stream/encode.py, request_template).
+    template: bytes
     impressions: dict[str, PendingImpression] = field(default_factory=dict)
+    # The partition watermark at which the window closed while an impression still waited for its counters
+    # (-1: open). Such a request leaves its user (it takes no more labels) and is kept by the processor until
+    # every impression is answered; its samples then go out with this emission time.
+    closed_at: int = -1
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return PendingRequest, (self.ts_ms, self.session_id, self.scenario, self.query, self.template,
+                                self.impressions, self.closed_at)
+
+    def all_answered(self) -> bool:
+        """True when every impression has its item counters."""
+        return all(imp.answered for imp in self.impressions.values())
 
 
 @dataclass(slots=True)
