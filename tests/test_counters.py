@@ -15,6 +15,7 @@ from streamrank.events.partitioning import partition_of
 from streamrank.stream.counters import SealedCounters
 from streamrank.stream.processor import BatchProcessor, Record
 from streamrank.stream.store import StateFormatError, StateStore
+from streamrank.stream.summary import summarize
 from streamrank.v1 import events_pb2, features_pb2
 from tests import reference
 from tests.test_processor import BUY, CLICK, IMP, NOW, T0, event, make_settings
@@ -150,8 +151,12 @@ def test_waiting_impressions_and_held_emissions_survive_a_restart(tmp_path: Path
         proc.commit(result)
         out.extend(v for _, v in result.samples)
         waiting = len(proc.waiting)
+        snapshot = store.snapshot_state()
         store.close()
     assert waiting > 0, "the order must leave impressions waiting across a restart"
+    stats = summarize(snapshot)
+    assert stats["impressions_waiting_for_counters"] == waiting
+    assert stats["counter_frontier_ms"] == proc.counters.frontier
     store = StateStore(tmp_path / "restarted" / "state")
     proc = BatchProcessor(settings, store, now_ms=NOW)
     proc.assigned = set(range(PARTS))

@@ -255,4 +255,6 @@ class StateStore:
             "buckets": stats.buckets,
             "offsets": self.load_offsets(),
             "catalog": dict(self.catalog_cache),
+            "closed_requests": dict(self.load_closed_requests()),
+            "counter_frontier": int(self.db.get(b"mcounters") or 0),
         }

@@ -14,7 +14,9 @@ def summarize(state: dict[str, Any]) -> dict[str, Any]:
     """Headline figures of a state snapshot (StateStore.snapshot_state())."""
     users = state["users"].values()
     lengths = sorted(len(u.seq_items) for u in users)
-    pending = sum(len(r.impressions) for u in users for r in u.pending.values())
+    requests = [r for u in users for r in u.pending.values()] + list(state["closed_requests"].values())
+    pending = sum(len(r.impressions) for r in requests)
+    waiting = sum(not imp.answered for r in requests for imp in r.impressions.values())
     pairs = sum(len(v) for v in state["cooc"].values())
     return {
         "users": len(lengths),
@@ -22,6 +24,8 @@ def summarize(state: dict[str, Any]) -> dict[str, Any]:
         "sequence_length_max": lengths[-1] if lengths else 0,
         "behaviours_by_type": _types(users),
         "pending_impressions": pending,
+        "impressions_waiting_for_counters": waiting,
+        "counter_frontier_ms": state["counter_frontier"],
         "cooc_items": len(state["cooc"]),
         "cooc_pairs": pairs,
         "scenarios": {k: dict(zip(("impressions", "clicks", "add_to_carts", "purchases"), v, strict=True))
@@ -65,6 +69,8 @@ def print_summary(settings: Settings) -> int:
           f"{summary['sequence_length_max']}")
     print(f"  behaviours by type        {summary['behaviours_by_type']}")
     print(f"  impressions pending       {summary['pending_impressions']:>12,}")
+    print(f"    waiting for counters    {summary['impressions_waiting_for_counters']:>12,}"
+          f"  (item counters complete below event time {summary['counter_frontier_ms']:,} ms)")
     print(f"  co-occurrence items/pairs {summary['cooc_items']:>8,} / {summary['cooc_pairs']:,}")
     print(f"  catalog items             {summary['catalog_items']:>12,}")
     print("  scenarios (impressions / clicks / add-to-carts / purchases):")
