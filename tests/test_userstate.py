@@ -206,7 +206,7 @@ def test_cooc_partners_empty_when_the_item_is_already_in_the_window() -> None:
 
 # --- attribution -------------------------------------------------------------------------------------
 def open_request(user: UserState, request_id: str, ts: int, *items: str) -> PendingRequest:
-    req = PendingRequest(ts, "s", "web", "", b"")
+    req = PendingRequest(ts, "web", b"")
     for pos, item in enumerate(items):
         req.impressions[item] = PendingImpression(f"{request_id}-{item}", pos, "", "", "", None, (0, 0, 0, 0, 0))
     user.pending[request_id] = req

@@ -261,12 +261,7 @@ class BatchProcessor:
         if ts > user.max_ts:
             user.max_ts = ts
         user.partition = partition
-        # The effective time (SealedCounters.effective_time, inlined: this runs per event)
-        effective = self.watermarks.get(partition, 0)
-        if ts > effective:
-            effective = ts
-        if effective < self.counters.frontier:
-            effective = self.counters.frontier
+        effective = self.counters.effective_time(ts, self.watermarks.get(partition, 0))
         if event.item_id:
             self.counters.add((event.scenario, event.item_id), TYPE_INDEX[etype], effective)
         if etype == IMPRESSION:
@@ -276,7 +271,7 @@ class BatchProcessor:
             if req is None:
                 template = request_template(user.user_id, request_id, ts, event.session_id, event.scenario,
                                             event.query, user.snapshot(settings.feature_sequence_length))
-                req = PendingRequest(ts, event.session_id, event.scenario, event.query, template)
+                req = PendingRequest(ts, event.scenario, template)
                 user.pending[request_id] = req
                 self._schedule(partition, ts, user.user_id, request_id)
             if event.item_id not in req.impressions:

@@ -49,9 +49,7 @@ class PendingRequest:
     """A ranked request whose impressions are not labelled yet, with the user's sequence at that time."""
 
     ts_ms: int
-    session_id: str
-    scenario: str
-    query: str
+    scenario: str  # the counters' key (with the item); session and query live in `template`
     # The sample fields shared by its impressions, with the behaviour sequence just before the request (the
     # newest `feature_sequence_length`): a serialized TrainingSample (stream/encode.py, request_template).
     template: bytes
@@ -62,8 +60,7 @@ class PendingRequest:
     closed_at: int = -1
 
     def __reduce__(self) -> tuple[type, tuple]:
-        return PendingRequest, (self.ts_ms, self.session_id, self.scenario, self.query, self.template,
-                                self.impressions, self.closed_at)
+        return PendingRequest, (self.ts_ms, self.scenario, self.template, self.impressions, self.closed_at)
 
     def all_answered(self) -> bool:
         """True when every impression has its item counters."""
