@@ -242,6 +242,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 BENCHMARKS = {
     "stream": "streamrank.bench.stream",      # worker throughput vs the raw consumer ceiling
+    "stream-scaling": "streamrank.bench.stream_scaling",  # 1..N workers: events/s, CPU-s, hand-off, samples
     "ranking": "streamrank.bench.ranking",    # the AW-MoE family on MovieLens
     "online": "streamrank.bench.online",      # online learning over a replay vs an offline model
     "online-vs-batch": "streamrank.bench.online_vs_batch",  # online vs scheduled retrains, slice by slice

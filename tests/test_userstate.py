@@ -139,12 +139,26 @@ def test_dedupe_ids_within_the_horizon_survive_pruning() -> None:
     s = make_settings(dedupe_horizon_ms=1_000)
     u = UserState("u")
     u.max_ts = T0 + 1_000
-    assert u.is_duplicate("too-old", T0 - 1, s) is False
+    assert u.is_duplicate("too-old", T0 - 251, s) is False  # more than 5/4 of the horizon old
     assert u.is_duplicate("edge", T0, s) is False  # exactly horizon old: still inside
     for i in range(100):
         assert u.is_duplicate(f"e{i}", T0 + 1_000, s) is False
     assert "too-old" not in u.seen, "the pruning ran"
     assert u.is_duplicate("edge", T0, s) is True
+
+
+def test_dedupe_memory_is_bounded_and_keeps_the_newest_ids() -> None:
+    s = make_settings(dedupe_horizon_ms=10**12)  # nothing leaves by age: only the cap prunes
+    u = UserState("u")
+    cap = userstate.MAX_SEEN_IDS
+    peak = 0
+    for i in range(3 * cap):
+        assert u.is_duplicate(f"e{i}", T0 + i, s) is False
+        peak = max(peak, len(u.seen))
+    assert cap <= peak <= cap + cap // 4, peak
+    newest = [f"e{i}" for i in range(2 * cap, 3 * cap)]
+    assert all(u.is_duplicate(eid, T0, s) for eid in newest), "the newest MAX_SEEN_IDS ids are always kept"
+    assert "e0" not in u.seen
 
 
 # --- co-occurrence partners --------------------------------------------------------------------------
@@ -320,3 +334,17 @@ def test_type_index() -> None:
     assert [TYPE_INDEX[t] for t in (events_pb2.IMPRESSION, CLICK, ATC, BUY)] == [0, 1, 2, 3]
     with pytest.raises(KeyError):
         TYPE_INDEX[events_pb2.EVENT_TYPE_UNSPECIFIED]
+
+
+def test_user_snapshot_bytes_do_not_depend_on_counter_order() -> None:
+    """Re-sent snapshots equal their first copy: map fields are written in key order, not hash order."""
+    from streamrank.stream.encode import user_snapshot
+
+    s = make_settings()
+    keys = [f"item{i}" for i in range(60)]
+    first, second = UserState("u"), UserState("u")
+    first.item_clicks = {k: i for i, k in enumerate(keys)}
+    second.item_clicks = {k: first.item_clicks[k] for k in reversed(keys)}
+    first.category_clicks = {"a": 1, "b": 2}
+    second.category_clicks = {"b": 2, "a": 1}
+    assert user_snapshot(first, s) == user_snapshot(second, s)

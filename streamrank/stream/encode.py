@@ -92,7 +92,9 @@ def user_snapshot(user: UserState, settings: Settings) -> bytes:
     _fill_sequence(msg.behaviors, *user.snapshot(settings.feature_sequence_length))
     msg.item_clicks.update(user.item_clicks)
     msg.category_clicks.update(user.category_clicks)
-    return msg.SerializeToString()
+    # Maps serialize in hash order, which upb seeds per process: deterministic=True sorts their keys, so a
+    # re-sent snapshot has the bytes of its first copy.
+    return msg.SerializeToString(deterministic=True)
 
 
 def item_stats_key(scenario: str, item_id: str, producer: str) -> bytes:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from streamrank.config import Settings
 from streamrank.events.types import CLICK, IMPRESSION, TYPE_INDEX
@@ -33,8 +34,24 @@ from streamrank.v1 import events_pb2, features_pb2
 log = logging.getLogger(__name__)
 
 
+class ConsumedRecord(Protocol):
+    """What the processor reads of a consumed message: aiokafka's ConsumerRecord has these attributes, so
+    the consumer hands its records over as they are (no copy per record)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 class Record(NamedTuple):
-    """One consumed message, as the processor needs it."""
+    """One consumed message built by hand (tests, benchmarks), as the processor needs it."""
 
     topic: str
     partition: int
@@ -47,7 +64,7 @@ class Record(NamedTuple):
 class DeadLetter:
     """A record refused with its reason; goes to the dead-letter topic unchanged."""
 
-    record: Record
+    record: ConsumedRecord
     reason: str
     detail: str
 
@@ -149,7 +166,7 @@ class BatchProcessor:
                 self._wait(imp.cut_ms, user_id, request_id, item_id)
 
     # ------------------------------------------------------------------------------------------
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: Sequence[ConsumedRecord]) -> BatchResult:
         """Applies a batch in memory; returns its outputs and what changed (persist it with commit())."""
         result = BatchResult()
         touched = result.touched

@@ -18,12 +18,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.partitioner import murmur2
 from mode import Service
 
 from streamrank import kafka_security
 from streamrank.config import Settings
 from streamrank.observability import ProgressLog
-from streamrank.stream.processor import BatchProcessor, BatchResult, DeadLetter, Record
+from streamrank.stream.processor import BatchProcessor, BatchResult, ConsumedRecord, DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,10 @@ class EventsService(Service):
         self._count(result, 0, batch=False)
         return result
 
-    async def _collect(self, max_records: int, within_s: float) -> list[Record]:
+    async def _collect(self, max_records: int, within_s: float) -> list[ConsumedRecord]:
         """Gathers up to max_records records, waiting at most within_s once the first has arrived."""
         assert self.consumer is not None
-        out: list[Record] = []
+        out: list[ConsumedRecord] = []
         deadline: float | None = None
         while len(out) < max_records:
             timeout = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
@@ -193,7 +194,7 @@ class EventsService(Service):
                 return out
             now = time.monotonic()
             for tp, messages in fetched.items():
-                out.extend(Record(tp.topic, tp.partition, m.offset, m.key, m.value) for m in messages)
+                out.extend(messages)
                 if messages:
                     self.last_record_at[tp.partition] = now
             if not out:
@@ -206,7 +207,7 @@ class EventsService(Service):
                 break
         return out
 
-    async def handle(self, records: list[Record]) -> BatchResult:
+    async def handle(self, records: list[ConsumedRecord]) -> BatchResult:
         """Processes one batch end to end (see the module docstring for the order)."""
         started = time.monotonic()
         silent = [r for r in records if r.offset < self.silent_until.get(r.partition, -1)]
@@ -236,7 +237,6 @@ class EventsService(Service):
     async def _send(self, result: BatchResult) -> None:
         assert self.producer is not None
         s = self.settings
-        send = self.producer.send
         futures = []
         for topic, messages in (
             (s.topic("samples"), result.samples),
@@ -244,11 +244,40 @@ class EventsService(Service):
             (s.topic("cooc"), result.cooc),
             (s.topic("item-stats"), result.item_stats),
         ):
-            for key, value in messages:
-                futures.append(await send(topic, value=value, key=key))
+            if messages:
+                futures.extend(await self._send_keyed(topic, messages))
         futures.extend([await self._dead_letter(d) for d in result.dead])
         if futures:
             await asyncio.gather(*futures)
+
+    async def _send_keyed(self, topic: str, messages: list[tuple[bytes, bytes]]) -> list[asyncio.Future[Any]]:
+        """Queues keyed messages as one record batch per partition; returns the batches' futures.
+
+        Partitions are chosen as Kafka's default partitioner does (murmur2 of the key), so keys land where any
+        client would put them. A batch instead of a send per message pays aiokafka's per-message future,
+        metadata lookup and completion callback once per batch (docs/design.md, "Sending outputs").
+        """
+        producer = self.producer
+        assert producer is not None
+        partitions = sorted(await producer.partitions_for(topic))
+        n = len(partitions)
+        batches: dict[int, Any] = {}
+        futures: list[asyncio.Future[Any]] = []
+        chosen: dict[bytes, int] = {}  # samples of one user share a key: hash it once
+        for key, value in messages:
+            partition = chosen.get(key)
+            if partition is None:
+                partition = chosen[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % n]
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start the next
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[partition] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)  # the first record always fits
+        for partition, batch in batches.items():
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return futures
 
     async def _dead_letter(self, dead: DeadLetter) -> asyncio.Future[Any]:
         assert self.producer is not None

@@ -17,6 +17,7 @@ LABEL_INDEX: dict[int, int] = {CLICK: 0, ADD_TO_CART: 1, PURCHASE: 2}
 MAX_CROSS_KEYS = 500
 # Event ids remembered per user for duplicate detection (the newest are kept past this bound).
 MAX_SEEN_IDS = 4096
+SEEN_IDS_PRUNE_AT = MAX_SEEN_IDS + MAX_SEEN_IDS // 4
 
 
 @dataclass(slots=True)
@@ -92,16 +93,20 @@ class UserState:
     def is_duplicate(self, event_id: str, ts_ms: int, settings: Settings) -> bool:
         """True when event_id was seen before; otherwise remembers it.
 
-        Ids are remembered for at least dedupe_horizon_ms of event time (pruned every 64 new ids, so some
-        live a little longer), and at most MAX_SEEN_IDS per user.
+        Ids are remembered for at least dedupe_horizon_ms of event time and at most 5/4 of it (checked when
+        an id arrives), and the newest MAX_SEEN_IDS are kept at a prune. A prune scans the whole dict, so it
+        runs only when the first id in the dict (the oldest arrival; dicts keep insertion order and are
+        rebuilt by a prune) is more than 5/4 of the horizon old, or the dict holds 5/4 of MAX_SEEN_IDS:
+        amortised a few steps per event, where a prune every 64 ids scanned up to 4,096 entries each time.
         """
-        if event_id in self.seen:
+        seen = self.seen
+        if event_id in seen:
             return True
-        self.seen[event_id] = ts_ms
-        # Prune every 64 new ids (amortised): drop ids past the horizon, and keep at most MAX_SEEN_IDS.
-        if len(self.seen) % 64 == 0:
-            horizon = self.max_ts - settings.dedupe_horizon_ms
-            kept = [(k, t) for k, t in self.seen.items() if t >= horizon]
+        seen[event_id] = ts_ms
+        horizon_ms = settings.dedupe_horizon_ms
+        cutoff = self.max_ts - horizon_ms
+        if len(seen) > SEEN_IDS_PRUNE_AT or next(iter(seen.values())) < cutoff - horizon_ms // 4:
+            kept = [(k, t) for k, t in seen.items() if t >= cutoff]
             self.seen = dict(kept[-MAX_SEEN_IDS:])
         return False
 
