@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from streamrank.broker import check_reachable
 from streamrank.cli_retrieval import add_retrieval_parsers
@@ -55,6 +56,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.metrics_port is not None:
         settings = settings.with_overrides(worker_metrics_port=args.metrics_port)
+    if args.state_slots:
+        from streamrank.stream.slots import claim_slot
+
+        slot = claim_slot(Path(settings.data_dir))  # held until this process exits
+        settings = settings.with_overrides(data_dir=str(slot.path))
+        if args.slot_file:
+            Path(args.slot_file).write_text(f"{slot.path}\n")
+        log.info("state slot %s: %s", slot.number, slot.path)
     if settings.bootstrap_servers:
         check_reachable(settings.bootstrap_servers)
     with broker_for(settings.bootstrap_servers) as bootstrap:
@@ -341,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-id", help="consumer group / state folder name")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (setting worker_metrics_port; 0 = off)")
     p.add_argument("--loglevel", default="warning", help="Faust's log level (default warning)")
+    p.add_argument("--state-slots", action="store_true",
+                   help="keep state in the lowest free slot folder under the data dir (replicas sharing a volume: "
+                        "a recreated replica finds its state again; stream/slots.py)")
+    p.add_argument("--slot-file", help="with --state-slots: write the claimed slot's folder to this file")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("produce", help="publish events from MovieLens or an event-log file")

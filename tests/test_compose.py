@@ -73,6 +73,12 @@ def test_services_volumes_and_health_checks() -> None:
     mounts = {name: {v["source"]: v["target"] for v in svc.get("volumes", [])} for name, svc in services.items()}
     assert mounts["trainer"]["registry"] == mounts["scorer"]["registry"] == "/var/lib/streamrank-registry"
     assert mounts["worker"]["worker-state"] == "/var/lib/streamrank"  # RocksDB state
+    # Replicas share the volume; each locks a state slot there, which a recreated container finds again.
+    worker = services["worker"]
+    assert worker["command"][:3] == ["streamrank", "worker", "--state-slots"]
+    assert worker["environment"]["STREAMRANK_DATA_DIR"] == "/var/lib/streamrank"
+    slot_file = worker["command"][worker["command"].index("--slot-file") + 1]
+    assert slot_file in " ".join(worker["healthcheck"]["test"])
     assert set(p["volumes"]) >= {"kafka-data", "worker-state", "registry", "scorer-state", "reports"}
     assert "python" in services["scorer"]["healthcheck"]["test"] and "grpc_health" in " ".join(
         services["scorer"]["healthcheck"]["test"])
