@@ -56,10 +56,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.metrics_port is not None:
         settings = settings.with_overrides(worker_metrics_port=args.metrics_port)
+    replica = None
     if args.state_slots:
         from streamrank.stream.slots import claim_slot
 
         slot = claim_slot(Path(settings.data_dir))  # held until this process exits
+        replica = f"slot-{slot.number}"
         settings = settings.with_overrides(data_dir=str(slot.path))
         if args.slot_file:
             Path(args.slot_file).write_text(f"{slot.path}\n")
@@ -70,7 +72,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings = settings.with_overrides(bootstrap_servers=bootstrap)
         ensure_topics(settings)
         log.info("worker %s on %s, state in %s", settings.worker_id, bootstrap, settings.data_dir)
-        Worker(settings).run(loglevel=args.loglevel)
+        Worker(settings, replica=replica).run(loglevel=args.loglevel)
     return 0
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,11 +56,16 @@ def test_a_killed_replica_frees_its_slot(tmp_path: Path) -> None:
 
 
 def test_two_worker_replicas_share_a_data_dir(settings: Settings) -> None:
-    """`streamrank worker --state-slots` twice on one data dir: two slots, two states, both in the group."""
-    from streamrank.pipeline import settings_env, stop_worker
+    """`streamrank worker --state-slots` twice on one data dir: two slots, two states, both in the group, and
+    each replica holds the whole catalog (its catalog agent consumes in a group of its own)."""
+    from streamrank.events.producer import produce_items
+    from streamrank.pipeline import read_status, settings_env, stop_worker
     from streamrank.topics import ensure_topics
+    from streamrank.v1 import events_pb2
 
     ensure_topics(settings)
+    items = [events_pb2.Item(item_id=f"item{i}", category=f"c{i % 3}") for i in range(40)]
+    produce_items(settings, items, progress=False, strict=True)
     base = Path(settings.data_dir)
     files = [base / f"slot-file-{i}" for i in range(2)]
     procs = [subprocess.Popen([sys.executable, "-m", "streamrank.cli", "worker", "--state-slots", "--slot-file",
@@ -74,5 +80,13 @@ def test_two_worker_replicas_share_a_data_dir(settings: Settings) -> None:
             time.sleep(0.3)
         assert [s.parts[-4] for s in statuses] == ["slot-0", "slot-1"]
         assert sorted(f.read_text().strip() for f in files) == [str(base / "slot-0"), str(base / "slot-1")]
+        slots = [replace(settings, data_dir=str(base / f"slot-{k}")) for k in (0, 1)]
+        catalogs: list[int] = []
+        while time.monotonic() < deadline:
+            catalogs = [(read_status(s) or {}).get("catalog_items", 0) for s in slots]
+            if catalogs == [len(items)] * 2:
+                break
+            time.sleep(0.3)
+        assert catalogs == [len(items)] * 2, "every replica reads the whole catalog"
     finally:
         assert [stop_worker(p) for p in procs] == [0, 0]

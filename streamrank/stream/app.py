@@ -40,7 +40,10 @@ def status_path(settings: Settings) -> Path:
 class Worker:
     """Builds the Faust app with its agents and services over one RocksDB store."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, replica: str | None = None) -> None:
+        """`replica` names one of several replicas of the worker group (its state slot): the catalog agent
+        then consumes in a group of its own, so every replica reads the whole catalog, not a share of its
+        partitions. The events consumer's group stays `<worker_id>.events`, shared by the replicas."""
         if not settings.bootstrap_servers:
             raise ValueError("the worker needs bootstrap_servers (the CLI starts an embedded broker)")
         self.settings = settings
@@ -49,7 +52,7 @@ class Worker:
         self.store = StateStore(base / "state")
         self.processor = BatchProcessor(settings, self.store)
         self.app = faust.App(
-            settings.worker_id,
+            settings.worker_id if replica is None else f"{settings.worker_id}.{replica}",
             broker=f"kafka://{settings.bootstrap_servers}",
             store="rocksdb://",
             datadir=str(base / "faust"),
