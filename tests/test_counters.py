@@ -94,7 +94,9 @@ def test_effective_time_cut_and_fold() -> None:
     assert c.sealed(("web", "i")) == [1, 0, 0, 0]
     assert c.sealed_changed == {("web", "i")}
     c.frontier = 120_000
-    assert c.effective_time(1_000, 5_000) == 120_000  # nothing lands below the frontier
+    assert c.effective_time(1_000, 5_000, 0) == 5_000  # a live partition's watermark is above the frontier
+    c.resume(0)  # ...unless it was idle and the frontier passed it: then it counts from the frontier on
+    assert c.effective_time(1_000, 5_000, 0) == 120_000
 
 
 def test_samples_are_byte_identical_whatever_the_interleaving_and_batching(tmp_path: Path) -> None:

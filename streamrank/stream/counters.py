@@ -52,13 +52,25 @@ class SealedCounters:
         self.open: dict[int, dict[int, dict[Key, Row]]] = {}
         # Z_p: every contribution of partition p below it is sealed; no event of p lands below it again.
         self.sealed_to: dict[int, int] = {}
+        # The floor of effective time for this worker's own events of a partition: raised to the end of
+        # what an idle partition sealed, and to the frontier when it resumes (`resume`). Kept apart from
+        # `sealed_to`, which another owner's records raise: a partition rebuilt by replay after a move
+        # must compute the buckets its first owner did, not land every event above that owner's floor.
+        self.floor: dict[int, int] = {}
         self.open_dirty: set[int] = set()  # partitions whose open buckets, sealed floor or idle mark changed
         self.remote_idle: set[int] = set()  # other workers' partitions marked idle in their last record
 
     def effective_time(self, ts_ms: int, partition_watermark: int, partition: int = -1) -> int:
         """The event's effective time: its timestamp, bumped to its partition's watermark, the partition's
         sealed floor and the frontier."""
-        return max(ts_ms, partition_watermark, self.sealed_to.get(partition, 0), self.frontier)
+        return max(ts_ms, partition_watermark, self.floor.get(partition, 0))
+
+    def resume(self, partition: int) -> None:
+        """A partition that was idle has an event again: the frontier may have passed it meanwhile, so its
+        events count from the frontier on (the stated non-determinism of idle partitions)."""
+        if self.frontier > self.floor.get(partition, 0):
+            self.floor[partition] = self.frontier
+            self.open_dirty.add(partition)
 
     def cut_of(self, effective_ms: int) -> int:
         """An impression's cut: its item counters count the events with effective time below it."""
@@ -87,24 +99,32 @@ class SealedCounters:
     def seal(self, partition: int, upto: int) -> dict[int, dict[Key, Row]]:
         """Seals the partition's contributions below `upto` (a bucket start): moves them into the buckets the
         frontier folds and raises its sealed floor; returns them by bucket (what other workers must apply)."""
-        if upto <= self.sealed_to.get(partition, 0):
-            return {}
-        self.sealed_to[partition] = upto
-        self.open_dirty.add(partition)
+        have = self.sealed_to.get(partition, 0)
         opened = self.open.get(partition)
         out: dict[int, dict[Key, Row]] = {}
         if opened:
             for start in sorted(s for s in opened if s < upto):
-                rows = out[start] = opened.pop(start)
-                self._merge(start, rows)
+                rows = opened.pop(start)
+                if start >= have:  # below it: applied already from a previous owner's records
+                    out[start] = rows
+                    self._merge(start, rows)
             if not opened:
                 del self.open[partition]
+            self.open_dirty.add(partition)
+        if upto > have:
+            self.sealed_to[partition] = upto
+            self.open_dirty.add(partition)
         return out
 
     def seal_all(self, partition: int) -> dict[int, dict[Key, Row]]:
         """Seals every open bucket of a partition that went idle: the frontier may pass them while it is quiet."""
         opened = self.open.get(partition)
-        return self.seal(partition, max(opened) + self.bucket_ms) if opened else {}
+        if not opened:
+            return {}
+        end = max(opened) + self.bucket_ms
+        if end > self.floor.get(partition, 0):
+            self.floor[partition] = end  # no later event of the partition lands in a sealed bucket
+        return self.seal(partition, end)
 
     def apply(self, partition: int, upto: int, sealed: dict[int, dict[Key, Row]], idle: bool = False) -> None:
         """Applies another worker's sealed contributions of a partition, each bucket at most once (buckets
@@ -176,9 +196,10 @@ class SealedCounters:
         return out
 
     def packed_open(self, partition: int) -> list[int]:
-        """What the store keeps for a partition: its sealed floor and idle mark (another worker's partition),
-        then (start, row) per open bucket and key, the keys' strings kept apart (`open_keys`) in that order."""
-        out = [self.sealed_to.get(partition, 0), int(partition in self.remote_idle)]
+        """What the store keeps for a partition: its sealed floor, idle mark (another worker's partition) and
+        effective-time floor, then (start, row) per open bucket and key; the keys are kept apart
+        (`open_keys`), in the same order."""
+        out = [self.sealed_to.get(partition, 0), int(partition in self.remote_idle), self.floor.get(partition, 0)]
         for start, rows in sorted((self.open.get(partition) or {}).items()):
             for row in rows.values():
                 out.append(start)
@@ -195,8 +216,10 @@ class SealedCounters:
             self.sealed_to[partition] = ints[0]
         if ints[1]:
             self.remote_idle.add(partition)
+        if ints[2]:
+            self.floor[partition] = ints[2]
         for n, key in enumerate(keys):
-            i = 2 + 5 * n
+            i = 3 + 5 * n
             start = ints[i]
             self.open.setdefault(partition, {}).setdefault(start, {})[key] = ints[i + 1:i + 5]
 

@@ -328,6 +328,9 @@ class BatchProcessor:
         if ts > user.max_ts:
             user.max_ts = ts
         user.partition = partition
+        if partition in self.idle:  # it was quiet and has an event again
+            self.idle.discard(partition)
+            self.counters.resume(partition)
         effective = self.counters.effective_time(ts, self.watermarks.get(partition, 0), partition)
         if event.item_id:
             self.counters.add(partition, (event.scenario, event.item_id), TYPE_INDEX[etype], effective)
