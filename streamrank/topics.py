@@ -19,6 +19,7 @@ TOPICS: dict[str, bool] = {
     "user-features": True,
     "cooc": False,
     "item-stats": True,
+    "counters": False,  # item-counter exchange between workers (sealed buckets per source partition)
     "models": True,
 }
 

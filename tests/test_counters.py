@@ -13,7 +13,7 @@ from rocksdict import Options, Rdict
 from streamrank.config import Settings
 from streamrank.events.partitioning import partition_of
 from streamrank.stream.counters import SealedCounters
-from streamrank.stream.processor import BatchProcessor, Record
+from streamrank.stream.processor import BatchProcessor, ExchangeRecord, Record
 from streamrank.stream.store import StateFormatError, StateStore
 from streamrank.stream.summary import summarize
 from streamrank.v1 import events_pb2, features_pb2
@@ -87,13 +87,16 @@ def test_effective_time_cut_and_fold() -> None:
     c = SealedCounters(BUCKET)
     assert c.effective_time(1_000, 5_000) == 5_000  # a late event counts as of its partition's watermark
     assert c.cut_of(125_000) == 120_000
-    c.add(("web", "i"), 0, 10_000)
-    c.add(("web", "i"), 1, 70_000)
+    c.add(0, ("web", "i"), 0, 10_000)
+    c.add(0, ("web", "i"), 1, 70_000)
+    c.seal(0, 120_000)
     c.fold_to(60_000)
     assert c.sealed(("web", "i")) == [1, 0, 0, 0]
     assert c.sealed_changed == {("web", "i")}
     c.frontier = 120_000
-    assert c.effective_time(1_000, 5_000) == 120_000  # nothing lands below the frontier
+    assert c.effective_time(1_000, 5_000, 0) == 5_000  # a live partition's watermark is above the frontier
+    c.resume(0)  # ...unless it was idle and the frontier passed it: then it counts from the frontier on
+    assert c.effective_time(1_000, 5_000, 0) == 120_000
 
 
 def test_samples_are_byte_identical_whatever_the_interleaving_and_batching(tmp_path: Path) -> None:
@@ -179,3 +182,69 @@ def test_state_of_an_older_layout_is_refused_with_one_line(tmp_path: Path) -> No
     fresh = StateStore(tmp_path / "fresh")  # a new database is stamped and opens again
     fresh.close()
     StateStore(tmp_path / "fresh").close()
+
+
+def _two_workers(tmp: Path, settings: Settings, parts: dict[int, list[Record]], split: set[int], batch: int,
+                 seed: int, restarts: bool = False) -> list[bytes]:
+    """Two processors own complementary partitions and trade exchange records after every batch, in a random
+    order of turns; with `restarts`, each record is delivered twice and a worker restarts from its store
+    after some turns. Returns the samples both emitted."""
+    owned = [split, set(range(settings.partitions)) - split]
+    ended = [False, False]  # the stream ended: a (re)started worker finds its partitions idle
+
+    def start(i: int) -> BatchProcessor:
+        proc = BatchProcessor(settings, StateStore(tmp / f"w{i}" / "state"), now_ms=NOW)
+        proc.assigned = set(owned[i])
+        proc.idle = set(owned[i]) if ended[i] else set()
+        proc.all_partitions = set(range(settings.partitions))  # the others hold the frontier until heard of
+        return proc
+
+    procs = [start(0), start(1)]
+    queues = [[r for p in sorted(own) for r in parts[p]] for own in owned]
+    rng = random.Random(seed)
+    out: list[bytes] = []
+
+    def run(i: int, records: list[Record]) -> list[ExchangeRecord]:
+        result = procs[i].process(records) if records else procs[i].tick()
+        procs[i].commit(result)
+        out.extend(v for _, v in result.samples)
+        return result.exchange
+
+    def turn(i: int, records: list[Record]) -> None:
+        exchange = run(i, records)
+        procs[1 - i].apply_exchange(exchange * (2 if restarts else 1))  # a re-sent record changes nothing
+        if restarts and rng.random() < 0.3:
+            # The receiver restarts from its store; what it applied is durable once a batch commits (the
+            # service stores the exchange topic's offsets with it and re-reads what came after).
+            procs[i].apply_exchange(run(1 - i, []))
+            procs[1 - i].store.close()
+            procs[1 - i] = start(1 - i)
+
+    while any(queues):
+        i = rng.choice([k for k in (0, 1) if queues[k]])
+        turn(i, queues[i][:batch])
+        queues[i] = queues[i][batch:]
+    for i in (0, 1):  # the stream ended: each worker's partitions go idle
+        ended[i] = True
+        procs[i].idle = set(owned[i])
+    for _ in range(3):
+        turn(0, [])
+        turn(1, [])
+    assert not procs[0].waiting and not procs[1].waiting
+    for proc in procs:
+        proc.store.close()
+    return out
+
+
+@pytest.mark.parametrize("policy", ["window", "fake_negative"])
+def test_two_workers_trading_sealed_buckets_emit_the_single_workers_samples(tmp_path: Path, policy: str) -> None:
+    """Issue 20: workers that own different partitions give exactly the single worker's samples (bytes),
+    whatever their relative speed, because each applies the others' sealed buckets before its frontier
+    passes them."""
+    settings = _settings(label_policy=policy)
+    parts = _records(_log(seed=3, requests=150), settings)
+    single = _replay(tmp_path / "single", settings, _interleaved(parts), batch=40)
+    cases = [({0, 1}, 15, False), ({0}, 40, False), ({1, 2, 3}, 7, False), ({0, 2}, 11, True), ({3}, 5, True)]
+    for seed, (split, batch, restarts) in enumerate(cases):
+        pair = _two_workers(tmp_path / f"pair{seed}", settings, parts, split, batch, seed, restarts)
+        assert sorted(pair) == sorted(single), f"split {split}, batch {batch}, restarts {restarts}"

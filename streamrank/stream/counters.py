@@ -47,10 +47,30 @@ class SealedCounters:
         self._starts: list[int] = []  # the starts of by_bucket, as a heap (folding takes the oldest first)
         self.dirty: set[Key] = set()  # keys to persist at the next commit
         self.sealed_changed: set[Key] = set()  # keys whose counts as of the frontier changed (to publish)
+        # Contributions not sealed yet, per source partition: partition -> bucket start -> key -> row. A
+        # partition's bucket is sealed (moved into `buckets`) once its watermark passes the bucket's end.
+        self.open: dict[int, dict[int, dict[Key, Row]]] = {}
+        # Z_p: every contribution of partition p below it is sealed; no event of p lands below it again.
+        self.sealed_to: dict[int, int] = {}
+        # The floor of effective time for this worker's own events of a partition: raised to the end of
+        # what an idle partition sealed, and to the frontier when it resumes (`resume`). Kept apart from
+        # `sealed_to`, which another owner's records raise: a partition rebuilt by replay after a move
+        # must compute the buckets its first owner did, not land every event above that owner's floor.
+        self.floor: dict[int, int] = {}
+        self.open_dirty: set[int] = set()  # partitions whose open buckets, sealed floor or idle mark changed
+        self.remote_idle: set[int] = set()  # other workers' partitions marked idle in their last record
 
-    def effective_time(self, ts_ms: int, partition_watermark: int) -> int:
-        """The event's effective time: its timestamp, bumped to its partition's watermark and the frontier."""
-        return max(ts_ms, partition_watermark, self.frontier)
+    def effective_time(self, ts_ms: int, partition_watermark: int, partition: int = -1) -> int:
+        """The event's effective time: its timestamp, bumped to its partition's watermark, the partition's
+        sealed floor and the frontier."""
+        return max(ts_ms, partition_watermark, self.floor.get(partition, 0))
+
+    def resume(self, partition: int) -> None:
+        """A partition that was idle has an event again: the frontier may have passed it meanwhile, so its
+        events count from the frontier on (the stated non-determinism of idle partitions)."""
+        if self.frontier > self.floor.get(partition, 0):
+            self.floor[partition] = self.frontier
+            self.open_dirty.add(partition)
 
     def cut_of(self, effective_ms: int) -> int:
         """An impression's cut: its item counters count the events with effective time below it."""
@@ -60,18 +80,81 @@ class SealedCounters:
         """The frontier a low watermark (the slowest live partition's newest event time) allows."""
         return floor_to(low_watermark, self.bucket_ms)
 
-    def add(self, key: Key, type_index: int, effective_ms: int) -> None:
-        """Counts one event of a type (0 impression .. 3 purchase) at its effective time (>= the frontier)."""
+    def add(self, partition: int, key: Key, type_index: int, effective_ms: int) -> None:
+        """Counts one event of a partition, of a type (0 impression .. 3 purchase), at its effective time
+        (>= the frontier and the partition's sealed floor), in the partition's open buckets."""
         start = floor_to(effective_ms, self.bucket_ms)
-        series = self.buckets.get(key)
-        if series is None:
-            series = self.buckets[key] = {}
-        row = series.get(start)
+        opened = self.open.get(partition)
+        if opened is None:
+            opened = self.open[partition] = {}
+        rows = opened.get(start)
+        if rows is None:
+            rows = opened[start] = {}
+        row = rows.get(key)
         if row is None:
-            row = series[start] = [0, 0, 0, 0]
-            self._note_bucket(start, key)
+            row = rows[key] = [0, 0, 0, 0]
         row[type_index] += 1
-        self.dirty.add(key)
+        self.open_dirty.add(partition)
+
+    def seal(self, partition: int, upto: int) -> dict[int, dict[Key, Row]]:
+        """Seals the partition's contributions below `upto` (a bucket start): moves them into the buckets the
+        frontier folds and raises its sealed floor; returns them by bucket (what other workers must apply)."""
+        have = self.sealed_to.get(partition, 0)
+        opened = self.open.get(partition)
+        out: dict[int, dict[Key, Row]] = {}
+        if opened:
+            for start in sorted(s for s in opened if s < upto):
+                rows = opened.pop(start)
+                if start >= have:  # below it: applied already from a previous owner's records
+                    out[start] = rows
+                    self._merge(start, rows)
+            if not opened:
+                del self.open[partition]
+            self.open_dirty.add(partition)
+        if upto > have:
+            self.sealed_to[partition] = upto
+            self.open_dirty.add(partition)
+        return out
+
+    def seal_all(self, partition: int) -> dict[int, dict[Key, Row]]:
+        """Seals every open bucket of a partition that went idle: the frontier may pass them while it is quiet."""
+        opened = self.open.get(partition)
+        if not opened:
+            return {}
+        end = max(opened) + self.bucket_ms
+        if end > self.floor.get(partition, 0):
+            self.floor[partition] = end  # no later event of the partition lands in a sealed bucket
+        return self.seal(partition, end)
+
+    def apply(self, partition: int, upto: int, sealed: dict[int, dict[Key, Row]], idle: bool = False) -> None:
+        """Applies another worker's sealed contributions of a partition, each bucket at most once (buckets
+        below the floor already applied are skipped: a re-sent record may cover other buckets)."""
+        if idle:
+            self.remote_idle.add(partition)
+        else:
+            self.remote_idle.discard(partition)
+        have = self.sealed_to.get(partition, 0)
+        for start, rows in sealed.items():
+            if start >= have:
+                self._merge(start, rows)
+        if upto > have:
+            self.sealed_to[partition] = upto
+        self.open_dirty.add(partition)
+
+    def _merge(self, start: int, rows: dict[Key, Row]) -> None:
+        buckets = self.buckets
+        for key, row in rows.items():
+            series = buckets.get(key)
+            if series is None:
+                series = buckets[key] = {}
+            mine = series.get(start)
+            if mine is None:
+                series[start] = list(row)
+                self._note_bucket(start, key)
+            else:
+                for i in range(4):
+                    mine[i] += row[i]
+            self.dirty.add(key)
 
     def _note_bucket(self, start: int, key: Key) -> None:
         keys = self.by_bucket.get(start)
@@ -111,6 +194,34 @@ class SealedCounters:
             out.append(start)
             out += row
         return out
+
+    def packed_open(self, partition: int) -> list[int]:
+        """What the store keeps for a partition: its sealed floor, idle mark (another worker's partition) and
+        effective-time floor, then (start, row) per open bucket and key; the keys are kept apart
+        (`open_keys`), in the same order."""
+        out = [self.sealed_to.get(partition, 0), int(partition in self.remote_idle), self.floor.get(partition, 0)]
+        for start, rows in sorted((self.open.get(partition) or {}).items()):
+            for row in rows.values():
+                out.append(start)
+                out += row
+        return out
+
+    def open_keys(self, partition: int) -> list[Key]:
+        """The keys of `packed_open`'s rows, in its order."""
+        return [key for _, rows in sorted((self.open.get(partition) or {}).items()) for key in rows]
+
+    def restore_open(self, partition: int, ints: list[int], keys: list[Key]) -> None:
+        """Refills one partition's sealed floor and open buckets from `packed_open` / `open_keys`."""
+        if ints[0]:
+            self.sealed_to[partition] = ints[0]
+        if ints[1]:
+            self.remote_idle.add(partition)
+        if ints[2]:
+            self.floor[partition] = ints[2]
+        for n, key in enumerate(keys):
+            i = 3 + 5 * n
+            start = ints[i]
+            self.open.setdefault(partition, {}).setdefault(start, {})[key] = ints[i + 1:i + 5]
 
     def restore(self, frontier: int, rows: Iterable[tuple[Key, list[int]]]) -> None:
         """Refills the counters from stored rows (`packed` lists), at start-up."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from streamrank.config import Settings
 from streamrank.stream.userstate import PendingImpression, PendingRequest, UserState
 from streamrank.v1 import features_pb2
@@ -118,3 +120,23 @@ def cooc_update(item_id: str, neighbours: dict[str, int], producer: str, batch: 
     msg.neighbor_ids.extend(neighbours.keys())
     msg.deltas.extend(neighbours.values())
     return msg.SerializeToString()
+
+
+def exchange_message(partition: int, sealed_to: int, idle: bool,
+                     buckets: dict[int, dict[tuple[str, str], list[int]]]) -> tuple[bytes, bytes]:
+    """A counter exchange record (JSON: plain data, nothing in it can run), keyed by source partition so
+    that one partition's records stay in order."""
+    body = {"p": partition, "z": sealed_to, "idle": idle,
+            "b": [[start, [[s, i, *row] for (s, i), row in rows.items()]] for start, rows in buckets.items()]}
+    return str(partition).encode(), json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_exchange(raw: bytes) -> tuple[int, int, bool, dict[int, dict[tuple[str, str], list[int]]]]:
+    """(partition, sealed floor, idle, buckets) of a counter exchange record; ValueError when malformed."""
+    try:
+        body = json.loads(raw)
+        buckets = {int(start): {(str(r[0]), str(r[1])): [int(x) for x in r[2:6]] for r in rows}
+                   for start, rows in body["b"]}
+        return int(body["p"]), int(body["z"]), bool(body["idle"]), buckets
+    except (KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
+        raise ValueError(f"malformed counter exchange record: {exc}") from exc

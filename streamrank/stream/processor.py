@@ -70,6 +70,17 @@ class DeadLetter:
 
 
 @dataclass(slots=True)
+class ExchangeRecord:
+    """One partition's newly sealed item-counter buckets, for the workers that own the other partitions:
+    its sealed floor, whether it is idle, and the counts per bucket start and (scenario, item)."""
+
+    partition: int
+    sealed_to: int
+    idle: bool
+    buckets: dict[int, dict[tuple[str, str], list[int]]]
+
+
+@dataclass(slots=True)
 class BatchResult:
     """What one batch produced: messages to send and counters."""
 
@@ -84,6 +95,7 @@ class BatchResult:
     counters: Counter[str] = field(default_factory=Counter)
     touched: dict[str, UserState] = field(default_factory=dict)
     cooc_dirty: set[str] = field(default_factory=set)
+    exchange: list[ExchangeRecord] = field(default_factory=list)
 
 
 class BatchProcessor:
@@ -106,6 +118,12 @@ class BatchProcessor:
         # Partitions caught up and quiet for counter_idle_ms (set by the consumer): they leave the minimum
         # that moves the counters' frontier, so a quiet partition does not hold every impression back.
         self.idle: set[int] = set()
+        # Every partition of the events topic, when several workers share it (set by the consumer): the
+        # frontier then waits for the other workers' partitions too (their sealed floors and idle marks
+        # come in exchange records). None: this worker's partitions only.
+        self.all_partitions: set[int] | None = None
+        self.announced: dict[int, int] = {}  # own partition -> the sealed floor last put in an exchange record
+        self.announced_idle: set[int] = set()
         # (deadline, tie, user_id, request_id) per partition
         self.deadlines: dict[int, list[tuple[int, int, str, str]]] = {}
         # Impressions waiting for the frontier to reach their cut: (cut, tie, user_id, request_id, item_id)
@@ -219,11 +237,42 @@ class BatchProcessor:
         A partition not read yet holds it at 0; idle partitions leave the minimum; when every partition is
         idle, the newest watermark sets it (nothing can arrive below the frontier: see effective_time).
         """
-        parts = self._partitions()
+        counters = self.counters
+        floors = counters.sealed_to
+        own = self._partitions()
+        parts = own | (self.all_partitions or set())
+        idle = self.idle
+        remote_idle = counters.remote_idle
+        live = [floors.get(p, 0) for p in parts if (p not in idle if p in own else p not in remote_idle)]
+        if live:
+            return max(counters.frontier, min(live))
         marks = self.watermarks
-        live = [marks.get(p, 0) for p in parts if p not in self.idle]
-        low = min(live) if live else max((marks.get(p, 0) for p in parts), default=0)
-        return max(self.counters.frontier, self.counters.frontier_for(low))
+        return max(counters.frontier, counters.frontier_for(max((marks.get(p, 0) for p in parts), default=0)))
+
+    def seal_partitions(self, result: BatchResult) -> None:
+        """Seals each own partition's counter buckets below its watermark (all of them once it is idle) and
+        adds what was sealed to the batch's exchange records, for the workers that own other partitions."""
+        counters = self.counters
+        marks = self.watermarks
+        for p in sorted(self._partitions()):
+            idle = p in self.idle
+            sealed = counters.seal_all(p) if idle else counters.seal(p, counters.frontier_for(marks.get(p, 0)))
+            floor = counters.sealed_to.get(p, 0)
+            if sealed or idle != (p in self.announced_idle) or floor != self.announced.get(p, 0):
+                result.exchange.append(ExchangeRecord(p, floor, idle, sealed))
+                self.announced[p] = floor
+                if idle:
+                    self.announced_idle.add(p)
+                else:
+                    self.announced_idle.discard(p)
+
+    def apply_exchange(self, records: list[ExchangeRecord]) -> None:
+        """Applies other workers' exchange records (their partitions' sealed counter buckets and idle marks)."""
+        own = self._partitions()
+        for rec in records:
+            if rec.partition in own:
+                continue  # sealed here already (a record of ours read back, or of the previous owner)
+            self.counters.apply(rec.partition, rec.sealed_to, rec.buckets, rec.idle)
 
     def _partitions(self) -> set[int]:
         return self.assigned if self.assigned is not None else set(self.watermarks)
@@ -234,6 +283,7 @@ class BatchProcessor:
         # Snapshots of the users the batch's events changed (an answered impression changes no snapshot).
         for user in result.touched.values():
             result.snapshots.append((user.user_id.encode(), user_snapshot(user, settings)))
+        self.seal_partitions(result)
         target = self.frontier_target()
         counters = self.counters
         if target > counters.frontier:
@@ -278,9 +328,12 @@ class BatchProcessor:
         if ts > user.max_ts:
             user.max_ts = ts
         user.partition = partition
-        effective = self.counters.effective_time(ts, self.watermarks.get(partition, 0))
+        if partition in self.idle:  # it was quiet and has an event again
+            self.idle.discard(partition)
+            self.counters.resume(partition)
+        effective = self.counters.effective_time(ts, self.watermarks.get(partition, 0), partition)
         if event.item_id:
-            self.counters.add((event.scenario, event.item_id), TYPE_INDEX[etype], effective)
+            self.counters.add(partition, (event.scenario, event.item_id), TYPE_INDEX[etype], effective)
         if etype == IMPRESSION:
             user.totals[0] += 1
             request_id = event.request_id or event.event_id

@@ -24,7 +24,14 @@ from mode import Service
 from streamrank import kafka_security
 from streamrank.config import Settings
 from streamrank.observability import ProgressLog
-from streamrank.stream.processor import BatchProcessor, BatchResult, ConsumedRecord, DeadLetter
+from streamrank.stream.encode import decode_exchange, exchange_message
+from streamrank.stream.processor import (
+    BatchProcessor,
+    BatchResult,
+    ConsumedRecord,
+    DeadLetter,
+    ExchangeRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,7 @@ class EventsService(Service):
         self.processor = processor
         self.topic = settings.topic("events")
         self.consumer: AIOKafkaConsumer | None = None
+        self.exchange: AIOKafkaConsumer | None = None  # the counter exchange topic, every partition, no group
         self.producer: AIOKafkaProducer | None = None
         # Partitions rebuilt from scratch: outputs for offsets below the group's commit were sent already.
         self.silent_until: dict[int, int] = {}
@@ -83,6 +91,23 @@ class EventsService(Service):
         )
         await self.consumer.start()
         self.consumer.subscribe([self.topic], listener=_Positioner(self))
+        # Every partition of the events topic holds the counters' frontier, whichever worker owns it; the
+        # other workers' sealed counter buckets come in on the exchange topic (docs/design.md).
+        self.processor.all_partitions = set(await self.producer.partitions_for(self.topic))
+        self.exchange = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", client_id=f"{s.worker_id}-counters", **kafka_security.aiokafka(s),
+        )
+        await self.exchange.start()
+        topic = s.topic("counters")
+        parts = [TopicPartition(topic, p) for p in sorted(await self.producer.partitions_for(topic))]
+        self.exchange.assign(parts)
+        for tp in parts:
+            last = self.processor.offsets.get((tp.topic, tp.partition))
+            if last is None:
+                await self.exchange.seek_to_beginning(tp)
+            else:
+                self.exchange.seek(tp, last + 1)
 
     async def on_stop(self) -> None:
         # Let the batch in flight become durable (the loop exits after it) before closing the clients.
@@ -92,6 +117,8 @@ class EventsService(Service):
             log.warning("a batch was still in flight at shutdown; it will be replayed on restart")
         if self.consumer is not None:
             await self.consumer.stop()
+        if self.exchange is not None:
+            await self.exchange.stop()
         if self.producer is not None:
             await self.producer.stop()
 
@@ -125,6 +152,7 @@ class EventsService(Service):
         s = self.settings
         while not self.should_stop:
             records = await self._collect(s.batch_size, s.batch_within_s)
+            await self._pull_exchange()
             self.progress.maybe(self._progress_counters(), self._progress_line)
             await self._update_idle_partitions()
             if not records:
@@ -170,6 +198,29 @@ class EventsService(Service):
             tp.partition for tp in quiet
             if offsets.get((tp.topic, tp.partition), -1) + 1 >= ends.get(tp, 0)
         }
+
+    async def _pull_exchange(self) -> None:
+        """Applies the exchange records that came in (other workers' sealed counter buckets); they become
+        durable, with their offsets, at the next commit. A malformed record is logged and skipped."""
+        if self.exchange is None:
+            return
+        fetched = await self.exchange.getmany(timeout_ms=0, max_records=100_000)
+        offsets = self.processor.offsets
+        records: list[ExchangeRecord] = []
+        for tp, messages in fetched.items():
+            for m in messages:
+                last = offsets.get((tp.topic, tp.partition))
+                if last is not None and m.offset <= last:
+                    continue
+                offsets[(tp.topic, tp.partition)] = m.offset
+                try:
+                    records.append(ExchangeRecord(*decode_exchange(m.value or b"")))
+                except ValueError as exc:
+                    log.warning("counter exchange %s@%s skipped: %s", tp, m.offset, exc)
+                    self.counters["exchange_malformed"] += 1
+        if records:
+            self.processor.apply_exchange(records)
+            self.counters["exchange_records"] += len(records)
 
     async def tick(self) -> BatchResult:
         """Moves the counters' frontier without records (partitions went idle): answers, sends, commits."""
@@ -243,6 +294,8 @@ class EventsService(Service):
             (s.topic("user-features"), result.snapshots),
             (s.topic("cooc"), result.cooc),
             (s.topic("item-stats"), result.item_stats),
+            (s.topic("counters"), [exchange_message(r.partition, r.sealed_to, r.idle, r.buckets)
+                                   for r in result.exchange]),
         ):
             if messages:
                 futures.extend(await self._send_keyed(topic, messages))

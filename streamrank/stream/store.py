@@ -29,8 +29,9 @@ from streamrank.stream.userstate import PendingRequest, UserState
 from streamrank.v1 import events_pb2
 
 SEP = b"\x00"
-# The layout of the values; 2: impressions carry a counter cut and may wait for it (stream/counters.py).
-STATE_FORMAT = 2
+# The layout of the values; 2: impressions carry a counter cut and may wait for it (stream/counters.py);
+# 3: counter contributions are kept per source partition until sealed (j/J), with each partition's floor.
+STATE_FORMAT = 3
 
 
 class StateFormatError(ValueError):
@@ -53,6 +54,24 @@ def _pack_ints(values: list[int]) -> bytes:
 
 def _unpack_ints(raw: bytes) -> list[int]:
     return list(struct.unpack(f">{len(raw) // 8}q", raw))
+
+
+def _pack_keys(keys: list[tuple[str, str]]) -> bytes:
+    """(scenario, item) keys as one value: each pair key length-prefixed."""
+    out = bytearray()
+    for key in keys:
+        raw = _pair_key(*key)
+        out += len(raw).to_bytes(4, "big") + raw
+    return bytes(out)
+
+
+def _unpack_keys(raw: bytes) -> list[tuple[str, str]]:
+    keys, i = [], 0
+    while i < len(raw):
+        n = int.from_bytes(raw[i:i + 4], "big")
+        keys.append(_split_pair_key(raw[i + 4:i + 4 + n]))
+        i += 4 + n
+    return keys
 
 
 _DUMP = pickle.dumps
@@ -174,6 +193,8 @@ class StateStore:
             raw = self.db.get(b"mcounters")
             counters.restore(0 if raw is None else int(raw),
                              ((_split_pair_key(key), _unpack_ints(value)) for key, value in self._scan(b"k")))
+            for key, value in self._scan(b"j"):
+                counters.restore_open(int(key), _unpack_ints(value), _unpack_keys(self.db.get(b"J" + key) or b""))
 
     # -- the atomic commit --------------------------------------------------------------------------
     def commit(
@@ -216,6 +237,11 @@ class StateStore:
         for key in counters.dirty:
             put(b"k" + _pair_key(*key), _pack_ints(counters.packed(key)))
         counters.dirty = set()
+        for part in counters.open_dirty:
+            pkey = str(part).encode()
+            put(b"j" + pkey, _pack_ints(counters.packed_open(part)))
+            put(b"J" + pkey, _pack_keys(counters.open_keys(part)))
+        counters.open_dirty = set()
         for (user_id, request_id), req in closed.items():
             key = b"q" + user_id.encode() + SEP + request_id.encode()
             if req is None:
