@@ -5,11 +5,11 @@ from worker-wide totals at the moment the impression was processed, so they depe
 interleaved partitions: two replays of one log gave different sample bytes. Here they are a function of the
 events alone (docs/design.md, "Deterministic item counters"):
 
-- each event gets an *effective time* `eff = max(ts, wm_p, F)`: its timestamp, bumped up to its partition's
-  newest event time before it (a late event within its partition counts as of that time) and to the sealed
-  frontier F. The first two terms depend only on the partition's own order (fixed by its offsets); F binds
-  only for a partition that the idle rule let the frontier pass, the one place where wall time can change
-  a value;
+- each event gets an *effective time* `eff = max(ts, wm_p, Z_p)`: its timestamp, bumped up to its partition's
+  newest event time before it (a late event within its partition counts as of that time) and to the
+  partition's floor. The first two terms depend only on the partition's own order (fixed by its offsets);
+  the floor moves only for a partition that the idle rule let the frontier pass, the one place where wall
+  time can change a value;
 - counts are kept per bucket of `eff` (width B). The frontier `F = floor(min over the assigned, non-idle
   partitions of wm / B) * B` only moves forward; every bucket below it is complete, because every later
   event has `eff >= F`;
