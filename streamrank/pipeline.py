@@ -93,26 +93,58 @@ def wait_caught_up(settings: Settings, targets: dict[int, int], proc: subprocess
                    timeout_s: float = 600, progress: bool = False) -> dict:
     """Waits until the worker's durable offsets reach `targets` (partition -> end offset) and no impression
     waits for its item counters; returns the worker's status."""
-    topic = settings.topic("events")
+    return wait_group_caught_up([settings], targets, [proc] if proc is not None else [], timeout_s, progress)[0]
+
+
+def wait_group_caught_up(group: list[Settings], targets: dict[int, int], procs: list[subprocess.Popen[bytes]],
+                         timeout_s: float = 600, progress: bool = False) -> list[dict]:
+    """Waits until the workers of one group (one state folder each) have together folded every record of
+    `targets` into durable state and none has an impression waiting for its item counters; returns their
+    statuses, in the order of `group`."""
+    topic = group[0].topic("events")
     total = sum(targets.values())
     deadline = time.monotonic() + timeout_s
     last_print = 0.0
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {proc.returncode} before catching up")
-        status = read_status(settings)
-        done = processed_through(status, topic)
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with code {proc.returncode} before catching up")
+        statuses = [read_status(s) or {} for s in group]
+        done: dict[int, int] = {}
+        for status in statuses:
+            for part, offset in processed_through(status, topic).items():
+                done[part] = max(done.get(part, -1), offset)
         # Caught up: every record folded in, and no impression still waiting for the counters' frontier
         # (the worker moves it once the partitions are idle; docs/design.md, "Deterministic item counters").
         if (all(done.get(p, -1) + 1 >= end for p, end in targets.items() if end > 0)
-                and (status or {}).get("waiting_impressions", 0) == 0):
-            return status or {}
+                and all(status.get("waiting_impressions", 0) == 0 for status in statuses)):
+            return statuses
         if progress and time.monotonic() - last_print > 5:
             count = sum(min(done.get(p, -1) + 1, end) for p, end in targets.items())
             print(f"  worker: {count:,}/{total:,} events folded into state", flush=True)
             last_print = time.monotonic()
         time.sleep(0.2)
     raise TimeoutError(f"worker did not catch up with {targets} within {timeout_s}s")
+
+
+def read_topic(settings: Settings, logical: str, ends: dict[int, int]) -> list:
+    """Every record of a topic up to the given end offsets (kafka-python, no consumer group)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = settings.topic(logical)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             max_poll_records=5000, **kafka_security.kafka_python(settings))
+    try:
+        tps = [TopicPartition(topic, p) for p in ends]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out = []
+        while any(consumer.position(tp) < ends[tp.partition] for tp in tps):
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:

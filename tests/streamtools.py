@@ -4,31 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
-
 from streamrank.config import Settings
 from streamrank.stream.app import worker_dir
 from streamrank.stream.store import StateStore
 from streamrank.v1 import events_pb2, features_pb2
 from tests.reference import Reference
-
-
-def read_topic(settings: Settings, logical: str, ends: dict[int, int]) -> list:
-    """Every record of a topic up to the given end offsets (kafka-python, no consumer group)."""
-    topic = settings.topic(logical)
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                             max_poll_records=5000)
-    try:
-        tps = [TopicPartition(topic, p) for p in ends]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out = []
-        while any(consumer.position(tp) < ends[tp.partition] for tp in tps):
-            for records in consumer.poll(timeout_ms=500).values():
-                out.extend(records)
-        return out
-    finally:
-        consumer.close()
 
 
 def load_state(settings: Settings) -> dict:

@@ -85,7 +85,7 @@ def _partition_after_partition(parts: dict[int, list[Record]]) -> list[Record]:
 
 def test_effective_time_cut_and_fold() -> None:
     c = SealedCounters(BUCKET)
-    assert c.effective_time(1_000, 5_000) == 5_000  # a late event counts as of its partition's watermark
+    assert c.effective_time(1_000, 5_000, 0) == 5_000  # a late event counts as of its partition's watermark
     assert c.cut_of(125_000) == 120_000
     c.add(0, ("web", "i"), 0, 10_000)
     c.add(0, ("web", "i"), 1, 70_000)

@@ -13,12 +13,20 @@ import pytest
 
 from streamrank.config import Settings
 from streamrank.events.producer import produce_events
-from streamrank.pipeline import end_offsets, processed_through, read_status, start_worker, stop_worker, wait_caught_up
+from streamrank.pipeline import (
+    end_offsets,
+    processed_through,
+    read_status,
+    read_topic,
+    start_worker,
+    stop_worker,
+    wait_caught_up,
+)
 from streamrank.stream.processor import BatchProcessor, Record
 from streamrank.stream.store import StateStore
 from streamrank.topics import ensure_topics
 from streamrank.v1 import events_pb2, features_pb2
-from tests.streamtools import log_path, read_topic
+from tests.streamtools import log_path
 from tests.test_processor import BUY, CLICK, IMP, NOW, T0, WINDOW, Feed, event, make_settings
 
 FN = features_pb2.LABEL_POLICY_FAKE_NEGATIVE

@@ -16,14 +16,14 @@ from kafka import KafkaProducer
 import streamrank.train.offline as offline
 from streamrank.config import Settings
 from streamrank.models.ranking.artifact import model_from_files
-from streamrank.pipeline import end_offsets, start_trainer
+from streamrank.pipeline import end_offsets, read_topic, start_trainer
 from streamrank.registry.publisher import RegistryPublisher
 from streamrank.registry.store import Registry
 from streamrank.topics import ensure_topics
 from streamrank.train.checkpoint import load_checkpoint
 from streamrank.train.online import OnlineTrainer, trainer_dir
 from streamrank.v1 import registry_pb2
-from tests.streamtools import log_path, read_topic
+from tests.streamtools import log_path
 from tests.synthetic_samples import make_samples
 
 MODEL = "din"

@@ -8,10 +8,10 @@ from kafka import KafkaProducer
 
 from streamrank.config import Settings
 from streamrank.events import validate
-from streamrank.pipeline import end_offsets, start_worker, stop_worker, wait_caught_up
+from streamrank.pipeline import end_offsets, read_topic, start_worker, stop_worker, wait_caught_up
 from streamrank.topics import ensure_topics
 from streamrank.v1 import events_pb2
-from tests.streamtools import load_state, log_path, read_topic
+from tests.streamtools import load_state, log_path
 
 T0 = 1_700_000_000_000
 

@@ -16,6 +16,7 @@ from streamrank.pipeline import (
     end_offsets,
     processed_through,
     read_status,
+    read_topic,
     start_worker,
     stop_worker,
     wait_caught_up,
@@ -29,7 +30,6 @@ from tests.streamtools import (
     categories_of,
     load_state,
     log_path,
-    read_topic,
     sample_counts_by_id,
     samples_by_id,
 )

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -36,7 +35,7 @@ from streamrank.config import Settings, load_settings
 from streamrank.data.movielens import load_movielens
 from streamrank.data.requests import movielens_events
 from streamrank.events.producer import produce_events
-from streamrank.pipeline import end_offsets, processed_through, read_status, start_worker, stop_worker
+from streamrank.pipeline import end_offsets, read_topic, start_worker, stop_worker, wait_group_caught_up
 from streamrank.topics import ensure_topics
 from streamrank.v1 import events_pb2
 
@@ -49,47 +48,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def caught_up(group: list[Settings], targets: dict[int, int], procs: list[subprocess.Popen[bytes]],
-              timeout_s: float = 900) -> list[dict]:
-    """Waits until the workers together have folded every record of `targets` and none has an impression
-    waiting for its counters; returns their statuses."""
-    topic = group[0].topic("events")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"a worker exited with code {proc.returncode} before catching up")
-        statuses = [read_status(s) or {} for s in group]
-        done: dict[int, int] = {}
-        for status in statuses:
-            for part, offset in processed_through(status, topic).items():
-                done[part] = max(done.get(part, -1), offset)
-        if (all(done.get(p, -1) + 1 >= end for p, end in targets.items() if end > 0)
-                and all(s.get("waiting_impressions", 1) == 0 for s in statuses)):
-            return statuses
-        time.sleep(0.2)
-    raise TimeoutError(f"{len(procs)} workers did not catch up within {timeout_s}s")
-
-
-def read_samples(settings: Settings, expected: int, timeout_s: float = 120) -> Counter[bytes]:
-    """The samples topic's values as a multiset (at least `expected` of them, or what came in timeout_s)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    topic = settings.topic("samples")
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                             max_poll_records=20_000, fetch_max_bytes=16 * 1024 * 1024)
-    out: Counter[bytes] = Counter()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        while sum(out.values()) < expected and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=1000).values():
-                out.update(r.value for r in records)
-    finally:
-        consumer.close()
-    return out
+def read_samples(settings: Settings) -> Counter[bytes]:
+    """The samples topic's values, up to its current end, as a multiset."""
+    ends = end_offsets(settings, settings.topic("samples"))
+    return Counter(r.value for r in read_topic(settings, "samples", ends))
 
 
 def run_group(n: int, events: list[events_pb2.Event], bootstrap: str, root: Path,
@@ -103,7 +65,7 @@ def run_group(n: int, events: list[events_pb2.Event], bootstrap: str, root: Path
     procs = [start_worker(s, root / f"n{n}-w{i}.log") for i, s in enumerate(group)]
     row: dict = {"workers": n}
     try:
-        statuses = caught_up(group, targets, procs)
+        statuses = wait_group_caught_up(group, targets, procs, timeout_s=900)
         cpu = sum(cpu_seconds(p.pid) for p in procs)
         first = min(s["first_record_at"] for s in statuses if s.get("first_record_at"))
         last = max(s["last_batch_at"] for s in statuses)
@@ -113,13 +75,13 @@ def run_group(n: int, events: list[events_pb2.Event], bootstrap: str, root: Path
         if handoff and n > 1:
             started = time.monotonic()
             stop_worker(procs[-1])
-            caught_up(group[:-1], targets, procs[:-1])
+            wait_group_caught_up(group[:-1], targets, procs[:-1], timeout_s=900)
             row["handoff_replay_s"] = time.monotonic() - started
     finally:
         for proc in procs:
             if proc.poll() is None:
                 stop_worker(proc)
-    return row, read_samples(group[0], row.get("samples", 0))
+    return row, read_samples(group[0])
 
 
 def shared(a: Counter[bytes], b: Counter[bytes]) -> int:

@@ -10,9 +10,10 @@ events alone (docs/design.md, "Deterministic item counters"):
   partition's floor. The first two terms depend only on the partition's own order (fixed by its offsets);
   the floor moves only for a partition that the idle rule let the frontier pass, the one place where wall
   time can change a value;
-- counts are kept per bucket of `eff` (width B). The frontier `F = floor(min over the assigned, non-idle
-  partitions of wm / B) * B` only moves forward; every bucket below it is complete, because every later
-  event has `eff >= F`;
+- counts are kept per bucket of `eff` (width B), per source partition until the partition's watermark
+  passes the bucket's end (then *sealed*, and sent to the other workers). The frontier `F` is the lowest
+  sealed boundary over the events topic's partitions that are not idle, whichever worker owns them; it
+  only moves forward, and every bucket below it is complete, because every later event has `eff >= F`;
 - an impression counts the events with `eff < C`, its *cut* `C = floor(eff_i / B) * B`: the counts as of
   the start of its own bucket, between 0 and B stale. Since `eff_i >= F`, `C >= F`; the impression is
   answered when `F` reaches `C` (at once when `C == F`, the steady state of a live stream).
@@ -60,9 +61,9 @@ class SealedCounters:
         self.open_dirty: set[int] = set()  # partitions whose open buckets, sealed floor or idle mark changed
         self.remote_idle: set[int] = set()  # other workers' partitions marked idle in their last record
 
-    def effective_time(self, ts_ms: int, partition_watermark: int, partition: int = -1) -> int:
-        """The event's effective time: its timestamp, bumped to its partition's watermark, the partition's
-        sealed floor and the frontier."""
+    def effective_time(self, ts_ms: int, partition_watermark: int, partition: int) -> int:
+        """The event's effective time: its timestamp, bumped to its partition's watermark and to the
+        partition's own floor (which `seal_all` and `resume` raise around idle periods)."""
         return max(ts_ms, partition_watermark, self.floor.get(partition, 0))
 
     def resume(self, partition: int) -> None:

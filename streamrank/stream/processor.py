@@ -122,8 +122,7 @@ class BatchProcessor:
         # frontier then waits for the other workers' partitions too (their sealed floors and idle marks
         # come in exchange records). None: this worker's partitions only.
         self.all_partitions: set[int] | None = None
-        self.announced: dict[int, int] = {}  # own partition -> the sealed floor last put in an exchange record
-        self.announced_idle: set[int] = set()
+        self.announced_idle: set[int] = set()  # own partitions whose last exchange record said idle
         # (deadline, tie, user_id, request_id) per partition
         self.deadlines: dict[int, list[tuple[int, int, str, str]]] = {}
         # Impressions waiting for the frontier to reach their cut: (cut, tie, user_id, request_id, item_id)
@@ -254,25 +253,30 @@ class BatchProcessor:
         adds what was sealed to the batch's exchange records, for the workers that own other partitions."""
         counters = self.counters
         marks = self.watermarks
+        floors = counters.sealed_to
         for p in sorted(self._partitions()):
             idle = p in self.idle
+            before = floors.get(p, 0)
             sealed = counters.seal_all(p) if idle else counters.seal(p, counters.frontier_for(marks.get(p, 0)))
-            floor = counters.sealed_to.get(p, 0)
-            if sealed or idle != (p in self.announced_idle) or floor != self.announced.get(p, 0):
+            floor = floors.get(p, 0)
+            if sealed or floor != before or idle != (p in self.announced_idle):
                 result.exchange.append(ExchangeRecord(p, floor, idle, sealed))
-                self.announced[p] = floor
                 if idle:
                     self.announced_idle.add(p)
                 else:
                     self.announced_idle.discard(p)
 
+    def is_foreign(self, partition: int) -> bool:
+        """True when another worker owns the partition: its exchange records are for this worker to apply
+        (this worker's own partitions are sealed here; a record of ours read back, or of the partition's
+        previous owner, changes nothing)."""
+        return partition not in self._partitions()
+
     def apply_exchange(self, records: list[ExchangeRecord]) -> None:
         """Applies other workers' exchange records (their partitions' sealed counter buckets and idle marks)."""
-        own = self._partitions()
         for rec in records:
-            if rec.partition in own:
-                continue  # sealed here already (a record of ours read back, or of the previous owner)
-            self.counters.apply(rec.partition, rec.sealed_to, rec.buckets, rec.idle)
+            if self.is_foreign(rec.partition):
+                self.counters.apply(rec.partition, rec.sealed_to, rec.buckets, rec.idle)
 
     def _partitions(self) -> set[int]:
         return self.assigned if self.assigned is not None else set(self.watermarks)

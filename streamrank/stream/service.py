@@ -213,6 +213,8 @@ class EventsService(Service):
                 if last is not None and m.offset <= last:
                     continue
                 offsets[(tp.topic, tp.partition)] = m.offset
+                if m.key is not None and m.key.isdigit() and not self.processor.is_foreign(int(m.key)):
+                    continue  # keyed by its source partition, which is ours: nothing to decode or apply
                 try:
                     records.append(ExchangeRecord(*decode_exchange(m.value or b"")))
                 except ValueError as exc:
