@@ -115,7 +115,7 @@ def run(dataset: str, ratings: int | None, counts: list[int]) -> dict:
                   flush=True)
     top = rows[str(max(counts))]
     return {
-        "dataset": dataset, "ratings": ratings, "events": len(events), "partitions": 8,
+        "dataset": dataset, "ratings": ratings, "events": len(events), "partitions": load_settings().partitions,
         "workers": rows,
         "handoff_s": {"changelog": None, "replay": top.get("handoff_replay_s")},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},

@@ -93,11 +93,12 @@ class UserState:
     def is_duplicate(self, event_id: str, ts_ms: int, settings: Settings) -> bool:
         """True when event_id was seen before; otherwise remembers it.
 
-        Ids are remembered for at least dedupe_horizon_ms of event time and at most 5/4 of it (checked when
-        an id arrives), and the newest MAX_SEEN_IDS are kept at a prune. A prune scans the whole dict, so it
-        runs only when the first id in the dict (the oldest arrival; dicts keep insertion order and are
-        rebuilt by a prune) is more than 5/4 of the horizon old, or the dict holds 5/4 of MAX_SEEN_IDS:
-        amortised a few steps per event, where a prune every 64 ids scanned up to 4,096 entries each time.
+        Ids are remembered for at least dedupe_horizon_ms of event time, and the newest MAX_SEEN_IDS are kept
+        at a prune. A prune scans the whole dict, so it runs only when the first id in the dict (the oldest
+        arrival; dicts keep insertion order and are rebuilt by a prune) is more than 5/4 of the horizon old,
+        or the dict holds 5/4 of MAX_SEEN_IDS: amortised a few steps per event, where a prune every 64 ids
+        scanned up to 4,096 entries each time. An id older than one that arrived before it can outlive 5/4
+        of the horizon, until the first id in the dict is old enough.
         """
         seen = self.seen
         if event_id in seen:
