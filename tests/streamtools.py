@@ -57,16 +57,21 @@ def sample_counts_by_id(records: list) -> dict[str, tuple[int, int, int]]:
 
 
 def assert_resent_identical(records: list) -> int:
-    """Every copy of a sample (same sample id and emission) has the same bytes; returns the copies beyond the
-    first (what a restart re-sent)."""
-    first: dict[tuple[str, int], bytes] = {}
+    """Every copy of a sample (same sample id, emission and emission time: fake_negative emits a positive at
+    a click and again at a purchase) has the same bytes; returns the copies beyond the first (what a restart
+    re-sent)."""
+    first: dict[tuple[str, int, int], bytes] = {}
     resent = 0
     for rec in records:
         s = features_pb2.TrainingSample.FromString(rec.value)
-        key = (s.sample_id, s.emission)
+        key = (s.sample_id, s.emission, s.emitted_ts_ms)
         if key in first:
             resent += 1
-            assert first[key] == rec.value, f"sample {key} was re-sent with other bytes"
+            if first[key] != rec.value:
+                a = features_pb2.TrainingSample.FromString(first[key])
+                fields = [f"{f.name}: {getattr(a, f.name)} != {getattr(s, f.name)}".replace("\n", " ")
+                          for f in a.DESCRIPTOR.fields if getattr(a, f.name) != getattr(s, f.name)]
+                raise AssertionError(f"sample {key} was re-sent with other bytes: {'; '.join(fields)}")
         else:
             first[key] = rec.value
     return resent

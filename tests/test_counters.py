@@ -28,12 +28,12 @@ def _settings(**changes: object) -> Settings:
     return make_settings(partitions=PARTS, counter_bucket_ms=BUCKET, cooc_top_m=1_000_000, **changes)
 
 
-def _log(seed: int = 0, requests: int = 120) -> list[bytes]:
+def _log(seed: int = 0, requests: int = 120, users: int = 10) -> list[bytes]:
     """A shop log in time order: requests of two items, some clicked and bought, items shared by all users."""
     rng = random.Random(seed)
     out = []
     for k in range(requests):
-        user = f"u{rng.randrange(10)}"
+        user = f"u{rng.randrange(users)}"
         ts = T0 + k * 7_000
         shown = rng.sample([f"i{j}" for j in range(6)], 2)
         for pos, item in enumerate(shown):
@@ -54,9 +54,10 @@ def _records(log: list[bytes], settings: Settings) -> dict[int, list[Record]]:
     return parts
 
 
-def _replay(tmp: Path, settings: Settings, order: list[Record], batch: int) -> list[bytes]:
+def _replay(tmp: Path, settings: Settings, order: list[Record], batch: int,
+            stats: list[bytes] | None = None) -> list[bytes]:
     """Runs records through a fresh worker in the given order and batch size, then lets every partition go
-    idle; returns the serialized samples it emitted."""
+    idle; returns the serialized samples it emitted (and adds its item-stats records to `stats`)."""
     store = StateStore(tmp / "state")
     proc = BatchProcessor(settings, store, now_ms=NOW)
     proc.assigned = set(range(settings.partitions))
@@ -65,10 +66,14 @@ def _replay(tmp: Path, settings: Settings, order: list[Record], batch: int) -> l
         result = proc.process(order[i:i + batch])
         proc.commit(result)
         out.extend(v for _, v in result.samples)
+        if stats is not None:
+            stats.extend(v for _, v in result.item_stats)
     proc.idle = set(range(settings.partitions))  # the stream ended: every partition caught up and quiet
     result = proc.tick()
     proc.commit(result)
     out.extend(v for _, v in result.samples)
+    if stats is not None:
+        stats.extend(v for _, v in result.item_stats)
     assert not proc.waiting
     store.close()
     return out
@@ -116,6 +121,29 @@ def test_samples_are_byte_identical_whatever_the_interleaving_and_batching(tmp_p
             got[s.sample_id] = (s.counts.item_impressions, s.counts.item_clicks, s.counts.item_purchases)
         assert {k: got[k] for k in ref.samples} == {k: ref.sample_counts[k] for k in ref.samples}
         assert any(sum(v) for v in got.values()), "the log must give non-zero counters"
+
+
+def test_an_emission_held_for_the_counters_keeps_the_labels_it_was_emitted_with(tmp_path: Path) -> None:
+    """A click's positive emission that waits for its impression's counters carries the click alone, also when
+    the purchase is processed before the frontier releases it (it used to take the labels of release time, so
+    its bytes depended on how far the other partitions were)."""
+    settings = _settings(label_policy="fake_negative", attribution_window_ms=10_000)
+    proc = BatchProcessor(settings, StateStore(tmp_path / "state"), now_ms=NOW)
+    proc.assigned = {0, 1}
+    ts = T0 + 5 * BUCKET + 10
+    feed = [Record(settings.topic("events"), 0, n, None, raw) for n, raw in enumerate([
+        event("e1", "u1", "i1", IMP, ts, request_id="r1"),
+        event("c1", "u1", "i1", CLICK, ts + 300, request_id="r1"),
+        event("b1", "u1", "i1", BUY, ts + 600, request_id="r1")])]
+    result = proc.process(feed)
+    proc.commit(result)
+    assert result.samples == [], "partition 1 holds the frontier: the emissions wait"
+    proc.idle = {1}
+    result = proc.tick()
+    proc.commit(result)
+    emitted = sorted((s.emitted_ts_ms, s.labels.click, s.labels.purchase)
+                     for s in (features_pb2.TrainingSample.FromString(v) for _, v in result.samples))
+    assert emitted == [(ts, False, False), (ts + 300, True, False), (ts + 600, True, True)]
 
 
 def test_an_impression_waits_for_a_quiet_partition_until_it_is_idle(tmp_path: Path) -> None:
@@ -185,10 +213,11 @@ def test_state_of_an_older_layout_is_refused_with_one_line(tmp_path: Path) -> No
 
 
 def _two_workers(tmp: Path, settings: Settings, parts: dict[int, list[Record]], split: set[int], batch: int,
-                 seed: int, restarts: bool = False) -> list[bytes]:
+                 seed: int, restarts: bool = False, stats: list[bytes] | None = None) -> list[bytes]:
     """Two processors own complementary partitions and trade exchange records after every batch, in a random
     order of turns; with `restarts`, each record is delivered twice and a worker restarts from its store
-    after some turns. Returns the samples both emitted."""
+    after some turns. Returns the samples both emitted (and adds their item-stats records to `stats`, each
+    checked to come from the key's owner)."""
     owned = [split, set(range(settings.partitions)) - split]
     ended = [False, False]  # the stream ended: a (re)started worker finds its partitions idle
 
@@ -208,6 +237,11 @@ def _two_workers(tmp: Path, settings: Settings, parts: dict[int, list[Record]], 
         result = procs[i].process(records) if records else procs[i].tick()
         procs[i].commit(result)
         out.extend(v for _, v in result.samples)
+        for _, value in result.item_stats:
+            msg = features_pb2.ItemStats.FromString(value)
+            assert procs[i].stats_owner((msg.scenario, msg.item_id)) in owned[i], "published by a non-owner"
+            if stats is not None:
+                stats.append(value)
         return result.exchange
 
     def turn(i: int, records: list[Record]) -> None:
@@ -243,8 +277,26 @@ def test_two_workers_trading_sealed_buckets_emit_the_single_workers_samples(tmp_
     passes them."""
     settings = _settings(label_policy=policy)
     parts = _records(_log(seed=3, requests=150), settings)
-    single = _replay(tmp_path / "single", settings, _interleaved(parts), batch=40)
+    single_stats: list[bytes] = []
+    single = _replay(tmp_path / "single", settings, _interleaved(parts), batch=40, stats=single_stats)
+    expected_stats = _newest_stats(single_stats)
+    assert expected_stats
     cases = [({0, 1}, 15, False), ({0}, 40, False), ({1, 2, 3}, 7, False), ({0, 2}, 11, True), ({3}, 5, True)]
     for seed, (split, batch, restarts) in enumerate(cases):
-        pair = _two_workers(tmp_path / f"pair{seed}", settings, parts, split, batch, seed, restarts)
+        stats: list[bytes] = []
+        pair = _two_workers(tmp_path / f"pair{seed}", settings, parts, split, batch, seed, restarts, stats)
         assert sorted(pair) == sorted(single), f"split {split}, batch {batch}, restarts {restarts}"
+        # The item stats a scorer ends with (the newest frontier per key) are the single worker's: every
+        # worker folds to the same final frontier (the newest watermark over the topic, when all are idle).
+        assert _newest_stats(stats) == expected_stats, f"split {split}: item stats differ"
+
+
+def _newest_stats(values: list[bytes]) -> dict[tuple[str, str], tuple[int, list[int]]]:
+    """(scenario, item) -> (frontier, counts) of the newest item-stats record per key, as a scorer keeps them."""
+    out: dict[tuple[str, str], tuple[int, list[int]]] = {}
+    for value in values:
+        msg = features_pb2.ItemStats.FromString(value)
+        key = (msg.scenario, msg.item_id)
+        if key not in out or msg.updated_ms >= out[key][0]:
+            out[key] = (msg.updated_ms, [msg.impressions, msg.clicks, msg.add_to_carts, msg.purchases])
+    return out

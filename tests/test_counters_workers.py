@@ -1,24 +1,49 @@
-"""Issue 20 at the broker: two worker processes of one group, each owning half of the partitions and trading
-sealed counter buckets on the exchange topic, emit exactly the single worker's samples (bytes)."""
+"""Issue 20 at the broker: worker processes of one group, each owning some of the partitions and trading
+sealed counter buckets on the exchange topic, emit exactly the single worker's samples (bytes) and item stats,
+also when one of them is killed with -9 mid-stream and another joins later."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from streamrank.bench.stream_scaling import read_samples
 from streamrank.config import Settings
+from streamrank.events.partitioning import partition_of
 from streamrank.events.producer import produce_events
-from streamrank.pipeline import end_offsets, start_worker, stop_worker, wait_group_caught_up
+from streamrank.pipeline import (
+    end_offsets,
+    processed_through,
+    read_status,
+    read_topic,
+    start_worker,
+    stop_worker,
+    wait_group_caught_up,
+)
+from streamrank.stream.app import worker_dir
+from streamrank.stream.store import StateStore
 from streamrank.topics import ensure_topics
-from streamrank.v1 import events_pb2
+from streamrank.v1 import events_pb2, features_pb2
+from tests import reference
+from tests.streamtools import sample_counts_by_id, samples_by_id
 from tests.test_counters import _log
 from tests.test_processor import WINDOW
 
 
+def _member(settings: Settings, name: str) -> Settings:
+    """One worker of the group: its own state folder, the group's worker id."""
+    return replace(settings, data_dir=str(Path(settings.data_dir) / name))
+
+
 def _run(settings: Settings, workers: int, events: list[events_pb2.Event], logs: Path) -> Counter[bytes]:
-    group = [replace(settings, data_dir=str(Path(settings.data_dir) / f"w{i}")) for i in range(workers)]
+    group = [_member(settings, f"w{i}") for i in range(workers)]
     ensure_topics(settings)
     produce_events(settings, events, progress=False, strict=True)
     targets = end_offsets(settings, settings.topic("events"))
@@ -31,12 +56,166 @@ def _run(settings: Settings, workers: int, events: list[events_pb2.Event], logs:
     return read_samples(settings)
 
 
+def _base(settings: Settings) -> Settings:
+    return replace(settings, counter_bucket_ms=60_000, counter_idle_ms=1_000, label_policy="fake_negative",
+                   attribution_window_ms=WINDOW, cooc_top_m=1_000_000)
+
+
 def test_two_worker_processes_emit_the_single_workers_samples(settings: Settings, tmp_path: Path) -> None:
     events = [events_pb2.Event.FromString(raw) for raw in _log(seed=5, requests=150)]
-    base = replace(settings, counter_bucket_ms=60_000, counter_idle_ms=1_000, label_policy="fake_negative",
-                   attribution_window_ms=WINDOW)
+    base = _base(settings)
     single = _run(replace(base, topic_prefix=base.topic_prefix + "one."), 1, events, tmp_path)
     pair = _run(replace(base, topic_prefix=base.topic_prefix + "two.", worker_id=base.worker_id + "-two",
                         data_dir=str(tmp_path / "two")), 2, events, tmp_path)
     assert sum(single.values()) > 0
     assert pair == single
+    # Without a kill or an idle period, the item stats a scorer ends with are the single worker's, published
+    # once per change by each key's owner.
+    one = replace(base, topic_prefix=base.topic_prefix + "one.")
+    assert _newest_item_stats(replace(base, topic_prefix=base.topic_prefix + "two.")) == _newest_item_stats(one)
+
+
+def _newest_item_stats(settings: Settings) -> dict[tuple[str, str], tuple[int, list[int]]]:
+    """What a scorer keeps of the item-stats topic: per (scenario, item) the record of the newest frontier."""
+    out: dict[tuple[str, str], tuple[int, list[int]]] = {}
+    for rec in read_topic(settings, "item-stats", end_offsets(settings, settings.topic("item-stats"))):
+        msg = features_pb2.ItemStats.FromString(rec.value)
+        key = (msg.scenario, msg.item_id)
+        if key not in out or msg.updated_ms >= out[key][0]:
+            out[key] = (msg.updated_ms, [msg.impressions, msg.clicks, msg.add_to_carts, msg.purchases])
+    return out
+
+
+def _without_counts(raw: bytes) -> bytes:
+    sample = features_pb2.TrainingSample.FromString(raw)
+    sample.ClearField("counts")
+    return sample.SerializeToString()
+
+
+def _copies(settings: Settings) -> dict[tuple[str, int, int], list[bytes]]:
+    """(sample id, emission, emission time) -> every copy's bytes on the samples topic, in order."""
+    out: dict[tuple[str, int, int], list[bytes]] = {}
+    for rec in read_topic(settings, "samples", end_offsets(settings, settings.topic("samples"))):
+        s = features_pb2.TrainingSample.FromString(rec.value)
+        out.setdefault((s.sample_id, s.emission, s.emitted_ts_ms), []).append(rec.value)
+    return out
+
+
+def _first_records(records: list, singles: dict[tuple[str, int, int], bytes]) -> list:
+    """The records whose bytes are the single worker's (a copy with other counters is the known gap)."""
+    out = []
+    for rec in records:
+        s = features_pb2.TrainingSample.FromString(rec.value)
+        if singles.get((s.sample_id, s.emission, s.emitted_ts_ms)) == rec.value:
+            out.append(rec)
+    return out
+
+
+def _final_users(members: list[Settings], partitions: int) -> dict[str, object]:
+    """Each user's state from the member that folded the most of its partition (the partition's last owner)."""
+    states = []
+    for member in members:
+        store = StateStore(worker_dir(member) / "state", read_only=True)
+        try:
+            states.append(store.snapshot_state())
+        finally:
+            store.close()
+    users: dict[str, object] = {}
+    for state in states:
+        for uid, user in state["users"].items():
+            part = partition_of(uid, partitions)
+            mine = max((o for (t, p), o in state["offsets"].items() if p == part and t.endswith("events")), default=-1)
+            if uid not in users or mine > users[uid][0]:  # type: ignore[index]
+                users[uid] = (mine, user)
+    return {uid: user for uid, (_, user) in users.items()}  # type: ignore[misc]
+
+
+def _wait_for_progress(members: list[Settings], topic: str, count: int, proc: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = sum(sum(o + 1 for o in processed_through(read_status(m), topic).values()) for m in members)
+        if done >= count:
+            break
+        time.sleep(0.02)
+    return done
+
+
+@pytest.mark.slow
+def test_three_workers_with_a_kill_9_and_a_fourth_joining_equal_one_worker(settings: Settings,
+                                                                            tmp_path: Path) -> None:
+    """The issue's check: 3 workers over 8 partitions, one killed with -9 mid-stream, a 4th joining later;
+    samples (bytes, re-sent copies equal to their first), item stats and users equal one worker's and the
+    offline reference. Co-occurrence and scenario statistics are still per worker (docs/design.md, "Open
+    points") and are not compared here."""
+    log = _log(seed=9, requests=9_000, users=200)
+    events = [events_pb2.Event.FromString(raw) for raw in log]
+    base = replace(_base(settings), batch_size=400, partitions=8)
+    one = replace(base, topic_prefix=base.topic_prefix + "one.")
+    single = _run(one, 1, events, tmp_path)
+    assert sum(single.values()) > 1_000
+
+    group = replace(base, topic_prefix=base.topic_prefix + "grp.", worker_id=base.worker_id + "-grp",
+                    data_dir=str(tmp_path / "grp"))
+    ensure_topics(group)
+    produce_events(group, events, progress=False, strict=True)
+    targets = end_offsets(group, group.topic("events"))
+    members = [_member(group, f"w{i}") for i in range(4)]
+    procs = [start_worker(m, tmp_path / f"grp-w{i}.log") for i, m in enumerate(members[:3])]
+    try:
+        done = _wait_for_progress(members[:3], group.topic("events"), len(events) // 4, procs[0])
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait()
+        assert done < len(events), "the group finished before the kill; make the log longer"
+        time.sleep(2)
+        procs.append(start_worker(members[3], tmp_path / "grp-w3.log"))
+        wait_group_caught_up(members[1:], targets, procs[1:], timeout_s=300)
+    finally:
+        for proc in procs[1:]:
+            stop_worker(proc)
+
+    # Samples: every one the group emitted is one the single worker emitted, and every copy of it (re-sent
+    # after the kill or a move) has the single worker's bytes, except, as a known gap, its item counters.
+    grouped = _copies(group)
+    singles = {key: copies[0] for key, copies in _copies(one).items()}
+    assert all(len(copies) == 1 for copies in _copies(one).values())
+    assert not set(grouped) - set(singles), "samples the single worker did not emit"
+    counts_differ = 0
+    for key, copies in grouped.items():
+        for copy in copies:
+            if copy != singles[key]:
+                assert _without_counts(copy) == _without_counts(singles[key]), f"sample {key} differs"
+                counts_differ += 1
+    # Labels (window-closed samples) and item counters are the offline reference's.
+    records = [r for r in read_topic(group, "samples", end_offsets(group, group.topic("samples")))
+               if features_pb2.TrainingSample.FromString(r.value).emission == features_pb2.EMISSION_WINDOW_CLOSED]
+    ref = reference.compute(events, base, {})
+    labels = samples_by_id(records)
+    assert labels == {k: v for k, v in ref.samples.items() if k in labels}
+    assert sample_counts_by_id(_first_records(records, singles)) == {
+        k: v for k, v in ref.sample_counts.items() if k in labels}
+    # Item stats: the newest record per key is the single worker's and the reference's, unless an idle
+    # period in the middle of the stream (the survivors' partitions drained while the killed worker's waited
+    # for the group to notice) moved the final frontier: the stated non-determinism of idle partitions.
+    stats = _newest_item_stats(group)
+    stats_differ = sum(stats.get(key) != value for key, value in _newest_item_stats(one).items())
+    if not stats_differ:
+        assert {key: counts for key, (_, counts) in stats.items()} == ref.sealed_item
+    # Users: each partition's last owner holds the reference's state of its users.
+    users = _final_users(members[1:], base.partitions)
+    assert set(users) == set(ref.users)
+    for uid, r in ref.users.items():
+        u = users[uid]
+        assert u.totals == r.totals, f"user {uid}: totals differ"  # type: ignore[attr-defined]
+        got = list(zip(u.seq_items, u.seq_types, u.seq_ts, u.seq_cats, u.seq_sessions,  # type: ignore[attr-defined]
+                       strict=True))
+        assert got == r.seq, f"user {uid}: behaviour sequence differs"
+        assert set(u.pending) == set(r.pending), f"user {uid}: pending requests differ"  # type: ignore[attr-defined]
+    # The known gaps of the replayed hand-off (docs/design.md, "Open points"), which the changelog hand-off
+    # (issue 20, item 1) removes: an emission the killed worker held for its counters and never sent is
+    # dropped by the new owner's muted replay; a sample re-sent after a move can carry item counters as of a
+    # later frontier (a cut below the counters' history, or a partition whose floor an idle period raised).
+    lost = set(singles) - set(grouped)
+    if lost or counts_differ or stats_differ:
+        pytest.xfail(f"replayed hand-off: {len(lost)} of {len(singles)} samples lost, {counts_differ} copies with "
+                     f"other item counters, {stats_differ} item stats at another frontier")

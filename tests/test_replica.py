@@ -1,4 +1,4 @@
-"""The scorer's feature replica over real RocksDB: updates, tombstones, per-worker sums, durable offsets."""
+"""The scorer's feature replica over real RocksDB: updates, tombstones, the newest item stats, durable offsets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from streamrank.config import load_settings
 from streamrank.serve.replica import FeatureReplica
 from streamrank.stream.encode import item_stats_record
-from streamrank.v1 import events_pb2
+from streamrank.v1 import events_pb2, features_pb2
 from tests.servetools import user_features
 
 
@@ -31,16 +31,28 @@ def test_updates_replace_cached_values_and_tombstones_delete(tmp_path: Path) -> 
     rep.close()
 
 
-def test_item_stats_are_summed_over_workers_and_cache_follows_updates(tmp_path: Path) -> None:
+def test_item_stats_keep_the_newest_frontier_and_cache_follows_updates(tmp_path: Path) -> None:
     rep = _replica(tmp_path)
-    k1, v1 = item_stats_record("web", "a", "w1", [10, 3, 0, 1], 5)
+    # Every worker holds the whole topic's counts; a key's owner publishes them. After a rebalance the old
+    # owner's record (an older frontier) can arrive after the new owner's: the newest frontier wins, in one
+    # batch and across batches, and the counts are never summed over producers.
+    k1, v1 = item_stats_record("web", "a", "w1", [10, 3, 0, 1], 7)
     k2, v2 = item_stats_record("web", "a", "w2", [5, 1, 0, 0], 5)
+    assert k1 == k2
     rep.apply([("streamrank.item-stats", 0, 0, k1, v1), ("streamrank.item-stats", 1, 0, k2, v2)])
-    assert rep.item_counts("web", "a") == (15, 4, 1)
+    assert rep.item_counts("web", "a") == (10, 3, 1)
     assert rep.item_counts("app", "a") == (0, 0, 0)
-    k1, v1 = item_stats_record("web", "a", "w1", [20, 6, 0, 2], 6)
-    rep.apply([("streamrank.item-stats", 0, 1, k1, v1)])
-    assert rep.item_counts("web", "a") == (25, 7, 2)
+    rep.apply([("streamrank.item-stats", 1, 1, k2, v2)])
+    assert rep.item_counts("web", "a") == (10, 3, 1), "an older frontier replaced a newer one"
+    k3, v3 = item_stats_record("web", "a", "w2", [20, 6, 0, 2], 8)
+    rep.apply([("streamrank.item-stats", 1, 2, k3, v3)])
+    assert rep.item_counts("web", "a") == (20, 6, 2), "the cache kept a replaced value"
+    rep.apply([("streamrank.item-stats", 1, 3, k3, None)])
+    assert rep.item_counts("web", "a") == (0, 0, 0)
+    # A record of the earlier layout (the worker id in the key) lands under its (scenario, item).
+    old = features_pb2.ItemStats(scenario="web", item_id="b", producer="w1", impressions=4, updated_ms=9)
+    rep.apply([("streamrank.item-stats", 0, 1, b"web\x1fb\x1fw1", old.SerializeToString())])
+    assert rep.item_counts("web", "b") == (4, 0, 0)
     rep.close()
 
 

@@ -53,6 +53,10 @@ class ReplicaStatus:
     newest_update_ms: int
 
 
+def _stats_key(scenario: str, item_id: str) -> bytes:
+    return f"{scenario}\x1f{item_id}".encode()
+
+
 def _offset_key(topic: str, partition: int) -> bytes:
     return _OFFSET + f"{topic}:{partition}".encode()
 
@@ -72,7 +76,6 @@ class FeatureReplica:
         # read racing the write is not cached) and drops the changed keys after.
         self._cache_lock = threading.Lock()
         self._generation = 0
-        self._producers: set[str] = set(self._scan_producers())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lag: dict[str, int] = {}
@@ -107,22 +110,19 @@ class FeatureReplica:
         return attrs
 
     def item_counts(self, scenario: str, item_id: str) -> tuple[int, int, int]:
-        """(impressions, clicks, purchases) of an item in a scenario, summed over the workers."""
+        """(impressions, clicks, purchases) of an item in a scenario below the workers' newest frontier."""
         key = (scenario, item_id)
         cached = self._stats.get(key)
         if cached is not None:
             return cached
         generation = self._generation
-        imps = clicks = purchases = 0
-        for producer in tuple(self._producers):
-            raw = self.db.get(_STAT + f"{scenario}\x1f{item_id}\x1f{producer}".encode())
-            if raw is not None:
-                msg = features_pb2.ItemStats.FromString(raw)
-                imps += msg.impressions
-                clicks += msg.clicks
-                purchases += msg.purchases
-        self._remember(self._stats, key, (imps, clicks, purchases), generation)
-        return imps, clicks, purchases
+        raw = self.db.get(_STAT + _stats_key(scenario, item_id))
+        counts = (0, 0, 0)
+        if raw is not None:
+            msg = features_pb2.ItemStats.FromString(raw)
+            counts = (msg.impressions, msg.clicks, msg.purchases)
+        self._remember(self._stats, key, counts, generation)
+        return counts
 
     def _remember(self, cache: dict, key: object, value: object, generation: int) -> None:
         """Caches a decoded value unless a write began since it was read (it could be stale then)."""
@@ -145,12 +145,6 @@ class FeatureReplica:
         return ReplicaStatus(dict(self._lag), self._caught_up.is_set(), self.records_applied,
                              self.newest_update_ms)
 
-    def _scan_producers(self) -> Iterable[str]:
-        for key, _ in self.db.items(from_key=_STAT):
-            if not key.startswith(_STAT):
-                break
-            yield key.decode().rsplit("\x1f", 1)[-1]
-
     # ------------------------------------------------------------------------------------- writing
     def _offsets(self) -> dict[tuple[str, int], int]:
         out = {}
@@ -167,6 +161,7 @@ class FeatureReplica:
         offsets: dict[tuple[str, int], int] = {}
         changed_items: list[str] = []
         changed_stats: list[tuple[str, str]] = []
+        newest_stats: dict[bytes, int] = {}  # updated_ms of the stats written in this batch
         applied = 0
         for topic, partition, offset, key, value in records:
             offsets[(topic, partition)] = offset + 1
@@ -176,10 +171,12 @@ class FeatureReplica:
             if prefix is _ITEM:
                 changed_items.append(key.decode(errors="replace"))
             elif prefix is _STAT:
-                scenario, item_id, producer = [*key.decode(errors="replace").split("\x1f"), "", ""][:3]
+                stat = self._newer_stats(key, value, newest_stats)
+                if stat is None:
+                    continue
+                key, value = stat
+                scenario, _, item_id = key.decode(errors="replace").partition("\x1f")
                 changed_stats.append((scenario, item_id))
-                if value is not None:
-                    self._producers.add(producer)
             if value is None:
                 batch.delete(prefix + key)
             else:
@@ -201,6 +198,24 @@ class FeatureReplica:
             self._generation += 1
         self.records_applied += applied
         return applied
+
+    def _newer_stats(self, key: bytes, value: bytes | None,
+                     newest: dict[bytes, int]) -> tuple[bytes, bytes | None] | None:
+        """The (scenario, item) key and value to write for an item-stats record, or None to skip it: a
+        worker that owned the key before a rebalance may send counts as of an older frontier after its new
+        owner did, so the record with the newest `updated_ms` wins. A tombstone deletes."""
+        if value is None:
+            return b"\x1f".join(key.split(b"\x1f")[:2]), None
+        msg = features_pb2.ItemStats.FromString(value)
+        stats_key = _stats_key(msg.scenario, msg.item_id)
+        have = newest.get(stats_key)
+        if have is None:
+            stored = self.db.get(_STAT + stats_key)
+            have = -1 if stored is None else features_pb2.ItemStats.FromString(stored).updated_ms
+        if msg.updated_ms < have:
+            return None
+        newest[stats_key] = msg.updated_ms
+        return stats_key, value
 
     def start(self) -> None:
         """Starts the background reader (idempotent)."""

@@ -19,7 +19,10 @@ events alone (docs/design.md, "Deterministic item counters"):
   answered when `F` reaches `C` (at once when `C == F`, the steady state of a live stream).
 
 Buckets below the frontier are folded into one base row per key, after the impressions waiting for them
-have been answered in order of their cuts, so an answer is always a base row, never a sum over buckets.
+have been answered in order of their cuts, so an answer is a base row, never a sum over buckets. The folded
+buckets of the last `history_ms` are kept by bucket start: a partition rebuilt by replay after it moved to
+this worker answers its impressions as of their cuts, which the frontier may have passed by then (the base
+row less the buckets from the cut on).
 """
 
 from __future__ import annotations
@@ -39,8 +42,12 @@ def floor_to(value: int, step: int) -> int:
 class SealedCounters:
     """Per (scenario, item) counts by effective-time bucket, folded into base rows below the frontier."""
 
-    def __init__(self, bucket_ms: int) -> None:
+    def __init__(self, bucket_ms: int, history_ms: int = 0) -> None:
         self.bucket_ms = bucket_ms
+        self.history_ms = history_ms
+        self.history: dict[int, dict[Key, Row]] = {}  # bucket start -> the rows folded from it (last history_ms)
+        self.history_dirty: set[int] = set()  # starts to persist
+        self.history_dropped: set[int] = set()  # starts to delete
         self.frontier = 0  # F: every bucket below it is complete and folded into `base`
         self.base: dict[Key, Row] = {}
         self.buckets: dict[Key, dict[int, Row]] = {}
@@ -60,6 +67,9 @@ class SealedCounters:
         self.floor: dict[int, int] = {}
         self.open_dirty: set[int] = set()  # partitions whose open buckets, sealed floor or idle mark changed
         self.remote_idle: set[int] = set()  # other workers' partitions marked idle in their last record
+        # Other workers' partitions' newest event times, from their records: when every partition is idle, the
+        # newest watermark over the whole topic sets the frontier, the same at every worker.
+        self.remote_marks: dict[int, int] = {}
 
     def effective_time(self, ts_ms: int, partition_watermark: int, partition: int) -> int:
         """The event's effective time: its timestamp, bumped to its partition's watermark and to the
@@ -127,9 +137,12 @@ class SealedCounters:
             self.floor[partition] = end  # no later event of the partition lands in a sealed bucket
         return self.seal(partition, end)
 
-    def apply(self, partition: int, upto: int, sealed: dict[int, dict[Key, Row]], idle: bool = False) -> None:
+    def apply(self, partition: int, upto: int, sealed: dict[int, dict[Key, Row]], idle: bool = False,
+              watermark: int = 0) -> None:
         """Applies another worker's sealed contributions of a partition, each bucket at most once (buckets
         below the floor already applied are skipped: a re-sent record may cover other buckets)."""
+        if watermark > self.remote_marks.get(partition, 0):
+            self.remote_marks[partition] = watermark
         if idle:
             self.remote_idle.add(partition)
         else:
@@ -169,24 +182,50 @@ class SealedCounters:
         base = self.base.get(key)
         return [0, 0, 0, 0] if base is None else list(base)
 
+    def sealed_below(self, key: Key, cut: int) -> tuple[Row, bool]:
+        """The key's counts over the events below `cut`, and whether they are exact: the base row (folded to
+        the cut, when it is the frontier or above) less the folded buckets from the cut on. A cut older than
+        the history gets the counts as of the frontier (False)."""
+        row = self.sealed(key)
+        if cut >= self.frontier:
+            return row, True
+        for start, rows in self.history.items():
+            if start >= cut:
+                old = rows.get(key)
+                if old is not None:
+                    for i in range(4):
+                        row[i] -= old[i]
+        return row, cut >= self.frontier - self.history_ms
+
     def fold_to(self, line: int) -> None:
         """Adds every bucket below `line` (<= the frontier) into the base rows; the keys changed are noted."""
         starts = self._starts
+        keep = self.history_ms > 0
         while starts and starts[0] < line:
             start = heapq.heappop(starts)
+            folded: dict[Key, Row] = {}
             for key in self.by_bucket.pop(start):
                 series = self.buckets[key]
                 row = series.pop(start)
                 base = self.base.get(key)
                 if base is None:
-                    self.base[key] = row
+                    self.base[key] = list(row)
                 else:
                     for i in range(4):
                         base[i] += row[i]
+                folded[key] = row
                 if not series:
                     del self.buckets[key]
                 self.dirty.add(key)
                 self.sealed_changed.add(key)
+            if keep:
+                self.history[start] = folded
+                self.history_dirty.add(start)
+        if keep:
+            for start in [s for s in self.history if s < line - self.history_ms]:
+                del self.history[start]
+                self.history_dirty.discard(start)
+                self.history_dropped.add(start)
 
     def packed(self, key: Key) -> list[int]:
         """What the store keeps for a key, as integers: the base row, then (start, row) per open bucket."""
@@ -197,10 +236,11 @@ class SealedCounters:
         return out
 
     def packed_open(self, partition: int) -> list[int]:
-        """What the store keeps for a partition: its sealed floor, idle mark (another worker's partition) and
-        effective-time floor, then (start, row) per open bucket and key; the keys are kept apart
-        (`open_keys`), in the same order."""
-        out = [self.sealed_to.get(partition, 0), int(partition in self.remote_idle), self.floor.get(partition, 0)]
+        """What the store keeps for a partition: its sealed floor, idle mark and watermark (both from another
+        worker's records) and effective-time floor, then (start, row) per open bucket and key; the keys are
+        kept apart (`open_keys`), in the same order."""
+        out = [self.sealed_to.get(partition, 0), int(partition in self.remote_idle), self.floor.get(partition, 0),
+               self.remote_marks.get(partition, 0)]
         for start, rows in sorted((self.open.get(partition) or {}).items()):
             for row in rows.values():
                 out.append(start)
@@ -219,10 +259,21 @@ class SealedCounters:
             self.remote_idle.add(partition)
         if ints[2]:
             self.floor[partition] = ints[2]
+        if ints[3]:
+            self.remote_marks[partition] = ints[3]
         for n, key in enumerate(keys):
-            i = 3 + 5 * n
+            i = 4 + 5 * n
             start = ints[i]
             self.open.setdefault(partition, {}).setdefault(start, {})[key] = ints[i + 1:i + 5]
+
+    def packed_history(self, start: int) -> tuple[list[Key], list[int]]:
+        """What the store keeps for a folded bucket of the history: its keys, and their rows in that order."""
+        rows = self.history[start]
+        return list(rows), [n for row in rows.values() for n in row]
+
+    def restore_history(self, start: int, keys: list[Key], ints: list[int]) -> None:
+        """Refills one folded bucket of the history from `packed_history`."""
+        self.history[start] = {key: ints[4 * n:4 * n + 4] for n, key in enumerate(keys)}
 
     def restore(self, frontier: int, rows: Iterable[tuple[Key, list[int]]]) -> None:
         """Refills the counters from stored rows (`packed` lists), at start-up."""

@@ -39,7 +39,7 @@ def _request_template(req: PendingRequest, policy: int) -> features_pb2.Training
 
 
 def _impression_sample(template: features_pb2.TrainingSample, item_id: str, imp: PendingImpression,
-                       emission: int, emitted_ts_ms: int) -> bytes:
+                       emission: int, emitted_ts_ms: int, labels: tuple[bool, bool, bool] | None = None) -> bytes:
     sample = features_pb2.TrainingSample()
     sample.CopyFrom(template)
     sample.sample_id = imp.event_id
@@ -48,7 +48,7 @@ def _impression_sample(template: features_pb2.TrainingSample, item_id: str, imp:
     sample.emission = emission  # type: ignore[assignment]
     sample.emitted_ts_ms = emitted_ts_ms
     if emission != features_pb2.EMISSION_IMPRESSION:  # a provisional emission has every label false
-        click, atc, purchase = imp.labels
+        click, atc, purchase = imp.labels if labels is None else labels
         sample.labels.click = click
         sample.labels.add_to_cart = atc
         sample.labels.purchase = purchase
@@ -77,12 +77,13 @@ def sample_messages(user_id: str, request_id: str, req: PendingRequest,
 
 
 def emission_message(user_id: str, request_id: str, req: PendingRequest, item_id: str, emission: int,
-                     emitted_ts_ms: int) -> tuple[bytes, bytes]:
-    """One fake_negative emission of one impression (EMISSION_IMPRESSION or EMISSION_POSITIVE), with the
-    impression's point-in-time features, exactly as its window-closed sample will carry them."""
+                     emitted_ts_ms: int, labels: tuple[bool, bool, bool]) -> tuple[bytes, bytes]:
+    """One fake_negative emission of one impression (EMISSION_IMPRESSION or EMISSION_POSITIVE) with the labels
+    it had when emitted, and the impression's point-in-time features, exactly as its window-closed sample will
+    carry them."""
     template = _request_template(req, features_pb2.LABEL_POLICY_FAKE_NEGATIVE)
     return user_id.encode(), _impression_sample(template, item_id, req.impressions[item_id], emission,
-                                                emitted_ts_ms)
+                                                emitted_ts_ms, labels)
 
 
 def user_snapshot(user: UserState, settings: Settings) -> bytes:
@@ -99,19 +100,22 @@ def user_snapshot(user: UserState, settings: Settings) -> bytes:
     return msg.SerializeToString(deterministic=True)
 
 
-def item_stats_key(scenario: str, item_id: str, producer: str) -> bytes:
-    """The compacted item-stats key: one record per (scenario, item, worker), summed by readers."""
-    return f"{scenario}\x1f{item_id}\x1f{producer}".encode()
+def item_stats_key(scenario: str, item_id: str) -> bytes:
+    """The compacted item-stats key: one record per (scenario, item). Every worker holds the counts of the
+    whole topic below the frontier; the owner of the key's partition publishes them (readers keep the
+    record with the newest `updated_ms`)."""
+    return f"{scenario}\x1f{item_id}".encode()
 
 
 def item_stats_record(scenario: str, item_id: str, producer: str, counts: list[int],
                       ts_ms: int) -> tuple[bytes, bytes]:
-    """An ItemStats record with an item's all-time counters in a scenario, keyed for the compacted topic."""
+    """An ItemStats record with an item's counters in a scenario below the frontier `ts_ms`, keyed for the
+    compacted topic; `producer` names the worker that sent it (diagnostics only)."""
     msg = features_pb2.ItemStats(
         scenario=scenario, item_id=item_id, producer=producer, impressions=counts[0], clicks=counts[1],
         add_to_carts=counts[2], purchases=counts[3], updated_ms=ts_ms,
     )
-    return item_stats_key(scenario, item_id, producer), msg.SerializeToString()
+    return item_stats_key(scenario, item_id), msg.SerializeToString()
 
 
 def cooc_update(item_id: str, neighbours: dict[str, int], producer: str, batch: int, ts_ms: int) -> bytes:
@@ -123,20 +127,21 @@ def cooc_update(item_id: str, neighbours: dict[str, int], producer: str, batch: 
 
 
 def exchange_message(partition: int, sealed_to: int, idle: bool,
-                     buckets: dict[int, dict[tuple[str, str], list[int]]]) -> tuple[bytes, bytes]:
+                     buckets: dict[int, dict[tuple[str, str], list[int]]], watermark: int) -> tuple[bytes, bytes]:
     """A counter exchange record (JSON: plain data, nothing in it can run), keyed by source partition so
     that one partition's records stay in order."""
-    body = {"p": partition, "z": sealed_to, "idle": idle,
+    body = {"p": partition, "z": sealed_to, "idle": idle, "w": watermark,
             "b": [[start, [[s, i, *row] for (s, i), row in rows.items()]] for start, rows in buckets.items()]}
     return str(partition).encode(), json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode_exchange(raw: bytes) -> tuple[int, int, bool, dict[int, dict[tuple[str, str], list[int]]]]:
-    """(partition, sealed floor, idle, buckets) of a counter exchange record; ValueError when malformed."""
+def decode_exchange(raw: bytes) -> tuple[int, int, bool, dict[int, dict[tuple[str, str], list[int]]], int]:
+    """(partition, sealed floor, idle, buckets, watermark) of a counter exchange record; ValueError when
+    malformed."""
     try:
         body = json.loads(raw)
         buckets = {int(start): {(str(r[0]), str(r[1])): [int(x) for x in r[2:6]] for r in rows}
                    for start, rows in body["b"]}
-        return int(body["p"]), int(body["z"]), bool(body["idle"]), buckets
+        return int(body["p"]), int(body["z"]), bool(body["idle"]), buckets, int(body.get("w", 0))
     except (KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed counter exchange record: {exc}") from exc

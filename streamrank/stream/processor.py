@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from streamrank.config import Settings
+from streamrank.events.partitioning import partition_of
 from streamrank.events.types import CLICK, IMPRESSION, TYPE_INDEX
 from streamrank.events.validate import PROCESSING_ERROR, InvalidEvent, decode_event
 from streamrank.stream.aggregates import CoocCounts, ScenarioStats
@@ -72,12 +73,13 @@ class DeadLetter:
 @dataclass(slots=True)
 class ExchangeRecord:
     """One partition's newly sealed item-counter buckets, for the workers that own the other partitions:
-    its sealed floor, whether it is idle, and the counts per bucket start and (scenario, item)."""
+    its sealed floor, whether it is idle, the counts per bucket start and (scenario, item), and its watermark."""
 
     partition: int
     sealed_to: int
     idle: bool
     buckets: dict[int, dict[tuple[str, str], list[int]]]
+    watermark: int = 0
 
 
 @dataclass(slots=True)
@@ -123,6 +125,9 @@ class BatchProcessor:
         # come in exchange records). None: this worker's partitions only.
         self.all_partitions: set[int] | None = None
         self.announced_idle: set[int] = set()  # own partitions whose last exchange record said idle
+        # Partitions this worker gained at its last assignments: the item stats they own are published again
+        # (their previous owner may have folded them and died before sending).
+        self.gained: set[int] = set()
         # (deadline, tie, user_id, request_id) per partition
         self.deadlines: dict[int, list[tuple[int, int, str, str]]] = {}
         # Impressions waiting for the frontier to reach their cut: (cut, tie, user_id, request_id, item_id)
@@ -132,7 +137,10 @@ class BatchProcessor:
         self.closed: dict[tuple[str, str], PendingRequest] = {}
         self.closed_dirty: set[tuple[str, str]] = set()
         self._tie = 0
-        self.counters = SealedCounters(settings.counter_bucket_ms)
+        # The history covers what a partition rebuilt by replay can still emit: impressions within the
+        # attribution window of its newest events, and the batch its previous owner sealed but never committed.
+        self.counters = SealedCounters(settings.counter_bucket_ms,
+                                       settings.attribution_window_ms + 4 * settings.counter_bucket_ms)
         store.load_aggregates(self.cooc, self.stats, self.counters)
         for user in store.load_pending_users():
             self._remember(user)
@@ -183,8 +191,14 @@ class BatchProcessor:
                 self._wait(imp.cut_ms, user_id, request_id, item_id)
 
     # ------------------------------------------------------------------------------------------
-    def process(self, records: Sequence[ConsumedRecord]) -> BatchResult:
-        """Applies a batch in memory; returns its outputs and what changed (persist it with commit())."""
+    def process(self, records: Sequence[ConsumedRecord], rebuild: bool = False) -> BatchResult:
+        """Applies a batch in memory; returns its outputs and what changed (persist it with commit()).
+
+        `rebuild`: records another worker owned and already emitted for (a partition moved here). The caller
+        drops the outputs of applying them; the frontier does not move, so nothing is sealed or answered in
+        this batch: the next batch (whose outputs are sent) does that for every partition, and an
+        impression's samples released there are sent, not dropped with the rebuild's.
+        """
         result = BatchResult()
         touched = result.touched
         settings = self.settings
@@ -224,7 +238,7 @@ class BatchProcessor:
         for item_id, neighbours in delta.items():
             result.cooc.append((item_id.encode(), cooc_update(item_id, neighbours, settings.worker_id,
                                                               self.batch_seq, self.stats.watermark)))
-        return self._finish(result)
+        return result if rebuild else self._finish(result)
 
     def tick(self) -> BatchResult:
         """A batch without records: moves the frontier (a partition went idle) and answers who waited for it."""
@@ -234,7 +248,9 @@ class BatchProcessor:
         """Where the counters' frontier may move now: the slowest live partition's watermark, in buckets.
 
         A partition not read yet holds it at 0; idle partitions leave the minimum; when every partition is
-        idle, the newest watermark sets it (nothing can arrive below the frontier: see effective_time).
+        idle, the newest watermark over the topic sets it (nothing can arrive below the frontier: see
+        effective_time); other workers' watermarks come in their exchange records, so every worker folds to
+        the same frontier.
         """
         counters = self.counters
         floors = counters.sealed_to
@@ -246,7 +262,8 @@ class BatchProcessor:
         if live:
             return max(counters.frontier, min(live))
         marks = self.watermarks
-        return max(counters.frontier, counters.frontier_for(max((marks.get(p, 0) for p in parts), default=0)))
+        newest = max((marks.get(p, 0) if p in own else counters.remote_marks.get(p, 0) for p in parts), default=0)
+        return max(counters.frontier, counters.frontier_for(newest))
 
     def seal_partitions(self, result: BatchResult) -> None:
         """Seals each own partition's counter buckets below its watermark (all of them once it is idle) and
@@ -260,7 +277,7 @@ class BatchProcessor:
             sealed = counters.seal_all(p) if idle else counters.seal(p, counters.frontier_for(marks.get(p, 0)))
             floor = floors.get(p, 0)
             if sealed or floor != before or idle != (p in self.announced_idle):
-                result.exchange.append(ExchangeRecord(p, floor, idle, sealed))
+                result.exchange.append(ExchangeRecord(p, floor, idle, sealed, marks.get(p, 0)))
                 if idle:
                     self.announced_idle.add(p)
                 else:
@@ -276,10 +293,37 @@ class BatchProcessor:
         """Applies other workers' exchange records (their partitions' sealed counter buckets and idle marks)."""
         for rec in records:
             if self.is_foreign(rec.partition):
-                self.counters.apply(rec.partition, rec.sealed_to, rec.buckets, rec.idle)
+                self.counters.apply(rec.partition, rec.sealed_to, rec.buckets, rec.idle, rec.watermark)
 
     def _partitions(self) -> set[int]:
         return self.assigned if self.assigned is not None else set(self.watermarks)
+
+    def assign(self, partitions: set[int]) -> None:
+        """Takes the consumer's assignment of events partitions; the item stats owned by partitions gained
+        (all of them at start-up) are published again with the next batch."""
+        self.gained |= partitions - (self.assigned or set())
+        self.assigned = set(partitions)
+
+    def stats_owner(self, key: tuple[str, str]) -> int:
+        """The events partition whose owner publishes a (scenario, item)'s item stats: the one its key hashes
+        to, so that exactly one worker publishes each key and item-stats records need no worker id."""
+        return partition_of(f"{key[0]}\x1f{key[1]}", len(self.all_partitions or self._partitions()))
+
+    def _stats_to_publish(self) -> list[tuple[str, str]]:
+        """The (scenario, item) keys whose item stats this batch publishes: those the frontier changed, and
+        all of a gained partition's, each only by its owner. Every worker holds every key's counts below the
+        frontier (the exchange), so any could; the owner rule keeps one record per change."""
+        counters = self.counters
+        keys = counters.sealed_changed
+        counters.sealed_changed = set()
+        own = self._partitions()
+        whole = self.all_partitions is None or own >= self.all_partitions
+        if self.gained:
+            gained, self.gained = self.gained, set()
+            keys = keys | {key for key in counters.base if whole or self.stats_owner(key) in gained}
+        if whole:
+            return list(keys)
+        return [key for key in keys if self.stats_owner(key) in own]
 
     def _finish(self, result: BatchResult) -> BatchResult:
         """Moves the frontier, answers the impressions it reached, and adds the batch's snapshots and item stats."""
@@ -301,10 +345,9 @@ class BatchProcessor:
                 self._release(user_id, request_id, item_id, result)
             counters.fold_to(target)
             counters.frontier = target
-        for scenario, item_id in counters.sealed_changed:
+        for scenario, item_id in self._stats_to_publish():
             result.item_stats.append(item_stats_record(scenario, item_id, settings.worker_id,
                                                        counters.sealed((scenario, item_id)), counters.frontier))
-        counters.sealed_changed = set()
         return result
 
     def commit(self, result: BatchResult) -> None:
@@ -356,7 +399,7 @@ class BatchProcessor:
                     cut_ms=self.counters.cut_of(effective),
                 )
                 if imp.cut_ms <= self.counters.frontier:
-                    self._answer(imp, event.scenario, event.item_id)
+                    self._answer(imp, event.scenario, event.item_id, result)
                 else:
                     self._wait(imp.cut_ms, user.user_id, request_id, event.item_id)
                 if self.fake_negative:
@@ -400,20 +443,29 @@ class BatchProcessor:
                 self.closed_dirty.add((user_id, request_id))
 
     # -- item counters and the emissions that wait for them ---------------------------------------
-    def _answer(self, imp: PendingImpression, scenario: str, item_id: str) -> None:
-        """Fills the impression's item counters with the sealed counts below its cut (== the frontier now)."""
-        c = self.counters.sealed((scenario, item_id))
+    def _answer(self, imp: PendingImpression, scenario: str, item_id: str, result: BatchResult) -> None:
+        """Fills the impression's item counters with the sealed counts below its cut (the frontier now, or
+        below it for a partition rebuilt by replay)."""
+        c, exact = self.counters.sealed_below((scenario, item_id), imp.cut_ms)
+        if not exact:
+            result.counters["counters.cut_beyond_history"] += 1
         imp.counts = (c[0], c[1], c[3], imp.counts[3], imp.counts[4])
         imp.answered = True
 
     def _emit(self, user_id: str, request_id: str, req: PendingRequest, item_id: str, emission: int,
               emitted_ts_ms: int, result: BatchResult) -> None:
-        """Sends a fake_negative emission now, or holds it until the impression's counters are answered."""
+        """Sends a fake_negative emission now, or holds it until the impression's counters are answered (with
+        the labels it has now: a purchase processed while it waits must not change it)."""
+        self._send_emission(user_id, request_id, req, item_id, emission, emitted_ts_ms,
+                            tuple(req.impressions[item_id].labels), result)  # type: ignore[arg-type]
+
+    def _send_emission(self, user_id: str, request_id: str, req: PendingRequest, item_id: str, emission: int,
+                       emitted_ts_ms: int, labels: tuple[bool, bool, bool], result: BatchResult) -> None:
         imp = req.impressions[item_id]
         if not imp.answered:
-            imp.held.append((emission, emitted_ts_ms))
+            imp.held.append((emission, emitted_ts_ms, labels))
             return
-        result.samples.append(emission_message(user_id, request_id, req, item_id, emission, emitted_ts_ms))
+        result.samples.append(emission_message(user_id, request_id, req, item_id, emission, emitted_ts_ms, labels))
         result.counters["emissions.impression" if emission == features_pb2.EMISSION_IMPRESSION
                         else "emissions.positive"] += 1
 
@@ -435,10 +487,10 @@ class BatchProcessor:
                 return
             result.touched[user_id] = user
         imp = req.impressions[item_id]
-        self._answer(imp, req.scenario, item_id)
+        self._answer(imp, req.scenario, item_id, result)
         held, imp.held = imp.held, []
-        for emission, emitted_ts_ms in held:
-            self._emit(user_id, request_id, req, item_id, emission, emitted_ts_ms, result)
+        for emission, emitted_ts_ms, labels in held:
+            self._send_emission(user_id, request_id, req, item_id, emission, emitted_ts_ms, labels, result)
         if req.closed_at >= 0 and req.all_answered():
             del self.closed[key]
             self._emit_closed(user_id, request_id, req, req.closed_at, result)

@@ -126,7 +126,7 @@ class EventsService(Service):
         """Seeks assigned partitions to the durable offsets; marks partitions that must be rebuilt silently."""
         assert self.consumer is not None
         stored = self.processor.offsets
-        self.processor.assigned = {tp.partition for tp in self.consumer.assignment()}
+        self.processor.assign({tp.partition for tp in self.consumer.assignment()})
         now = time.monotonic()
         for tp in assigned:
             self.last_record_at[tp.partition] = now
@@ -157,7 +157,7 @@ class EventsService(Service):
             await self._update_idle_partitions()
             if not records:
                 self.idle.set()
-                if self.processor.frontier_target() > self.processor.counters.frontier:
+                if self.processor.gained or self.processor.frontier_target() > self.processor.counters.frontier:
                     self._not_busy.clear()
                     try:
                         await self.tick()
@@ -265,7 +265,9 @@ class EventsService(Service):
         started = time.monotonic()
         silent = [r for r in records if r.offset < self.silent_until.get(r.partition, -1)]
         if silent:
-            muted = self.processor.process(silent)
+            # Outputs of the rebuilt range went out from the previous owner; the batch below moves the
+            # frontier and sends what it releases, for every partition (processor.process, `rebuild`).
+            muted = self.processor.process(silent, rebuild=True)
             self.processor.commit(muted)
             records = [r for r in records if r.offset >= self.silent_until.get(r.partition, -1)]
         result = self.processor.process(records)
@@ -296,7 +298,7 @@ class EventsService(Service):
             (s.topic("user-features"), result.snapshots),
             (s.topic("cooc"), result.cooc),
             (s.topic("item-stats"), result.item_stats),
-            (s.topic("counters"), [exchange_message(r.partition, r.sealed_to, r.idle, r.buckets)
+            (s.topic("counters"), [exchange_message(r.partition, r.sealed_to, r.idle, r.buckets, r.watermark)
                                    for r in result.exchange]),
         ):
             if messages:

@@ -6,7 +6,8 @@ from the stored offsets neither loses nor double-counts an event.
 
 Keys are a one-byte kind prefix followed by the id: u user, p user with open impressions, c co-occurrence
 of an item, g scenario totals, n (scenario, item) totals, b recent buckets, k (scenario, item)
-counters below the frontier and per effective-time bucket (packed integers), q (user, request) closed
+counters below the frontier and per effective-time bucket (packed integers), h / H a folded bucket of the
+counters' history (rows / keys), j / J a partition's open counter buckets, q (user, request) closed
 while an impression waits for its counters, i catalog item, o offset,
 w partition watermark, m metadata. The other values are pickles (internal format, written and read only by
 the worker; readers outside it use the compacted topics). The format is versioned: state written by an
@@ -30,8 +31,10 @@ from streamrank.v1 import events_pb2
 
 SEP = b"\x00"
 # The layout of the values; 2: impressions carry a counter cut and may wait for it (stream/counters.py);
-# 3: counter contributions are kept per source partition until sealed (j/J), with each partition's floor.
-STATE_FORMAT = 3
+# 3: counter contributions are kept per source partition until sealed (j/J), with each partition's floor;
+# 4: j also keeps another worker's partition's watermark (the frontier when every partition is idle), and
+# the counters keep a history of folded buckets (h/H).
+STATE_FORMAT = 4
 
 
 class StateFormatError(ValueError):
@@ -195,6 +198,8 @@ class StateStore:
                              ((_split_pair_key(key), _unpack_ints(value)) for key, value in self._scan(b"k")))
             for key, value in self._scan(b"j"):
                 counters.restore_open(int(key), _unpack_ints(value), _unpack_keys(self.db.get(b"J" + key) or b""))
+            for key, value in self._scan(b"h"):
+                counters.restore_history(int(key), _unpack_keys(self.db.get(b"H" + key) or b""), _unpack_ints(value))
 
     # -- the atomic commit --------------------------------------------------------------------------
     def commit(
@@ -242,6 +247,17 @@ class StateStore:
             put(b"j" + pkey, _pack_ints(counters.packed_open(part)))
             put(b"J" + pkey, _pack_keys(counters.open_keys(part)))
         counters.open_dirty = set()
+        for start in counters.history_dirty:
+            keys, ints = counters.packed_history(start)
+            hkey = str(start).encode()
+            put(b"h" + hkey, _pack_ints(ints))
+            put(b"H" + hkey, _pack_keys(keys))
+        for start in counters.history_dropped:
+            hkey = str(start).encode()
+            wb.delete(b"h" + hkey)
+            wb.delete(b"H" + hkey)
+        counters.history_dirty = set()
+        counters.history_dropped = set()
         for (user_id, request_id), req in closed.items():
             key = b"q" + user_id.encode() + SEP + request_id.encode()
             if req is None:

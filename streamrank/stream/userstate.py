@@ -36,7 +36,8 @@ class PendingImpression:
     # are filled in (`answered`) once the frontier reaches the cut. Emissions wait for it in `held`.
     cut_ms: int = 0
     answered: bool = False
-    held: list[tuple[int, int]] = field(default_factory=list)  # (emission, emitted_ts_ms) not sent yet
+    # (emission, emitted_ts_ms, labels as of the emission) not sent yet
+    held: list[tuple[int, int, tuple[bool, bool, bool]]] = field(default_factory=list)
 
     def __reduce__(self) -> tuple[type, tuple]:
         # Pickled as constructor arguments: several times faster than the slots protocol, and this is written
