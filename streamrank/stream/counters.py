@@ -48,6 +48,7 @@ class SealedCounters:
         self.history: dict[int, dict[Key, Row]] = {}  # bucket start -> the rows folded from it (last history_ms)
         self.history_dirty: set[int] = set()  # starts to persist
         self.history_dropped: set[int] = set()  # starts to delete
+        self.history_low = 0  # every bucket folded from here on is in the history
         self.frontier = 0  # F: every bucket below it is complete and folded into `base`
         self.base: dict[Key, Row] = {}
         self.buckets: dict[Key, dict[int, Row]] = {}
@@ -70,6 +71,10 @@ class SealedCounters:
         # Other workers' partitions' newest event times, from their records: when every partition is idle, the
         # newest watermark over the whole topic sets the frontier, the same at every worker.
         self.remote_marks: dict[int, int] = {}
+        # The frontier each partition's owner had reached (and answered its impressions up to) when it sent
+        # its last record: a worker replaying a partition that moved here leaves the impressions above it
+        # waiting, so that their emissions are sent (the previous owner may not have sent them).
+        self.announced: dict[int, int] = {}
 
     def effective_time(self, ts_ms: int, partition_watermark: int, partition: int) -> int:
         """The event's effective time: its timestamp, bumped to its partition's watermark and to the
@@ -137,6 +142,15 @@ class SealedCounters:
             self.floor[partition] = end  # no later event of the partition lands in a sealed bucket
         return self.seal(partition, end)
 
+    def note_frontier(self, partition: int, frontier: int) -> None:
+        """Records the frontier a partition's owner announced. The latest record wins, not the highest: a
+        partition's records are in order on the topic, and a later owner may have reached a lower frontier
+        than an earlier one did (it answered only what it announced). 0 (the sender was still replaying the
+        partition) announces nothing."""
+        if frontier and frontier != self.announced.get(partition, 0):
+            self.announced[partition] = frontier
+            self.open_dirty.add(partition)
+
     def apply(self, partition: int, upto: int, sealed: dict[int, dict[Key, Row]], idle: bool = False,
               watermark: int = 0) -> None:
         """Applies another worker's sealed contributions of a partition, each bucket at most once (buckets
@@ -185,7 +199,7 @@ class SealedCounters:
     def sealed_below(self, key: Key, cut: int) -> tuple[Row, bool]:
         """The key's counts over the events below `cut`, and whether they are exact: the base row (folded to
         the cut, when it is the frontier or above) less the folded buckets from the cut on. A cut older than
-        the history gets the counts as of the frontier (False)."""
+        the history gets the counts as of the frontier less the history (False)."""
         row = self.sealed(key)
         if cut >= self.frontier:
             return row, True
@@ -195,7 +209,7 @@ class SealedCounters:
                 if old is not None:
                     for i in range(4):
                         row[i] -= old[i]
-        return row, cut >= self.frontier - self.history_ms
+        return row, cut >= self.history_low
 
     def fold_to(self, line: int) -> None:
         """Adds every bucket below `line` (<= the frontier) into the base rows; the keys changed are noted."""
@@ -222,7 +236,11 @@ class SealedCounters:
                 self.history[start] = folded
                 self.history_dirty.add(start)
         if keep:
-            for start in [s for s in self.history if s < line - self.history_ms]:
+            # Kept: the last history_ms, and everything above the lowest frontier a partition's owner announced
+            # (a partition whose owner died is replayed by its next owner from where that one had answered).
+            low = min([line - self.history_ms, *(a for a in self.announced.values() if a)])
+            self.history_low = max(self.history_low, low)
+            for start in [s for s in self.history if s < low]:
                 del self.history[start]
                 self.history_dirty.discard(start)
                 self.history_dropped.add(start)
@@ -237,10 +255,10 @@ class SealedCounters:
 
     def packed_open(self, partition: int) -> list[int]:
         """What the store keeps for a partition: its sealed floor, idle mark and watermark (both from another
-        worker's records) and effective-time floor, then (start, row) per open bucket and key; the keys are
-        kept apart (`open_keys`), in the same order."""
+        worker's records), effective-time floor and announced frontier, then (start, row) per open bucket and
+        key; the keys are kept apart (`open_keys`), in the same order."""
         out = [self.sealed_to.get(partition, 0), int(partition in self.remote_idle), self.floor.get(partition, 0),
-               self.remote_marks.get(partition, 0)]
+               self.remote_marks.get(partition, 0), self.announced.get(partition, 0)]
         for start, rows in sorted((self.open.get(partition) or {}).items()):
             for row in rows.values():
                 out.append(start)
@@ -261,8 +279,10 @@ class SealedCounters:
             self.floor[partition] = ints[2]
         if ints[3]:
             self.remote_marks[partition] = ints[3]
+        if ints[4]:
+            self.announced[partition] = ints[4]
         for n, key in enumerate(keys):
-            i = 4 + 5 * n
+            i = 5 + 5 * n
             start = ints[i]
             self.open.setdefault(partition, {}).setdefault(start, {})[key] = ints[i + 1:i + 5]
 
@@ -274,10 +294,12 @@ class SealedCounters:
     def restore_history(self, start: int, keys: list[Key], ints: list[int]) -> None:
         """Refills one folded bucket of the history from `packed_history`."""
         self.history[start] = {key: ints[4 * n:4 * n + 4] for n, key in enumerate(keys)}
+        self.history_low = min(self.history)  # what was pruned below the oldest kept bucket is not known
 
     def restore(self, frontier: int, rows: Iterable[tuple[Key, list[int]]]) -> None:
         """Refills the counters from stored rows (`packed` lists), at start-up."""
         self.frontier = frontier
+        self.history_low = frontier if self.history_ms > 0 else 0  # lowered by restore_history
         for key, ints in rows:
             if any(ints[:4]):
                 self.base[key] = ints[:4]

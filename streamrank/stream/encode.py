@@ -127,21 +127,23 @@ def cooc_update(item_id: str, neighbours: dict[str, int], producer: str, batch: 
 
 
 def exchange_message(partition: int, sealed_to: int, idle: bool,
-                     buckets: dict[int, dict[tuple[str, str], list[int]]], watermark: int) -> tuple[bytes, bytes]:
+                     buckets: dict[int, dict[tuple[str, str], list[int]]], watermark: int,
+                     frontier: int) -> tuple[bytes, bytes]:
     """A counter exchange record (JSON: plain data, nothing in it can run), keyed by source partition so
     that one partition's records stay in order."""
-    body = {"p": partition, "z": sealed_to, "idle": idle, "w": watermark,
+    body = {"p": partition, "z": sealed_to, "idle": idle, "w": watermark, "f": frontier,
             "b": [[start, [[s, i, *row] for (s, i), row in rows.items()]] for start, rows in buckets.items()]}
     return str(partition).encode(), json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode_exchange(raw: bytes) -> tuple[int, int, bool, dict[int, dict[tuple[str, str], list[int]]], int]:
-    """(partition, sealed floor, idle, buckets, watermark) of a counter exchange record; ValueError when
-    malformed."""
+def decode_exchange(raw: bytes) -> tuple[int, int, bool, dict[int, dict[tuple[str, str], list[int]]], int, int]:
+    """(partition, sealed floor, idle, buckets, watermark, sender's frontier) of a counter exchange record;
+    ValueError when malformed."""
     try:
         body = json.loads(raw)
         buckets = {int(start): {(str(r[0]), str(r[1])): [int(x) for x in r[2:6]] for r in rows}
                    for start, rows in body["b"]}
-        return int(body["p"]), int(body["z"]), bool(body["idle"]), buckets, int(body.get("w", 0))
+        return (int(body["p"]), int(body["z"]), bool(body["idle"]), buckets, int(body.get("w", 0)),
+                int(body.get("f", 0)))
     except (KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed counter exchange record: {exc}") from exc

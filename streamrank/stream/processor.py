@@ -80,6 +80,7 @@ class ExchangeRecord:
     idle: bool
     buckets: dict[int, dict[tuple[str, str], list[int]]]
     watermark: int = 0
+    frontier: int = 0  # the sender's frontier after the batch: it answered every impression with a cut below
 
 
 @dataclass(slots=True)
@@ -128,6 +129,10 @@ class BatchProcessor:
         # Partitions this worker gained at its last assignments: the item stats they own are published again
         # (their previous owner may have folded them and died before sending).
         self.gained: set[int] = set()
+        self._rebuilding = False  # set by process(): replaying a partition that moved here
+        # Own partitions whose replay (after a move) has not reached the group's committed offset yet (set
+        # by the consumer): no frontier is announced for them, since their impressions are not all answered.
+        self.replaying: set[int] = set()
         # (deadline, tie, user_id, request_id) per partition
         self.deadlines: dict[int, list[tuple[int, int, str, str]]] = {}
         # Impressions waiting for the frontier to reach their cut: (cut, tie, user_id, request_id, item_id)
@@ -203,6 +208,7 @@ class BatchProcessor:
         touched = result.touched
         settings = self.settings
         offsets = self.offsets
+        self._rebuilding = rebuild
         for record in records:
             tp = (record.topic, record.partition)
             last = offsets.get(tp)
@@ -258,10 +264,17 @@ class BatchProcessor:
         parts = own | (self.all_partitions or set())
         idle = self.idle
         remote_idle = counters.remote_idle
-        live = [floors.get(p, 0) for p in parts if (p not in idle if p in own else p not in remote_idle)]
+        marks = self.watermarks
+        own_floor = counters.floor
+        # An own partition counts with its sealed floor, capped at its own watermark's boundary (or its own
+        # effective-time floor): a floor another owner raised by sealing the partition when it went idle is
+        # not passed before this worker's replay of it gets there, so the final frontier of a replay is the
+        # single worker's.
+        live = [min(floors.get(p, 0), max(counters.frontier_for(marks.get(p, 0)), own_floor.get(p, 0)))
+                if p in own else floors.get(p, 0)
+                for p in parts if (p not in idle if p in own else p not in remote_idle)]
         if live:
             return max(counters.frontier, min(live))
-        marks = self.watermarks
         newest = max((marks.get(p, 0) if p in own else counters.remote_marks.get(p, 0) for p in parts), default=0)
         return max(counters.frontier, counters.frontier_for(newest))
 
@@ -289,9 +302,22 @@ class BatchProcessor:
         previous owner, changes nothing)."""
         return partition not in self._partitions()
 
+    def _answers_now(self, cut_ms: int, partition: int) -> bool:
+        """Whether an impression is answered as it is applied: its cut is at or below the frontier. When
+        replaying a partition that moved here, only below the frontier its previous owner announced: that
+        owner answered (and sent) every impression with a cut below it, but one with a cut at it may have
+        come after the announcement. The others wait, and their emissions go out with the next batch's
+        outputs (re-sent with identical bytes if they had been sent)."""
+        counters = self.counters
+        if self._rebuilding:
+            return cut_ms < min(counters.frontier + 1, counters.announced.get(partition, 0))
+        return cut_ms <= counters.frontier
+
     def apply_exchange(self, records: list[ExchangeRecord]) -> None:
-        """Applies other workers' exchange records (their partitions' sealed counter buckets and idle marks)."""
+        """Applies other workers' exchange records (their partitions' sealed counter buckets and idle marks)
+        and notes the frontier each record's sender announced for its partition."""
         for rec in records:
+            self.counters.note_frontier(rec.partition, rec.frontier)
             if self.is_foreign(rec.partition):
                 self.counters.apply(rec.partition, rec.sealed_to, rec.buckets, rec.idle, rec.watermark)
 
@@ -334,8 +360,11 @@ class BatchProcessor:
         self.seal_partitions(result)
         target = self.frontier_target()
         counters = self.counters
-        if target > counters.frontier:
-            waiting = self.waiting
+        waiting = self.waiting
+        moved = target > counters.frontier
+        # Impressions below the frontier wait only after a replay (`_answer_line`); cuts below the
+        # frontier are answered from the history of folded buckets.
+        if moved or (waiting and waiting[0][0] <= counters.frontier):
             folded = counters.frontier
             while waiting and waiting[0][0] <= target:
                 cut, _, user_id, request_id, item_id = heapq.heappop(waiting)
@@ -345,6 +374,15 @@ class BatchProcessor:
                 self._release(user_id, request_id, item_id, result)
             counters.fold_to(target)
             counters.frontier = target
+        replaying = self.replaying
+        if moved and self.all_partitions is not None:
+            # Announce the new frontier for every own partition (the records of this batch carry it).
+            have = {rec.partition for rec in result.exchange}
+            floors, marks = counters.sealed_to, self.watermarks
+            result.exchange.extend(ExchangeRecord(p, floors.get(p, 0), p in self.announced_idle, {}, marks.get(p, 0))
+                                   for p in sorted(self._partitions() - have - replaying))
+        for rec in result.exchange:
+            rec.frontier = 0 if rec.partition in replaying else counters.frontier
         for scenario, item_id in self._stats_to_publish():
             result.item_stats.append(item_stats_record(scenario, item_id, settings.worker_id,
                                                        counters.sealed((scenario, item_id)), counters.frontier))
@@ -398,7 +436,7 @@ class BatchProcessor:
                     (0, 0, 0, user.item_clicks.get(event.item_id, 0), user.category_clicks.get(category, 0)),
                     cut_ms=self.counters.cut_of(effective),
                 )
-                if imp.cut_ms <= self.counters.frontier:
+                if self._answers_now(imp.cut_ms, partition):
                     self._answer(imp, event.scenario, event.item_id, result)
                 else:
                     self._wait(imp.cut_ms, user.user_id, request_id, event.item_id)

@@ -226,11 +226,19 @@ class EventsService(Service):
 
     async def tick(self) -> BatchResult:
         """Moves the counters' frontier without records (partitions went idle): answers, sends, commits."""
+        self._note_replaying()
         result = self.processor.tick()
         await self._send(result)
         self.processor.commit(result)
         self._count(result, 0, batch=False)
         return result
+
+    def _note_replaying(self) -> None:
+        """Tells the processor which own partitions are still being replayed up to the committed offset."""
+        offsets = self.processor.offsets
+        self.processor.replaying = {
+            p for p, end in self.silent_until.items()
+            if offsets.get((self.topic, p), -1) + 1 < end and p in (self.processor.assigned or ())}
 
     async def _collect(self, max_records: int, within_s: float) -> list[ConsumedRecord]:
         """Gathers up to max_records records, waiting at most within_s once the first has arrived."""
@@ -270,6 +278,7 @@ class EventsService(Service):
             muted = self.processor.process(silent, rebuild=True)
             self.processor.commit(muted)
             records = [r for r in records if r.offset >= self.silent_until.get(r.partition, -1)]
+        self._note_replaying()
         result = self.processor.process(records)
         await self._send(result)
         self.processor.commit(result)
@@ -290,6 +299,9 @@ class EventsService(Service):
                 self.lag[tp.partition] = max(0, high - (done + 1 if done is not None else 0))
 
     async def _send(self, result: BatchResult) -> None:
+        """Sends a batch's outputs and waits for them; the exchange records go last, once the rest is
+        acknowledged: a record announces the frontier its sender answered up to, which a worker replaying
+        the partition after a move trusts to have been sent (processor.process, `rebuild`)."""
         assert self.producer is not None
         s = self.settings
         futures = []
@@ -298,14 +310,16 @@ class EventsService(Service):
             (s.topic("user-features"), result.snapshots),
             (s.topic("cooc"), result.cooc),
             (s.topic("item-stats"), result.item_stats),
-            (s.topic("counters"), [exchange_message(r.partition, r.sealed_to, r.idle, r.buckets, r.watermark)
-                                   for r in result.exchange]),
         ):
             if messages:
                 futures.extend(await self._send_keyed(topic, messages))
         futures.extend([await self._dead_letter(d) for d in result.dead])
         if futures:
             await asyncio.gather(*futures)
+        if result.exchange:
+            records = [exchange_message(r.partition, r.sealed_to, r.idle, r.buckets, r.watermark, r.frontier)
+                       for r in result.exchange]
+            await asyncio.gather(*await self._send_keyed(s.topic("counters"), records))
 
     async def _send_keyed(self, topic: str, messages: list[tuple[bytes, bytes]]) -> list[asyncio.Future[Any]]:
         """Queues keyed messages as one record batch per partition; returns the batches' futures.
