@@ -264,17 +264,10 @@ class BatchProcessor:
         parts = own | (self.all_partitions or set())
         idle = self.idle
         remote_idle = counters.remote_idle
-        marks = self.watermarks
-        own_floor = counters.floor
-        # An own partition counts with its sealed floor, capped at its own watermark's boundary (or its own
-        # effective-time floor): a floor another owner raised by sealing the partition when it went idle is
-        # not passed before this worker's replay of it gets there, so the final frontier of a replay is the
-        # single worker's.
-        live = [min(floors.get(p, 0), max(counters.frontier_for(marks.get(p, 0)), own_floor.get(p, 0)))
-                if p in own else floors.get(p, 0)
-                for p in parts if (p not in idle if p in own else p not in remote_idle)]
+        live = [floors.get(p, 0) for p in parts if (p not in idle if p in own else p not in remote_idle)]
         if live:
             return max(counters.frontier, min(live))
+        marks = self.watermarks
         newest = max((marks.get(p, 0) if p in own else counters.remote_marks.get(p, 0) for p in parts), default=0)
         return max(counters.frontier, counters.frontier_for(newest))
 
