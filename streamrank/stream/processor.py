@@ -302,9 +302,9 @@ class BatchProcessor:
         come after the announcement. The others wait, and their emissions go out with the next batch's
         outputs (re-sent with identical bytes if they had been sent)."""
         counters = self.counters
-        if self._rebuilding:
-            return cut_ms < min(counters.frontier + 1, counters.announced.get(partition, 0))
-        return cut_ms <= counters.frontier
+        if cut_ms > counters.frontier:
+            return False
+        return not self._rebuilding or cut_ms < counters.announced.get(partition, 0)
 
     def apply_exchange(self, records: list[ExchangeRecord]) -> None:
         """Applies other workers' exchange records (their partitions' sealed counter buckets and idle marks)
@@ -355,7 +355,7 @@ class BatchProcessor:
         counters = self.counters
         waiting = self.waiting
         moved = target > counters.frontier
-        # Impressions below the frontier wait only after a replay (`_answer_line`); cuts below the
+        # Impressions below the frontier wait only after a replay (`_answers_now`); cuts below the
         # frontier are answered from the history of folded buckets.
         if moved or (waiting and waiting[0][0] <= counters.frontier):
             folded = counters.frontier
