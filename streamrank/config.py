@@ -77,6 +77,9 @@ class Settings:
     dedupe_horizon_ms: int = DAY_MS
     # Behaviours written into samples and user snapshots (newest kept).
     feature_sequence_length: int = 50
+    # A compacted changelog of each partition's state (stream/changelog.py): a partition that moves to another
+    # worker is restored from it instead of replayed from the events topic (False: replay).
+    changelog: bool = True
     # Users kept decoded in memory between batches.
     user_cache_size: int = 200_000
     # --- online trainer and registry ---------------------------------------------------------------

@@ -21,6 +21,7 @@ TOPICS: dict[str, bool] = {
     "item-stats": True,
     "counters": False,  # item-counter exchange between workers (sealed buckets per source partition)
     "models": True,
+    "changelog": True,  # each events partition's worker state (stream/changelog.py), restored by a new owner
 }
 
 

@@ -5,7 +5,9 @@ ways, one after the other on the same topic:
   ceiling   a raw kafka-python consumer that parses every event (no state): what the broker can deliver;
   faust     a bare Faust agent with take_events (no processing): the framework's own per-event cost;
   worker    `streamrank worker` as a separate process: parse, validate, dedupe, fold into state, emit
-            samples / snapshots / co-occurrence updates, commit RocksDB + offsets.
+            samples / snapshots / co-occurrence updates, commit RocksDB + offsets, write the state changelog;
+  no changelog  the same worker with `changelog = false` (`median.worker_no_changelog`): what the
+            changelog costs, measured side by side.
 Each rate is records / (time of the last record - time of the first record). Medians over the runs, and
 the worker's ratio to the ceiling, are written to docs/benchmarks/stream-throughput.{md,json}.
 
@@ -22,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -35,6 +38,7 @@ from streamrank.topics import ensure_topics
 from streamrank.v1 import events_pb2
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
+RATES = ("ceiling", "faust", "worker", "worker_no_changelog")
 
 
 def raw_consumer_rate(settings: Settings, expected: int) -> float:
@@ -106,10 +110,13 @@ def run(dataset: str, ratings: int | None, runs: int, with_faust: bool) -> dict:
                 row["faust"] = faust_rate(settings, len(events))
             row["worker"], status = worker_rate(settings, Path(tmp))
             row["samples"] = status["counters"].get("samples", 0)
+            bare = replace(settings, changelog=False, worker_id=f"{settings.worker_id}-nocl",
+                           data_dir=str(Path(tmp) / f"run{i}-nocl"))
+            row["worker_no_changelog"], _ = worker_rate(bare, Path(tmp))
             rows.append(row)
-            print(f"run {i + 1}/{runs}: " + ", ".join(
-                f"{k} {v:,.0f}/s" for k, v in row.items() if k in ("ceiling", "faust", "worker")), flush=True)
-    medians = {k: statistics.median(r[k] for r in rows) for k in ("ceiling", "faust", "worker") if k in rows[0]}
+            print(f"run {i + 1}/{runs}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in row.items() if k in RATES),
+                  flush=True)
+    medians = {k: statistics.median(r[k] for r in rows) for k in RATES if k in rows[0]}
     return {
         "dataset": dataset, "ratings": ratings, "events": len(events), "runs": rows, "median": medians,
         "worker_vs_ceiling": medians["worker"] / medians["ceiling"],
@@ -133,14 +140,16 @@ def write(result: dict, command: str) -> Path:
         "Events per second from the events topic; the worker's figure is topic to durable RocksDB state "
         "(samples, snapshots and co-occurrence updates sent and acknowledged, offsets committed).",
         "",
-        "| run | raw kafka-python consumer (ceiling) | bare Faust take_events | streamrank worker |",
-        "|---|---:|---:|---:|",
+        "| run | raw kafka-python consumer (ceiling) | bare Faust take_events | streamrank worker | "
+        "worker without the changelog |",
+        "|---|---:|---:|---:|---:|",
     ]
+    nan = float("nan")
     for r in result["runs"]:
-        lines.append(f"| {r['run']} | {r['ceiling']:,.0f} | {r.get('faust', float('nan')):,.0f} | "
-                     f"{r['worker']:,.0f} |")
-    lines.append(f"| **median** | **{med['ceiling']:,.0f}** | **{med.get('faust', float('nan')):,.0f}** | "
-                 f"**{med['worker']:,.0f}** |")
+        lines.append(f"| {r['run']} | {r['ceiling']:,.0f} | {r.get('faust', nan):,.0f} | "
+                     f"{r['worker']:,.0f} | {r.get('worker_no_changelog', nan):,.0f} |")
+    lines.append(f"| **median** | **{med['ceiling']:,.0f}** | **{med.get('faust', nan):,.0f}** | "
+                 f"**{med['worker']:,.0f}** | **{med.get('worker_no_changelog', nan):,.0f}** |")
     lines += [
         "",
         f"Worker / ceiling (medians): {result['worker_vs_ceiling']:.2f}.",

@@ -118,6 +118,9 @@ class Worker:
             # Impressions waiting for the counters' frontier (0 once every partition caught up and went idle).
             "waiting_impressions": len(self.processor.waiting),
             "counter_frontier_ms": self.processor.counters.frontier,
+            "assigned_partitions": sorted(self.processor.assigned or ()),
+            # Partitions read back from the changelog since start (each: records, users, offsets, seconds).
+            "changelog_restores": events.restores[-64:],
         }
 
     def metric_series(self) -> list[Series]:

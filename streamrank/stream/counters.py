@@ -29,9 +29,23 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 Key = tuple[str, str]  # (scenario, item id)
 Row = list[int]  # [impressions, clicks, add-to-carts, purchases]
+
+
+@dataclass(slots=True)
+class ExchangeRecord:
+    """One partition's newly sealed item-counter buckets, for the workers that own the other partitions:
+    its sealed floor, whether it is idle, the counts per bucket start and (scenario, item), and its watermark."""
+
+    partition: int
+    sealed_to: int
+    idle: bool
+    buckets: dict[int, dict[tuple[str, str], list[int]]]
+    watermark: int = 0
+    frontier: int = 0  # the sender's frontier after the batch: it answered every impression with a cut below
 
 
 def floor_to(value: int, step: int) -> int:
@@ -75,6 +89,9 @@ class SealedCounters:
         # its last record: a worker replaying a partition that moved here leaves the impressions above it
         # waiting, so that their emissions are sent (the previous owner may not have sent them).
         self.announced: dict[int, int] = {}
+        # Every partition of the events topic (set by the worker): until each has announced a frontier, the
+        # whole history is kept (an owner that died before announcing one may have left any cut waiting).
+        self.partitions: set[int] = set()
 
     def effective_time(self, ts_ms: int, partition_watermark: int, partition: int) -> int:
         """The event's effective time: its timestamp, bumped to its partition's watermark and to the
@@ -238,7 +255,9 @@ class SealedCounters:
         if keep:
             # Kept: the last history_ms, and everything above the lowest frontier a partition's owner announced
             # (a partition whose owner died is replayed by its next owner from where that one had answered).
-            low = min([line - self.history_ms, *(a for a in self.announced.values() if a)])
+            announced = ([self.announced.get(p, 0) for p in self.partitions] if self.partitions
+                         else [a for a in self.announced.values() if a])
+            low = min([line - self.history_ms, *announced])
             self.history_low = max(self.history_low, low)
             for start in [s for s in self.history if s < low]:
                 del self.history[start]
@@ -285,6 +304,17 @@ class SealedCounters:
             i = 5 + 5 * n
             start = ints[i]
             self.open.setdefault(partition, {}).setdefault(start, {})[key] = ints[i + 1:i + 5]
+
+    def adopt_open(self, partition: int, ints: list[int], keys: list[Key]) -> None:
+        """Replaces a partition's open buckets and effective-time floor with those of its previous owner's
+        changelog image (`packed_open` / `open_keys` there). The sealed floor only rises: buckets this worker
+        applied from that owner's exchange records are not sealed again."""
+        self.open.pop(partition, None)
+        self.floor.pop(partition, None)
+        have = self.sealed_to.get(partition, 0)
+        if ints:
+            self.restore_open(partition, [max(have, ints[0]), 0, ints[2], 0, 0, *ints[5:]], keys)
+        self.open_dirty.add(partition)
 
     def packed_history(self, start: int) -> tuple[list[Key], list[int]]:
         """What the store keeps for a folded bucket of the history: its keys, and their rows in that order."""

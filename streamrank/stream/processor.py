@@ -19,15 +19,18 @@ from streamrank.events.partitioning import partition_of
 from streamrank.events.types import CLICK, IMPRESSION, TYPE_INDEX
 from streamrank.events.validate import PROCESSING_ERROR, InvalidEvent, decode_event
 from streamrank.stream.aggregates import CoocCounts, ScenarioStats
-from streamrank.stream.counters import SealedCounters
+from streamrank.stream.counters import ExchangeRecord, SealedCounters
 from streamrank.stream.encode import (
     cooc_update,
+    decode_exchange,
     emission_message,
+    exchange_message,
     item_stats_record,
     request_template,
     sample_messages,
     user_snapshot,
 )
+from streamrank.stream.ownership import PartitionOwnership
 from streamrank.stream.store import StateStore
 from streamrank.stream.userstate import PendingImpression, PendingRequest, UserState
 from streamrank.v1 import events_pb2, features_pb2
@@ -71,19 +74,6 @@ class DeadLetter:
 
 
 @dataclass(slots=True)
-class ExchangeRecord:
-    """One partition's newly sealed item-counter buckets, for the workers that own the other partitions:
-    its sealed floor, whether it is idle, the counts per bucket start and (scenario, item), and its watermark."""
-
-    partition: int
-    sealed_to: int
-    idle: bool
-    buckets: dict[int, dict[tuple[str, str], list[int]]]
-    watermark: int = 0
-    frontier: int = 0  # the sender's frontier after the batch: it answered every impression with a cut below
-
-
-@dataclass(slots=True)
 class BatchResult:
     """What one batch produced: messages to send and counters."""
 
@@ -99,9 +89,13 @@ class BatchResult:
     touched: dict[str, UserState] = field(default_factory=dict)
     cooc_dirty: set[str] = field(default_factory=set)
     exchange: list[ExchangeRecord] = field(default_factory=list)
+    # Events partitions of the batch's records, and what its commit wrote to the changelog, per partition
+    partitions: set[int] = field(default_factory=set)
+    changelog: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
+    sealed: dict[int, bytes] = field(default_factory=dict)  # the exchange records per partition, as JSON lines
 
 
-class BatchProcessor:
+class BatchProcessor(PartitionOwnership):
     """The worker's state machine over events; one instance per worker process."""
 
     def __init__(self, settings: Settings, store: StateStore, now_ms: int | None = None) -> None:
@@ -125,6 +119,7 @@ class BatchProcessor:
         # frontier then waits for the other workers' partitions too (their sealed floors and idle marks
         # come in exchange records). None: this worker's partitions only.
         self.all_partitions: set[int] | None = None
+        self.resend_exchange: list[ExchangeRecord] = []  # sealed buckets of adopted images, sent again
         self.announced_idle: set[int] = set()  # own partitions whose last exchange record said idle
         # Partitions this worker gained at its last assignments: the item stats they own are published again
         # (their previous owner may have folded them and died before sending).
@@ -142,19 +137,19 @@ class BatchProcessor:
         self.closed: dict[tuple[str, str], PendingRequest] = {}
         self.closed_dirty: set[tuple[str, str]] = set()
         self._tie = 0
+        self.events_topic = settings.topic("events")
+        # The changelog (stream/changelog.py): this process's writer id (None: no changelog) and batch number.
+        self.changelog_writer: int | None = None
+        self._changelog_batch = 0
         # The history covers what a partition rebuilt by replay can still emit: impressions within the
         # attribution window of its newest events, and the batch its previous owner sealed but never committed.
         self.counters = SealedCounters(settings.counter_bucket_ms,
                                        settings.attribution_window_ms + 4 * settings.counter_bucket_ms)
         store.load_aggregates(self.cooc, self.stats, self.counters)
-        for user in store.load_pending_users():
-            self._remember(user)
-            for request_id, req in user.pending.items():
-                self._schedule(user.partition, req.ts_ms, user.user_id, request_id)
-                self._wait_all(user.user_id, request_id, req)
-        for (user_id, request_id), req in store.load_closed_requests():
-            self.closed[(user_id, request_id)] = req
-            self._wait_all(user_id, request_id, req)
+        self._load_pending(None)
+        for lines in store.load_sealed_records():
+            for line in lines.split(b"\n"):
+                self.resend_exchange.append(ExchangeRecord(*decode_exchange(line)))
         self.catalog = store.catalog_cache
         # fake_negative: impressions go out at once as negatives and again as positives when clicked
         self.fake_negative = settings.label_policy == "fake_negative"
@@ -235,6 +230,7 @@ class BatchProcessor:
                 log.exception("processing failed for %s@%s", tp, record.offset)
                 result.dead.append(DeadLetter(record, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"))
                 result.counters[f"dlq.{PROCESSING_ERROR}"] += 1
+        result.partitions = {record.partition for record in records}
         # Event time advances at the slowest assigned partition; one not read yet holds it at 0.
         parts = self._partitions()
         if parts:
@@ -277,7 +273,12 @@ class BatchProcessor:
         counters = self.counters
         marks = self.watermarks
         floors = counters.sealed_to
-        for p in sorted(self._partitions()):
+        own = self._partitions()
+        # Records sealed before a restart or by an adopted image's owner: sent again for the partitions owned
+        # (another's are its new owner's to send; a stale idle mark of ours would mislead the others).
+        result.exchange.extend(rec for rec in self.resend_exchange if rec.partition in own)
+        self.resend_exchange = []
+        for p in sorted(own):
             idle = p in self.idle
             before = floors.get(p, 0)
             sealed = counters.seal_all(p) if idle else counters.seal(p, counters.frontier_for(marks.get(p, 0)))
@@ -288,12 +289,6 @@ class BatchProcessor:
                     self.announced_idle.add(p)
                 else:
                     self.announced_idle.discard(p)
-
-    def is_foreign(self, partition: int) -> bool:
-        """True when another worker owns the partition: its exchange records are for this worker to apply
-        (this worker's own partitions are sealed here; a record of ours read back, or of the partition's
-        previous owner, changes nothing)."""
-        return partition not in self._partitions()
 
     def _answers_now(self, cut_ms: int, partition: int) -> bool:
         """Whether an impression is answered as it is applied: its cut is at or below the frontier. When
@@ -308,20 +303,15 @@ class BatchProcessor:
 
     def apply_exchange(self, records: list[ExchangeRecord]) -> None:
         """Applies other workers' exchange records (their partitions' sealed counter buckets and idle marks)
-        and notes the frontier each record's sender announced for its partition."""
+        and notes the frontier each record's sender announced for its partition. Records of a partition this
+        worker owns now come from its previous owner: each bucket is applied at most once, so a bucket sealed
+        here is not applied again, and one that owner sealed is not sealed again here (SealedCounters.seal)."""
         for rec in records:
             self.counters.note_frontier(rec.partition, rec.frontier)
-            if self.is_foreign(rec.partition):
-                self.counters.apply(rec.partition, rec.sealed_to, rec.buckets, rec.idle, rec.watermark)
+            self.counters.apply(rec.partition, rec.sealed_to, rec.buckets, rec.idle, rec.watermark)
 
     def _partitions(self) -> set[int]:
         return self.assigned if self.assigned is not None else set(self.watermarks)
-
-    def assign(self, partitions: set[int]) -> None:
-        """Takes the consumer's assignment of events partitions; the item stats owned by partitions gained
-        (all of them at start-up) are published again with the next batch."""
-        self.gained |= partitions - (self.assigned or set())
-        self.assigned = set(partitions)
 
     def stats_owner(self, key: tuple[str, str]) -> int:
         """The events partition whose owner publishes a (scenario, item)'s item stats: the one its key hashes
@@ -376,6 +366,7 @@ class BatchProcessor:
                                    for p in sorted(self._partitions() - have - replaying))
         for rec in result.exchange:
             rec.frontier = 0 if rec.partition in replaying else counters.frontier
+            counters.note_frontier(rec.partition, rec.frontier)  # as the other workers will (ours are not read back)
         for scenario, item_id in self._stats_to_publish():
             result.item_stats.append(item_stats_record(scenario, item_id, settings.worker_id,
                                                        counters.sealed((scenario, item_id)), counters.frontier))
@@ -385,8 +376,16 @@ class BatchProcessor:
         """Makes a processed batch durable: its state changes and offsets in one atomic write."""
         closed = {key: self.closed.get(key) for key in self.closed_dirty}
         self.closed_dirty = set()
-        self.store.commit(result.touched, self.cooc, result.cooc_dirty, self.stats, self.counters, closed,
-                          self.offsets, self.watermarks, self.batch_seq)
+        open_changed = set(self.counters.open_dirty)
+        sealed: dict[int, list[bytes]] = {}
+        for rec in result.exchange:
+            sealed.setdefault(rec.partition, []).append(exchange_message(
+                rec.partition, rec.sealed_to, rec.idle, rec.buckets, rec.watermark, 0)[1])
+        result.sealed = {p: b"\n".join(lines) for p, lines in sealed.items()}  # JSON lines per partition
+        written = self.store.commit(result.touched, self.cooc, result.cooc_dirty, self.stats, self.counters, closed,
+                                    self.offsets, self.watermarks, self.batch_seq, result.sealed)
+        if self.changelog_writer is not None:
+            result.changelog = self._changelog(written, result, open_changed)
         self.durable_offsets = dict(self.offsets)
         self._trim_cache()
 

@@ -3,7 +3,9 @@
 Faust's per-event stream path costs ~75 us per event here (docs/design.md), more than the whole budget at
 10k events/s, so the hot topic is read by this Faust service with its own aiokafka consumer in batches.
 Order per batch: process in memory -> send outputs and wait for the broker's acks -> write state and
-offsets in one RocksDB batch -> commit offsets to Kafka. A kill -9 anywhere in between loses nothing:
+offsets in one RocksDB batch -> write the batch's changelog records (stream/changelog.py) -> send its counter
+exchange records -> commit offsets to Kafka. A partition gained from another worker is restored from the
+changelog before any batch runs (`position`). A kill -9 anywhere in between loses nothing:
 on restart the consumer is positioned from the offsets in RocksDB, not from Kafka's commits.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -18,13 +21,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.partitioner import murmur2
 from mode import Service
 
 from streamrank import kafka_security
 from streamrank.config import Settings
 from streamrank.observability import ProgressLog
+from streamrank.stream.changelog import ImageBuilder, new_writer_id
 from streamrank.stream.encode import decode_exchange, exchange_message
+from streamrank.stream.kafka_io import read_to_high_watermark, send_keyed, send_to
 from streamrank.stream.processor import (
     BatchProcessor,
     BatchResult,
@@ -43,6 +47,7 @@ class _Positioner(ConsumerRebalanceListener):
         self.service = service
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.service.revoke({tp.partition for tp in revoked})
         log.info("events partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -60,6 +65,15 @@ class EventsService(Service):
         self.consumer: AIOKafkaConsumer | None = None
         self.exchange: AIOKafkaConsumer | None = None  # the counter exchange topic, every partition, no group
         self.producer: AIOKafkaProducer | None = None
+        # The state changelog (stream/changelog.py): written after each commit, read when a partition is gained.
+        self.changelog: AIOKafkaConsumer | None = None
+        self.changelog_topic = settings.topic("changelog")
+        self.restores: list[dict[str, Any]] = []  # what each restore read and took (status, benchmarks)
+        # Held while a batch is handled and while a gained partition is restored: they change the same state.
+        self.state_lock = asyncio.Lock()
+        # Exchange records carry their writer (this process, by a random id): a worker skips its own when it
+        # reads the topic back, and applies every other writer's, also of partitions it owns now.
+        self._writer_header = ("w", secrets.token_hex(8).encode())
         # Partitions rebuilt from scratch: outputs for offsets below the group's commit were sent already.
         self.silent_until: dict[int, int] = {}
         self.counters: Counter[str] = Counter()
@@ -72,8 +86,7 @@ class EventsService(Service):
         self.last_record_at: dict[int, float] = {}  # partition -> monotonic time of its last record (or assignment)
         self._idle_checked_at = 0.0
         self.progress = ProgressLog(log, settings.progress_every_s)
-        self._not_busy = asyncio.Event()
-        self._not_busy.set()
+        self.closing = False  # set by on_stop: no batch starts after it
 
     async def on_start(self) -> None:
         s = self.settings
@@ -90,10 +103,12 @@ class EventsService(Service):
             **kafka_security.aiokafka(s),
         )
         await self.consumer.start()
-        self.consumer.subscribe([self.topic], listener=_Positioner(self))
+        if s.changelog:
+            await self._open_changelog()
         # Every partition of the events topic holds the counters' frontier, whichever worker owns it; the
         # other workers' sealed counter buckets come in on the exchange topic (docs/design.md).
         self.processor.all_partitions = set(await self.producer.partitions_for(self.topic))
+        self.processor.counters.partitions = set(self.processor.all_partitions)
         self.exchange = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False,
             auto_offset_reset="earliest", client_id=f"{s.worker_id}-counters", **kafka_security.aiokafka(s),
@@ -108,25 +123,73 @@ class EventsService(Service):
                 await self.exchange.seek_to_beginning(tp)
             else:
                 self.exchange.seek(tp, last + 1)
+        self.consumer.subscribe([self.topic], listener=_Positioner(self))  # assignments need the exchange reader
+
+    async def _open_changelog(self) -> None:
+        """Starts the changelog reader and this process's writer id; without a changelog partition per events
+        partition the worker runs without one (hand-offs then replay the events topic)."""
+        assert self.producer is not None
+        s = self.settings
+        events = await self.producer.partitions_for(self.topic)
+        changelog = await self.producer.partitions_for(self.changelog_topic)
+        if not events <= changelog:
+            log.error("topic %s has partitions %s, not one per events partition %s: running without a changelog",
+                      self.changelog_topic, sorted(changelog), sorted(events))
+            return
+        self.changelog = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", client_id=f"{s.worker_id}-changelog",
+            fetch_max_bytes=32 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
+            **kafka_security.aiokafka(s),
+        )
+        await self.changelog.start()
+        self.processor.changelog_writer = new_writer_id()
 
     async def on_stop(self) -> None:
-        # Let the batch in flight become durable (the loop exits after it) before closing the clients.
+        # Let the batch in flight become durable (the loop exits after it, and starts no other) before closing
+        # the clients.
+        self.closing = True
         try:
-            await asyncio.wait_for(self._not_busy.wait(), timeout=60)
+            async with asyncio.timeout(60):
+                await self.state_lock.acquire()
         except TimeoutError:
             log.warning("a batch was still in flight at shutdown; it will be replayed on restart")
         if self.consumer is not None:
             await self.consumer.stop()
         if self.exchange is not None:
             await self.exchange.stop()
+        if self.changelog is not None:
+            await self.changelog.stop()
         if self.producer is not None:
             await self.producer.stop()
 
+    async def revoke(self, partitions: set[int]) -> None:
+        """The batch in flight finishes (and writes its changelog) before the group moves its partitions; the
+        processor then forgets their work. At shutdown on_stop holds the lock (the last batch is done)."""
+        if self.closing or not partitions:
+            return
+        try:
+            async with asyncio.timeout(30):
+                await self.state_lock.acquire()
+        except TimeoutError:
+            log.warning("a batch was still in flight when partitions %s were revoked", sorted(partitions))
+            return
+        try:
+            self.processor.revoke(partitions)
+        finally:
+            self.state_lock.release()
+
     async def position(self, assigned: list[TopicPartition]) -> None:
-        """Seeks assigned partitions to the durable offsets; marks partitions that must be rebuilt silently."""
+        """Restores gained partitions from the changelog, seeks assigned partitions to the durable offsets, and
+        marks those that must be rebuilt silently from the events topic (no changelog, or it is behind)."""
         assert self.consumer is not None
+        async with self.state_lock:
+            restored = set()
+            if self.changelog is not None:
+                await self._pull_exchange(to_end=True)
+                restored = {tp.partition for tp in assigned if await self._restore(tp.partition)}
+            self.processor.assign({tp.partition for tp in self.consumer.assignment()}, restored)
         stored = self.processor.offsets
-        self.processor.assign({tp.partition for tp in self.consumer.assignment()})
         now = time.monotonic()
         for tp in assigned:
             self.last_record_at[tp.partition] = now
@@ -146,6 +209,44 @@ class EventsService(Service):
                             tp.partition, start, committed)
         log.info("events partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
+    async def _restore(self, partition: int) -> bool:
+        """Reads a partition's changelog when it holds records this worker did not write or read, and takes
+        the image when it is newer than the partition's local state (processor.adopt)."""
+        changelog = self.changelog
+        assert changelog is not None
+        started = time.monotonic()
+        ctp = TopicPartition(self.changelog_topic, partition)
+        position = (ctp.topic, partition)
+        changelog.assign([ctp])
+        # Nothing after what this worker wrote or read last: its state of the partition is the newest.
+        changelog.seek(ctp, self.processor.offsets.get(position, -1) + 1)
+        if not await read_to_high_watermark(changelog, ctp, lambda m: None, first_only=True):
+            return False
+        await changelog.seek_to_beginning(ctp)
+        builder = ImageBuilder(partition)
+        await read_to_high_watermark(changelog, ctp, lambda m: builder.add(m.key, m.value))
+        end = await changelog.position(ctp)
+        image = builder.finish()
+        # Records after this worker's own: the partition had another owner since, whose state is the newer even
+        # at an equal events offset (answers and closed windows change it without a record).
+        local = self.processor.offsets.get((self.topic, partition), -1)
+        taken = image.offset >= 0
+        if taken:
+            self.processor.adopt(image, position, end - 1)
+            self.silent_until.pop(partition, None)
+        else:
+            self.processor.offsets[position] = end - 1
+        seconds = time.monotonic() - started
+        self.restores.append({"partition": partition, "records": image.records, "ignored": image.ignored,
+                              "users": len(image.users), "offset": image.offset, "local_offset": local,
+                              "taken": taken, "seconds": round(seconds, 3)})
+        self.counters["changelog_restores"] += taken
+        log.info("partition %s: changelog read (%s records, %s ignored, %s users, offset %s, newest named %s) in "
+                 "%.2f s; %s", partition, image.records, image.ignored, len(image.users), image.offset,
+                 image.newest_meta, seconds,
+                 "restored from it" if taken else "no complete batch in it")
+        return taken
+
     @Service.task
     async def _consume(self) -> None:
         assert self.consumer is not None
@@ -155,21 +256,16 @@ class EventsService(Service):
             await self._pull_exchange()
             self.progress.maybe(self._progress_counters(), self._progress_line)
             await self._update_idle_partitions()
-            if not records:
+            async with self.state_lock:
+                if self.closing:
+                    break
+                if records:
+                    self.idle.clear()
+                    await self.handle(records)
+                    continue
                 self.idle.set()
                 if self.processor.gained or self.processor.frontier_target() > self.processor.counters.frontier:
-                    self._not_busy.clear()
-                    try:
-                        await self.tick()
-                    finally:
-                        self._not_busy.set()
-                continue
-            self.idle.clear()
-            self._not_busy.clear()
-            try:
-                await self.handle(records)
-            finally:
-                self._not_busy.set()
+                    await self.tick()
 
     async def _update_idle_partitions(self) -> None:
         """Marks the partitions caught up to their end and without records for counter_idle_ms (wall time).
@@ -188,23 +284,31 @@ class EventsService(Service):
         if now - self._idle_checked_at < min(1.0, idle_s):
             return
         self._idle_checked_at = now
-        try:
-            ends = await self.consumer.end_offsets(quiet)
-        except KafkaError as exc:
-            log.warning("end offsets unavailable (%s); partitions kept in the counters' frontier", exc)
-            return
+        # The high watermarks of the last fetches: ListOffsets under-reports on the embedded broker (STACK.md),
+        # which made a partition with records left look caught up.
         offsets = self.processor.offsets
+        highs = {tp: self.consumer.highwater(tp) for tp in quiet}
         self.processor.idle = {
             tp.partition for tp in quiet
-            if offsets.get((tp.topic, tp.partition), -1) + 1 >= ends.get(tp, 0)
+            if highs[tp] is not None and offsets.get((tp.topic, tp.partition), -1) + 1 >= highs[tp]
         }
 
-    async def _pull_exchange(self) -> None:
+    async def _pull_exchange(self, to_end: bool = False) -> None:
         """Applies the exchange records that came in (other workers' sealed counter buckets); they become
-        durable, with their offsets, at the next commit. A malformed record is logged and skipped."""
+        durable, with their offsets, at the next commit. A malformed record is logged and skipped. `to_end`:
+        every record up to the topic's current end (before a restore from the changelog: the buckets a
+        partition's image says were sealed were sent before it)."""
         if self.exchange is None:
             return
-        fetched = await self.exchange.getmany(timeout_ms=0, max_records=100_000)
+        self._apply_exchange(await self.exchange.getmany(timeout_ms=0, max_records=100_000))
+        if not to_end:
+            return
+        for tp in self.exchange.assignment():
+            messages: list[Any] = []
+            await read_to_high_watermark(self.exchange, tp, messages.append)
+            self._apply_exchange({tp: messages})
+
+    def _apply_exchange(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         offsets = self.processor.offsets
         records: list[ExchangeRecord] = []
         for tp, messages in fetched.items():
@@ -213,8 +317,8 @@ class EventsService(Service):
                 if last is not None and m.offset <= last:
                     continue
                 offsets[(tp.topic, tp.partition)] = m.offset
-                if m.key is not None and m.key.isdigit() and not self.processor.is_foreign(int(m.key)):
-                    continue  # keyed by its source partition, which is ours: nothing to decode or apply
+                if self._writer_header in (m.headers or ()):
+                    continue  # this process's own record: nothing to decode or apply
                 try:
                     records.append(ExchangeRecord(*decode_exchange(m.value or b"")))
                 except ValueError as exc:
@@ -230,6 +334,8 @@ class EventsService(Service):
         result = self.processor.tick()
         await self._send(result)
         self.processor.commit(result)
+        await self._write_changelog(result)
+        await self._send_exchange(result)
         self._count(result, 0, batch=False)
         return result
 
@@ -271,17 +377,23 @@ class EventsService(Service):
     async def handle(self, records: list[ConsumedRecord]) -> BatchResult:
         """Processes one batch end to end (see the module docstring for the order)."""
         started = time.monotonic()
+        own = self.processor.assigned
+        if own is not None and any(r.partition not in own for r in records):
+            records = [r for r in records if r.partition in own]  # fetched before a revoke: the new owner's
         silent = [r for r in records if r.offset < self.silent_until.get(r.partition, -1)]
         if silent:
             # Outputs of the rebuilt range went out from the previous owner; the batch below moves the
             # frontier and sends what it releases, for every partition (processor.process, `rebuild`).
             muted = self.processor.process(silent, rebuild=True)
             self.processor.commit(muted)
+            await self._write_changelog(muted)
             records = [r for r in records if r.offset >= self.silent_until.get(r.partition, -1)]
         self._note_replaying()
         result = self.processor.process(records)
         await self._send(result)
         self.processor.commit(result)
+        await self._write_changelog(result)
+        await self._send_exchange(result)
         await self._commit_kafka()
         self._count(result, len(records) + len(silent))
         self.batch_seconds += time.monotonic() - started
@@ -299,9 +411,7 @@ class EventsService(Service):
                 self.lag[tp.partition] = max(0, high - (done + 1 if done is not None else 0))
 
     async def _send(self, result: BatchResult) -> None:
-        """Sends a batch's outputs and waits for them; the exchange records go last, once the rest is
-        acknowledged: a record announces the frontier its sender answered up to, which a worker replaying
-        the partition after a move trusts to have been sent (processor.process, `rebuild`)."""
+        """Sends a batch's outputs (not its exchange records: `_send_exchange`) and waits for them."""
         assert self.producer is not None
         s = self.settings
         futures = []
@@ -312,43 +422,39 @@ class EventsService(Service):
             (s.topic("item-stats"), result.item_stats),
         ):
             if messages:
-                futures.extend(await self._send_keyed(topic, messages))
+                futures.extend(await send_keyed(self.producer, topic, messages))
         futures.extend([await self._dead_letter(d) for d in result.dead])
         if futures:
             await asyncio.gather(*futures)
+
+    async def _send_exchange(self, result: BatchResult) -> None:
+        """Sends the batch's counter exchange records once its outputs, state and changelog are durable: a
+        record announces the frontier its sender answered up to, which a partition's next owner relies on
+        (the image it restores holds those answers), and the `P` record of the changelog keeps the sealed
+        buckets in case this send never happens (processor.adopt sends them again)."""
         if result.exchange:
+            assert self.producer is not None
             records = [exchange_message(r.partition, r.sealed_to, r.idle, r.buckets, r.watermark, r.frontier)
                        for r in result.exchange]
-            await asyncio.gather(*await self._send_keyed(s.topic("counters"), records))
+            await asyncio.gather(*await send_keyed(self.producer, self.settings.topic("counters"), records,
+                                                         [self._writer_header]))
 
-    async def _send_keyed(self, topic: str, messages: list[tuple[bytes, bytes]]) -> list[asyncio.Future[Any]]:
-        """Queues keyed messages as one record batch per partition; returns the batches' futures.
-
-        Partitions are chosen as Kafka's default partitioner does (murmur2 of the key), so keys land where any
-        client would put them. A batch instead of a send per message pays aiokafka's per-message future,
-        metadata lookup and completion callback once per batch (docs/design.md, "Sending outputs").
-        """
-        producer = self.producer
-        assert producer is not None
-        partitions = sorted(await producer.partitions_for(topic))
-        n = len(partitions)
-        batches: dict[int, Any] = {}
-        futures: list[asyncio.Future[Any]] = []
-        chosen: dict[bytes, int] = {}  # samples of one user share a key: hash it once
-        for key, value in messages:
-            partition = chosen.get(key)
-            if partition is None:
-                partition = chosen[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % n]
-            batch = batches.get(partition)
-            if batch is None:
-                batch = batches[partition] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start the next
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = batches[partition] = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)  # the first record always fits
-        for partition, batch in batches.items():
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        return futures
+    async def _write_changelog(self, result: BatchResult) -> None:
+        """Writes a committed batch's changelog records and waits for them (before the offsets go to Kafka's
+        group); notes the last offset written per partition, so a restore knows what it wrote itself."""
+        if not result.changelog:
+            return
+        assert self.producer is not None
+        sent: list[tuple[int, asyncio.Future[Any], int]] = []
+        for partition, messages in result.changelog.items():
+            sent.extend((partition, future, n) for future, n in await send_to(self.producer, self.changelog_topic,
+                                                                                      partition, messages))
+        metas = await asyncio.gather(*(future for _, future, _ in sent))
+        offsets = self.processor.offsets
+        for (partition, _, n), meta in zip(sent, metas, strict=True):
+            key = (self.changelog_topic, partition)
+            offsets[key] = max(offsets.get(key, -1), meta.offset + n - 1)
+        self.counters["changelog_records"] += sum(n for _, _, n in sent)
 
     async def _dead_letter(self, dead: DeadLetter) -> asyncio.Future[Any]:
         assert self.producer is not None

@@ -7,17 +7,17 @@ from the stored offsets neither loses nor double-counts an event.
 Keys are a one-byte kind prefix followed by the id: u user, p user with open impressions, c co-occurrence
 of an item, g scenario totals, n (scenario, item) totals, b recent buckets, k (scenario, item)
 counters below the frontier and per effective-time bucket (packed integers), h / H a folded bucket of the
-counters' history (rows / keys), j / J a partition's open counter buckets, q (user, request) closed
+counters' history (rows / keys), j / J a partition's open counter buckets, x the exchange records of a
+partition's last seal, q (user, request) closed
 while an impression waits for its counters, i catalog item, o offset,
 w partition watermark, m metadata. The other values are pickles (internal format, written and read only by
-the worker; readers outside it use the compacted topics). The format is versioned: state written by an
+the worker; readers outside it use the compacted topics), read by an unpickler that resolves only the state
+classes (stream/statecodec.py), so bytes on disk cannot run code. The format is versioned: state written by an
 older layout is refused with a one-line error, not misread.
 """
 
 from __future__ import annotations
 
-import pickle
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,16 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from streamrank.stream.aggregates import CoocCounts, ScenarioStats
 from streamrank.stream.counters import SealedCounters
+from streamrank.stream.statecodec import (
+    dump_state,
+    load_state,
+    pack_ints,
+    pack_keys,
+    pair_key,
+    split_pair_key,
+    unpack_ints,
+    unpack_keys,
+)
 from streamrank.stream.userstate import PendingRequest, UserState
 from streamrank.v1 import events_pb2
 
@@ -41,45 +51,7 @@ class StateFormatError(ValueError):
     """The stored state was written in another layout than this code reads."""
 
 
-def _pair_key(scenario: str, item_id: str) -> bytes:
-    """(scenario, item) as bytes: the scenario length-prefixed, so any characters round-trip."""
-    raw = scenario.encode()
-    return len(raw).to_bytes(4, "big") + raw + item_id.encode()
-
-
-def _split_pair_key(key: bytes) -> tuple[str, str]:
-    n = int.from_bytes(key[:4], "big")
-    return key[4:4 + n].decode(), key[4 + n:].decode()
-def _pack_ints(values: list[int]) -> bytes:
-    """Signed 64-bit big-endian integers (the counter rows: no pickle for the most written values)."""
-    return struct.pack(f">{len(values)}q", *values)
-
-
-def _unpack_ints(raw: bytes) -> list[int]:
-    return list(struct.unpack(f">{len(raw) // 8}q", raw))
-
-
-def _pack_keys(keys: list[tuple[str, str]]) -> bytes:
-    """(scenario, item) keys as one value: each pair key length-prefixed."""
-    out = bytearray()
-    for key in keys:
-        raw = _pair_key(*key)
-        out += len(raw).to_bytes(4, "big") + raw
-    return bytes(out)
-
-
-def _unpack_keys(raw: bytes) -> list[tuple[str, str]]:
-    keys, i = [], 0
-    while i < len(raw):
-        n = int.from_bytes(raw[i:i + 4], "big")
-        keys.append(_split_pair_key(raw[i + 4:i + 4 + n]))
-        i += 4 + n
-    return keys
-
-
-_DUMP = pickle.dumps
-_LOAD = pickle.loads
-PROTO = pickle.HIGHEST_PROTOCOL
+_LOAD = load_state
 
 
 class StateStore:
@@ -186,20 +158,20 @@ class StateStore:
         for key, raw in self._scan(b"g"):
             stats.scenario[key.decode()] = _LOAD(raw)
         for key, raw in self._scan(b"n"):
-            stats.item[_split_pair_key(key)] = _LOAD(raw)
+            stats.item[split_pair_key(key)] = _LOAD(raw)
         for key, raw in self._scan(b"b"):
-            stats.buckets[_split_pair_key(key)] = _LOAD(raw)
+            stats.buckets[split_pair_key(key)] = _LOAD(raw)
         raw = self.db.get(b"mstats")
         if raw is not None:
             stats.watermark, stats.low_watermark, stats.late = _LOAD(raw)
         if counters is not None:
             raw = self.db.get(b"mcounters")
             counters.restore(0 if raw is None else int(raw),
-                             ((_split_pair_key(key), _unpack_ints(value)) for key, value in self._scan(b"k")))
+                             ((split_pair_key(key), unpack_ints(value)) for key, value in self._scan(b"k")))
             for key, value in self._scan(b"j"):
-                counters.restore_open(int(key), _unpack_ints(value), _unpack_keys(self.db.get(b"J" + key) or b""))
+                counters.restore_open(int(key), unpack_ints(value), unpack_keys(self.db.get(b"J" + key) or b""))
             for key, value in self._scan(b"h"):
-                counters.restore_history(int(key), _unpack_keys(self.db.get(b"H" + key) or b""), _unpack_ints(value))
+                counters.restore_history(int(key), unpack_keys(self.db.get(b"H" + key) or b""), unpack_ints(value))
 
     # -- the atomic commit --------------------------------------------------------------------------
     def commit(
@@ -213,45 +185,49 @@ class StateStore:
         offsets: dict[tuple[str, int], int],
         watermarks: dict[int, int],
         batch_seq: int,
-    ) -> None:
-        """Writes one batch's changes and the offsets they cover, atomically."""
+        sealed: dict[int, bytes] | None = None,
+    ) -> dict[bytes, bytes]:
+        """Writes one batch's changes and the offsets they cover, atomically. Returns the user and closed-request
+        rows written (key -> value, b"" for a deleted one), for the changelog (stream/changelog.py)."""
         wb = WriteBatch(raw_mode=True)
         put = wb.put
+        written: dict[bytes, bytes] = {}
         for user_id, user in users.items():
             uid = user_id.encode()
-            put(b"u" + uid, _DUMP(user, PROTO))
+            value = written[b"u" + uid] = dump_state(user)
+            put(b"u" + uid, value)
             if user.pending:
                 put(b"p" + uid, b"")
             else:
                 wb.delete(b"p" + uid)
         counts = cooc.counts
         for item_id in cooc_dirty:
-            put(b"c" + item_id.encode(), _DUMP(counts[item_id], PROTO))
+            put(b"c" + item_id.encode(), dump_state(counts[item_id]))
         for scenario, item_id in stats.dirty:
-            skey = _pair_key(scenario, item_id)
+            skey = pair_key(scenario, item_id)
             if item_id:
-                put(b"n" + skey, _DUMP(stats.item[(scenario, item_id)], PROTO))
+                put(b"n" + skey, dump_state(stats.item[(scenario, item_id)]))
             else:
-                put(b"g" + scenario.encode(), _DUMP(stats.scenario[scenario], PROTO))
+                put(b"g" + scenario.encode(), dump_state(stats.scenario[scenario]))
             series = stats.buckets.get((scenario, item_id))
             if series:
-                put(b"b" + skey, _DUMP(series, PROTO))
+                put(b"b" + skey, dump_state(series))
             else:
                 wb.delete(b"b" + skey)
         stats.dirty = set()
         for key in counters.dirty:
-            put(b"k" + _pair_key(*key), _pack_ints(counters.packed(key)))
+            put(b"k" + pair_key(*key), pack_ints(counters.packed(key)))
         counters.dirty = set()
         for part in counters.open_dirty:
             pkey = str(part).encode()
-            put(b"j" + pkey, _pack_ints(counters.packed_open(part)))
-            put(b"J" + pkey, _pack_keys(counters.open_keys(part)))
+            put(b"j" + pkey, pack_ints(counters.packed_open(part)))
+            put(b"J" + pkey, pack_keys(counters.open_keys(part)))
         counters.open_dirty = set()
         for start in counters.history_dirty:
             keys, ints = counters.packed_history(start)
             hkey = str(start).encode()
-            put(b"h" + hkey, _pack_ints(ints))
-            put(b"H" + hkey, _pack_keys(keys))
+            put(b"h" + hkey, pack_ints(ints))
+            put(b"H" + hkey, pack_keys(keys))
         for start in counters.history_dropped:
             hkey = str(start).encode()
             wb.delete(b"h" + hkey)
@@ -262,15 +238,52 @@ class StateStore:
             key = b"q" + user_id.encode() + SEP + request_id.encode()
             if req is None:
                 wb.delete(key)
+                written[key] = b""
             else:
-                put(key, _DUMP(req, PROTO))
+                value = written[key] = dump_state(req)
+                put(key, value)
         put(b"mcounters", str(counters.frontier).encode())
-        put(b"mstats", _DUMP((stats.watermark, stats.low_watermark, stats.late), PROTO))
+        put(b"mstats", dump_state((stats.watermark, stats.low_watermark, stats.late)))
         for (topic, part), offset in offsets.items():
             put(b"o" + topic.encode() + SEP + str(part).encode(), str(offset).encode())
         for part, mark in watermarks.items():
             put(b"w" + str(part).encode(), str(mark).encode())
         put(b"mbatch", str(batch_seq).encode())
+        for part, records in (sealed or {}).items():
+            put(b"x" + str(part).encode(), records)
+        self.db.write(wb)
+        return written
+
+    def load_sealed_records(self) -> list[bytes]:
+        """The exchange records (JSON lines) of the last batch that sealed each partition's counter buckets: they
+        go out after the commit, so a restart sends them again (applying them twice changes nothing)."""
+        return [raw for _, raw in self._scan(b"x")]
+
+    def adopt_partition(self, users: dict[str, bytes], closed: dict[tuple[str, str], bytes], pending: set[str],
+                        open_row: tuple[int, list[int], list[tuple[str, str]]],
+                        offsets: dict[tuple[str, int], int], watermark: tuple[int, int]) -> None:
+        """Writes a partition's image restored from the changelog (users as stored values, closed requests with
+        b"" for deleted ones, its open counter buckets and offsets), atomically."""
+        wb = WriteBatch(raw_mode=True)
+        for user_id, value in users.items():
+            uid = user_id.encode()
+            wb.put(b"u" + uid, value)
+            if user_id in pending:
+                wb.put(b"p" + uid, b"")
+            else:
+                wb.delete(b"p" + uid)
+        for (user_id, request_id), value in closed.items():
+            key = b"q" + user_id.encode() + SEP + request_id.encode()
+            if value:
+                wb.put(key, value)
+            else:
+                wb.delete(key)
+        part, ints, keys = open_row
+        wb.put(b"j" + str(part).encode(), pack_ints(ints))
+        wb.put(b"J" + str(part).encode(), pack_keys(keys))
+        for (topic, p), offset in offsets.items():
+            wb.put(b"o" + topic.encode() + SEP + str(p).encode(), str(offset).encode())
+        wb.put(b"w" + str(watermark[0]).encode(), str(watermark[1]).encode())
         self.db.write(wb)
 
     def put_items(self, items: dict[str, events_pb2.Item]) -> None:
