@@ -31,13 +31,14 @@ def test_report_keeps_the_issue_keys(tmp_path: Path, monkeypatch: pytest.MonkeyP
     rows = {str(n): {"workers": n, "events_per_s": 1000.0 / n, "cpu_s_per_million": 200.0 * n,
                      "samples_equal_to_first": None if n == 1 else 1.0} for n in (1, 2, 3)}
     result = {"dataset": "ml-1m", "ratings": 10, "events": 36, "partitions": 8, "workers": rows,
-              "handoff_s": {"changelog": None, "replay": 12.5},
+              "handoff_s": {"changelog": 3.5, "replay": 12.5},
               "machine": {"cpus": 2, "python": "3.11", "platform": "x"}, "date": "2026-12-07"}
     md = stream_scaling.write(result, "python -m streamrank.bench.stream_scaling")
     data = json.loads((tmp_path / "stream-scaling.json").read_text())
     for n in ("1", "2", "3"):
         assert data["workers"][n]["events_per_s"] > 0 and data["workers"][n]["cpu_s_per_million"] > 0
-    assert data["handoff_s"] == {"changelog": None, "replay": 12.5}
+    assert data["handoff_s"] == {"changelog": 3.5, "replay": 12.5}
     text = md.read_text()
     assert "| 1 | 1,000 | 200 | reference |" in text and "| 3 | 333 | 600 | 1.000 |" in text
-    assert "from the events topic 12.5 s; from a changelog: not built yet." in text
+    assert "restored from the state changelog 3.5 s; rebuilt by replaying the events topic" in text
+    assert "(`changelog=False`) 12.5 s" in text

@@ -164,6 +164,15 @@ def write(result: dict, command: str) -> Path:
         f"rebuilt by replaying the events topic (`changelog=False`) {_seconds(handoff['replay'])}. Both include "
         "the group's rebalance.",
         "",
+    ]
+    bare = result.get("without_changelog") or {}
+    if bare:
+        lines += [
+            f"The largest group without the changelog (`changelog=False`, the replay run): "
+            f"{bare['events_per_s']:,.0f} events/s, {bare['cpu_s_per_million']:,.0f} CPU-s per million events.",
+            "",
+        ]
+    lines += [
         "Events/s rise with a second worker on 2 cores because one worker is one Python thread and the broker "
         "needs little CPU; CPU-seconds per million events is what scaling out costs.",
         "",
