@@ -62,7 +62,12 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
                              **kafka_security.kafka_python(settings),
                              max_poll_records=1, fetch_max_wait_ms=50)
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
+        parts: set[int] = set()
+        deadline = time.monotonic() + 20
+        while not parts and time.monotonic() < deadline:  # metadata may not know the topic on the first ask
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                time.sleep(0.1)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)

@@ -12,11 +12,27 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 
+async def high_watermarks(consumer: AIOKafkaConsumer, tps: list[TopicPartition], take: Callable[[Any], None],
+                          timeout_s: float = 60) -> dict[TopicPartition, int]:
+    """The high watermarks of assigned partitions, from one round of fetches over all of them at once (each
+    empty partition costs the broker's fetch wait once, not once per partition); records fetched meanwhile
+    go to `take`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        highs = {tp: consumer.highwater(tp) for tp in tps}
+        if all(h is not None for h in highs.values()):
+            return {tp: int(h) for tp, h in highs.items() if h is not None}
+        for messages in (await consumer.getmany(*tps, timeout_ms=500, max_records=50_000)).values():
+            for m in messages:
+                take(m)
+    raise TimeoutError(f"no high watermark for {sorted(tp.partition for tp in tps)} in {timeout_s:.0f} s")
+
+
 async def read_to_high_watermark(consumer: AIOKafkaConsumer, tp: TopicPartition, take: Callable[[Any], None],
-                                 first_only: bool = False, timeout_s: float = 300) -> bool:
+                                 timeout_s: float = 300) -> bool:
     """Hands every record of an assigned partition from its position up to its high watermark to `take`;
     returns whether there were any. The high watermark comes from the fetch responses (ListOffsets
-    under-reports on the embedded broker, STACK.md). `first_only`: stops after the first fetch."""
+    under-reports on the embedded broker, STACK.md)."""
     deadline = time.monotonic() + timeout_s
     seen = False
     while time.monotonic() < deadline:
@@ -25,8 +41,8 @@ async def read_to_high_watermark(consumer: AIOKafkaConsumer, tp: TopicPartition,
             seen = True
             take(m)
         high = consumer.highwater(tp)
-        if high is not None and (first_only or await consumer.position(tp) >= high):
-            return seen or (first_only and await consumer.position(tp) < high)
+        if high is not None and await consumer.position(tp) >= high:
+            return seen
     raise TimeoutError(f"{tp.topic}[{tp.partition}] not read to its end in {timeout_s:.0f} s")
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError, KafkaError
 from mode import Service
 
 from streamrank import kafka_security
@@ -28,7 +28,7 @@ from streamrank.config import Settings
 from streamrank.observability import ProgressLog
 from streamrank.stream.changelog import ImageBuilder, new_writer_id
 from streamrank.stream.encode import decode_exchange, exchange_message
-from streamrank.stream.kafka_io import read_to_high_watermark, send_keyed, send_to
+from streamrank.stream.kafka_io import high_watermarks, read_to_high_watermark, send_keyed, send_to
 from streamrank.stream.processor import (
     BatchProcessor,
     BatchResult,
@@ -187,7 +187,8 @@ class EventsService(Service):
             restored = set()
             if self.changelog is not None:
                 await self._pull_exchange(to_end=True)
-                restored = {tp.partition for tp in assigned if await self._restore(tp.partition)}
+                restored = {p for p in await self._changed_elsewhere([tp.partition for tp in assigned])
+                            if await self._restore(p)}
             self.processor.assign({tp.partition for tp in self.consumer.assignment()}, restored)
         stored = self.processor.offsets
         now = time.monotonic()
@@ -209,19 +210,30 @@ class EventsService(Service):
                             tp.partition, start, committed)
         log.info("events partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
+    async def _changed_elsewhere(self, partitions: list[int]) -> list[int]:
+        """The partitions whose changelog holds records after the last this worker wrote or read (another
+        owner's since): one round of fetches over all of them."""
+        changelog = self.changelog
+        assert changelog is not None
+        if not partitions:
+            return []
+        tps = [TopicPartition(self.changelog_topic, p) for p in partitions]
+        changelog.assign(tps)
+        mine = {tp: self.processor.offsets.get((tp.topic, tp.partition), -1) for tp in tps}
+        for tp in tps:
+            changelog.seek(tp, mine[tp] + 1)
+        highs = await high_watermarks(changelog, tps, lambda m: None)
+        return [tp.partition for tp in tps if highs[tp] > mine[tp] + 1]
+
     async def _restore(self, partition: int) -> bool:
-        """Reads a partition's changelog when it holds records this worker did not write or read, and takes
-        the image when it is newer than the partition's local state (processor.adopt)."""
+        """Reads a partition's changelog (one that holds another owner's records) and takes its image
+        (processor.adopt)."""
         changelog = self.changelog
         assert changelog is not None
         started = time.monotonic()
         ctp = TopicPartition(self.changelog_topic, partition)
         position = (ctp.topic, partition)
         changelog.assign([ctp])
-        # Nothing after what this worker wrote or read last: its state of the partition is the newest.
-        changelog.seek(ctp, self.processor.offsets.get(position, -1) + 1)
-        if not await read_to_high_watermark(changelog, ctp, lambda m: None, first_only=True):
-            return False
         await changelog.seek_to_beginning(ctp)
         builder = ImageBuilder(partition)
         await read_to_high_watermark(changelog, ctp, lambda m: builder.add(m.key, m.value))
@@ -251,9 +263,14 @@ class EventsService(Service):
     async def _consume(self) -> None:
         assert self.consumer is not None
         s = self.settings
-        while not self.should_stop:
-            records = await self._collect(s.batch_size, s.batch_within_s)
-            await self._pull_exchange()
+        while not self.should_stop and not self.closing:
+            try:
+                records = await self._collect(s.batch_size, s.batch_within_s)
+                await self._pull_exchange()
+            except ConsumerStoppedError:
+                if self.closing:
+                    break  # on_stop closed the clients while this waited for records
+                raise
             self.progress.maybe(self._progress_counters(), self._progress_line)
             await self._update_idle_partitions()
             async with self.state_lock:
@@ -303,10 +320,15 @@ class EventsService(Service):
         self._apply_exchange(await self.exchange.getmany(timeout_ms=0, max_records=100_000))
         if not to_end:
             return
-        for tp in self.exchange.assignment():
-            messages: list[Any] = []
-            await read_to_high_watermark(self.exchange, tp, messages.append)
-            self._apply_exchange({tp: messages})
+        parts = list(self.exchange.assignment())
+        messages: list[Any] = []
+        highs = await high_watermarks(self.exchange, parts, messages.append)
+        self._apply_exchange({tp: [m for m in messages if m.partition == tp.partition] for tp in parts})
+        for tp in parts:
+            if await self.exchange.position(tp) < highs[tp]:
+                rest: list[Any] = []
+                await read_to_high_watermark(self.exchange, tp, rest.append)
+                self._apply_exchange({tp: rest})
 
     def _apply_exchange(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         offsets = self.processor.offsets
@@ -334,9 +356,9 @@ class EventsService(Service):
         result = self.processor.tick()
         await self._send(result)
         self.processor.commit(result)
+        self._count(result, 0, batch=False)  # with the durable offsets the status file shows
         await self._write_changelog(result)
         await self._send_exchange(result)
-        self._count(result, 0, batch=False)
         return result
 
     def _note_replaying(self) -> None:
@@ -392,10 +414,10 @@ class EventsService(Service):
         result = self.processor.process(records)
         await self._send(result)
         self.processor.commit(result)
+        self._count(result, len(records) + len(silent))  # with the durable offsets the status file shows
         await self._write_changelog(result)
         await self._send_exchange(result)
         await self._commit_kafka()
-        self._count(result, len(records) + len(silent))
         self.batch_seconds += time.monotonic() - started
         self._measure_lag()
         return result
