@@ -120,7 +120,7 @@ class Worker:
             "counter_frontier_ms": self.processor.counters.frontier,
             "assigned_partitions": sorted(self.processor.assigned or ()),
             # Partitions read back from the changelog since start (each: records, users, offsets, seconds).
-            "changelog_restores": events.restores[-64:],
+            "changelog_restores": list(events.restores),
         }
 
     def metric_series(self) -> list[Series]:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,12 +67,14 @@ class EventsService(Service):
         # The state changelog (stream/changelog.py): written after each commit, read when a partition is gained.
         self.changelog: AIOKafkaConsumer | None = None
         self.changelog_topic = settings.topic("changelog")
-        self.restores: list[dict[str, Any]] = []  # what each restore read and took (status, benchmarks)
+        # What the last restores read and took (status file, benchmarks).
+        self.restores: deque[dict[str, Any]] = deque(maxlen=64)
         # Held while a batch is handled and while a gained partition is restored: they change the same state.
         self.state_lock = asyncio.Lock()
-        # Exchange records carry their writer (this process, by a random id): a worker skips its own when it
-        # reads the topic back, and applies every other writer's, also of partitions it owns now.
-        self._writer_header = ("w", secrets.token_hex(8).encode())
+        # This process's writer id, on its changelog values and exchange records: a worker skips its own exchange
+        # records when it reads the topic back, and applies every other writer's, also of partitions it owns now.
+        self.writer_id = new_writer_id()
+        self._writer_header = ("w", str(self.writer_id).encode())
         # Partitions rebuilt from scratch: outputs for offsets below the group's commit were sent already.
         self.silent_until: dict[int, int] = {}
         self.counters: Counter[str] = Counter()
@@ -143,7 +144,7 @@ class EventsService(Service):
             **kafka_security.aiokafka(s),
         )
         await self.changelog.start()
-        self.processor.changelog_writer = new_writer_id()
+        self.processor.changelog_writer = self.writer_id
 
     async def on_stop(self) -> None:
         # Let the batch in flight become durable (the loop exits after it, and starts no other) before closing
